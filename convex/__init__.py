@@ -1,0 +1,1 @@
+"""hessbatch.convex: ABS/ABSA for L2-regularised logistic regression in NumPy/Numba."""

@@ -1,0 +1,1 @@
+"""hessbatch.deep: ABS/ABSA over PyTorch models."""
