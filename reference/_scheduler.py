@@ -1,0 +1,680 @@
+"""Algorithm 1 of Yao, Gholami, Keutzer and Mahoney (ABS/ABSA) as an explicit state machine.
+
+The scheduler never touches a model. A training loop *reports events* and *reads decisions*:
+
+* events in: ``step(n)`` (one parameter update was made on ``n`` samples), ``eigenvalue(lam)``
+  (the top Hessian eigenvalue the scheduler asked for), ``skip_eigenvalue()`` and ``end_epoch()``;
+* decisions out (:class:`Decision`): logical batch size ``B``, micro-batch and accumulation
+  steps, learning rate, adversarial sample count and step, and whether an eigenvalue is due.
+
+The same protocol drives the paper's five methods, so every comparison runs through one loop:
+
+``bl``   fixed batch ``B0`` and lr ``eta``, decayed by ``rho`` at the epochs in ``A``.
+``fb``   fixed batch ``B_max`` with ``lr = eta * B_max / B0``, reached by a linear warm-up from
+         ``eta`` over ``warmup_epochs`` epochs (Goyal et al.; warm-up length **rebuilt**).
+``gg``   at each epoch in ``A`` the batch is multiplied by ``1/rho`` instead of the lr by ``rho``
+         (Smith et al.); once ``B_max`` caps the growth, the lr takes the part of the decay that
+         the batch could not: ``lr *= rho * B_new / B`` (**rebuilt**), so the noise scale
+         ``lr / B`` always drops by exactly ``rho``.
+``abs``  Algorithm 1 without the adversary.
+``absa`` Algorithm 1 with FGSM on a fraction ``gamma`` of each batch.
+
+Algorithm 1 (ALGORITHM.md section 2), with the names used in the code::
+
+    state: B = B0, lr = eta, lam_ref = None, d = 0, s = 0, gamma = gamma0 (absa) or 0
+    each step:   adversarial count = max(1, floor(gamma * B)) if gamma * B >= 1 else 0
+                 one update on B samples; s += B
+                 if s crossed a multiple of n and B < B_max: an eigenvalue is due
+    eigenvalue:  lam_ref is None        -> lam_ref = lam, d = 1                 (rebuilt)
+                 lam <= lam_ref / alpha -> grow; lam_ref = lam; d = 0
+                 otherwise              -> d += 1; if d >= kappa: grow; d = 0
+    grow:        B_new = min(round_up(beta * B), B_max); lr *= B_new / B; gamma /= omega
+                 if B_new == B_max: gamma = 0 and no eigenvalue is asked for again
+    epoch end:   if epoch in A: lr *= rho;  if epoch >= tau * epochs: gamma = 0
+
+Invariants (checked by :meth:`Scheduler.check_invariants` and by the property tests):
+
+* ``B`` never shrinks, stays in ``[B0, B_max]`` (``B = B_max`` for ``fb``) and is a multiple
+  of the micro-batch;
+* a growth leaves ``lr / B`` unchanged (the noise scale of SGD);
+* ``gamma`` never increases, and is 0 after ``tau * epochs`` epochs and at ``B_max``;
+* no eigenvalue is asked for at ``B_max`` or by a method that does not use one;
+* a negative, NaN or infinite eigenvalue is refused with ``ValueError`` and changes nothing:
+  the check stays due, so the loop can recompute it on another batch or call
+  ``skip_eigenvalue()``, which clears the check without counting it towards the patience, so a
+  bad eigenvalue can never grow the batch.
+
+Rounding, fixed here so that a port reproduces the decisions bit for bit:
+``round_up(x) = m * ceil(x / m - 1e-9)`` with ``m`` the micro-batch size, and the adversarial
+count uses ``floor(gamma * B + 1e-9)``; both tolerances absorb binary floating point error
+(``0.29 * 100`` is ``28.999999999999996``). docs/algorithm.md maps each line above to the code;
+docs/porting.md describes the protocol and the conformance traces.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+__all__ = [
+    "METHODS",
+    "STATE_FORMAT",
+    "STATE_VERSION",
+    "Decision",
+    "SchedulerConfig",
+    "SchedulerError",
+    "SchedulerState",
+    "Scheduler",
+    "init",
+    "on_step",
+    "on_eigenvalue",
+    "on_skip_eigenvalue",
+    "on_epoch_end",
+    "decide",
+]
+
+METHODS = ("bl", "fb", "gg", "abs", "absa")
+STATE_FORMAT = "hessbatch.scheduler"
+STATE_VERSION = 1
+_ROUND_TOL = 1e-9
+
+
+class SchedulerError(RuntimeError):
+    """An event arrived that the protocol does not allow now (events out of order)."""
+
+
+# --------------------------------------------------------------------------------------------
+# validation helpers: each names the parameter, the value received and what is allowed
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _need_int(name: str, value: Any, low: int) -> None:
+    if not _is_int(value):
+        raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
+    if value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value}")
+
+
+def _need_real(name: str, value: Any, allowed: str, ok) -> None:
+    if not _is_real(value):
+        raise TypeError(f"{name} must be a real number, got {value!r} ({type(value).__name__})")
+    if not math.isfinite(value) or not ok(value):
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+
+
+def _round_up(x: float, multiple: int) -> int:
+    """Smallest multiple of ``multiple`` that is >= x, up to floating point error."""
+    return multiple * math.ceil(x / multiple - _ROUND_TOL)
+
+
+# --------------------------------------------------------------------------------------------
+# configuration
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """Hyper-parameters of Algorithm 1 and of the baselines, validated on construction.
+
+    Args:
+        method: ``"bl"``, ``"fb"``, ``"gg"``, ``"abs"`` or ``"absa"``.
+        lr: eta, the base learning rate, used at batch size ``batch_size``.
+        batch_size: B0, the initial logical batch (``bl``: the fixed batch; ``fb``: the
+            reference batch of the linear scaling rule).
+        samples_per_epoch: N, training samples in one epoch (sets the default check period and
+            the FB warm-up length).
+        epochs: total epochs (sets tau's epoch; no event is accepted after the last epoch end).
+        max_batch_size: B_max, the largest logical batch (default ``batch_size``). Must be a
+            multiple of the micro-batch.
+        micro_batch_size: b_micro, what one forward/backward pass holds; B is built from
+            ``B / b_micro`` accumulated micro-batches (default ``batch_size``; must divide
+            ``batch_size`` and ``max_batch_size``).
+        lr_decay_epochs: A, epochs (1-based, strictly increasing, <= epochs) at whose end the lr
+            is multiplied by ``lr_decay_factor`` (``gg``: the batch divided by it).
+        lr_decay_factor: rho in (0, 1].
+        alpha: eigenvalue drop ratio that triggers a growth, > 1.
+        beta: batch growth factor, > 1.
+        check_every: n, the eigenvalue check period in samples (default one epoch).
+        patience: kappa, grow after this many checks without a drop, >= 1.
+        adv_eps: FGSM step on inputs scaled to [0, 1], >= 0.
+        adv_fraction: gamma0 in [0, 1), the fraction of each batch replaced by FGSM (``absa``).
+        adv_decay: omega >= 1, gamma is divided by it at every growth.
+        adv_stop: tau in [0, 1], adversarial training stops after ``tau * epochs`` epochs.
+        warmup_epochs: FB warm-up length in epochs, >= 0.
+
+    Raises:
+        TypeError, ValueError: naming the field, the value received and the allowed range.
+
+    Example:
+        >>> cfg = SchedulerConfig(method="abs", lr=0.1, batch_size=128, max_batch_size=1024,
+        ...                       samples_per_epoch=50_000, epochs=90)
+        >>> cfg.check_every
+        50000
+    """
+
+    method: str
+    lr: float
+    batch_size: int
+    samples_per_epoch: int
+    epochs: int
+    max_batch_size: int | None = None
+    micro_batch_size: int | None = None
+    lr_decay_epochs: tuple[int, ...] = ()
+    lr_decay_factor: float = 0.1
+    alpha: float = 2.0
+    beta: float = 2.0
+    check_every: int | None = None
+    patience: int = 10
+    adv_eps: float = 0.005
+    adv_fraction: float = 0.2
+    adv_decay: float = 2.0
+    adv_stop: float = 0.5
+    warmup_epochs: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.method, str) or self.method.lower() not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        object.__setattr__(self, "method", self.method.lower())
+        _need_real("lr", self.lr, "finite and > 0", lambda v: v > 0)
+        _need_int("batch_size", self.batch_size, 1)
+        _need_int("samples_per_epoch", self.samples_per_epoch, 1)
+        _need_int("epochs", self.epochs, 1)
+        if self.max_batch_size is None:
+            object.__setattr__(self, "max_batch_size", self.batch_size)
+        _need_int("max_batch_size", self.max_batch_size, 1)
+        if self.max_batch_size < self.batch_size:
+            raise ValueError(
+                f"max_batch_size (B_max) must be >= batch_size (B0) = {self.batch_size}, "
+                f"got {self.max_batch_size}")
+        if self.micro_batch_size is None:
+            object.__setattr__(self, "micro_batch_size", self.batch_size)
+        _need_int("micro_batch_size", self.micro_batch_size, 1)
+        for name in ("batch_size", "max_batch_size"):
+            value = getattr(self, name)
+            if value % self.micro_batch_size:
+                raise ValueError(
+                    f"micro_batch_size must divide {name} = {value}, got {self.micro_batch_size}"
+                    f" (choose a divisor, e.g. {math.gcd(self.batch_size, self.max_batch_size)})")
+        decay = self.lr_decay_epochs
+        if isinstance(decay, (str, bytes)) or not hasattr(decay, "__iter__"):
+            raise TypeError(f"lr_decay_epochs must be a sequence of ints, got {decay!r}")
+        decay = tuple(decay)
+        for e in decay:
+            if not _is_int(e):
+                raise TypeError(f"lr_decay_epochs must hold ints, got {e!r} in {decay!r}")
+        if any(not 1 <= e <= self.epochs for e in decay) or list(decay) != sorted(set(decay)):
+            raise ValueError(
+                f"lr_decay_epochs must be strictly increasing epochs in [1, epochs={self.epochs}],"
+                f" got {decay!r}")
+        object.__setattr__(self, "lr_decay_epochs", decay)
+        _need_real("lr_decay_factor", self.lr_decay_factor, "in (0, 1]", lambda v: 0 < v <= 1)
+        _need_real("alpha", self.alpha, "> 1 (the eigenvalue must drop to trigger a growth)",
+                   lambda v: v > 1)
+        _need_real("beta", self.beta, "> 1 (the batch must grow)", lambda v: v > 1)
+        if self.check_every is None:
+            object.__setattr__(self, "check_every", self.samples_per_epoch)
+        _need_int("check_every", self.check_every, 1)
+        _need_int("patience", self.patience, 1)
+        _need_real("adv_eps", self.adv_eps, "finite and >= 0", lambda v: v >= 0)
+        _need_real("adv_fraction", self.adv_fraction, "in [0, 1)", lambda v: 0 <= v < 1)
+        _need_real("adv_decay", self.adv_decay, ">= 1", lambda v: v >= 1)
+        _need_real("adv_stop", self.adv_stop, "in [0, 1]", lambda v: 0 <= v <= 1)
+        _need_real("warmup_epochs", self.warmup_epochs, "finite and >= 0", lambda v: v >= 0)
+
+    @property
+    def uses_eigenvalues(self) -> bool:
+        """True for the methods whose batch follows the Hessian (``abs``, ``absa``)."""
+        return self.method in ("abs", "absa")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict of every field (lists for tuples)."""
+        out = dataclasses.asdict(self)
+        out["lr_decay_epochs"] = list(self.lr_decay_epochs)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "SchedulerConfig":
+        """Inverse of :meth:`to_dict`; unknown keys are an error (a typo must not pass)."""
+        if not isinstance(data, Mapping):
+            raise TypeError(f"config must be a mapping, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown config field(s) {unknown}; allowed: {sorted(known)}")
+        kwargs = dict(data)
+        if "lr_decay_epochs" in kwargs and isinstance(kwargs["lr_decay_epochs"], list):
+            kwargs["lr_decay_epochs"] = tuple(kwargs["lr_decay_epochs"])
+        return cls(**kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+# state and decisions
+
+
+@dataclass(frozen=True)
+class SchedulerState:
+    """Everything Algorithm 1 remembers between events; plain data."""
+
+    batch_size: int              # B: logical batch size, samples per parameter update
+    lr: float                    # scheduled lr at B (fb: the peak, before the warm-up factor)
+    lam_ref: float | None        # eigenvalue at the last growth by drop (or the first one)
+    patience_count: int          # d: checks since lam_ref without a drop
+    samples_seen: int            # s: training samples consumed, all epochs
+    adv_fraction: float          # gamma: fraction of the batch made adversarial (absa only)
+    epoch: int                   # completed epochs
+    updates: int                 # parameter updates made
+    eigenvalue_due: bool         # a check was triggered and its eigenvalue not yet reported
+    epoch_start_samples: int     # s at the last epoch end: an epoch needs at least one step
+    last_eigenvalue: float | None  # last eigenvalue reported (for logs; no decision uses it)
+    reason: str                  # what the last event did, for logs and traces
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the training loop must do next, derived from config and state.
+
+    Fields:
+        method: the schedule's method.
+        batch_size: B, samples in the next parameter update.
+        micro_batch_size: samples per forward/backward pass.
+        accumulation_steps: B / micro_batch_size micro-batches to accumulate per update.
+        lr: learning rate for the next update (fb: the warm-up applied).
+        adv_fraction: gamma, 0 unless absa with adversarial training still on.
+        adv_count: samples of the next batch to replace by adversarial ones (0: none).
+        adv_eps: the adversarial step size (0.0 when adv_count is 0).
+        eigenvalue_due: report ``eigenvalue()`` (or ``skip_eigenvalue()``) before anything else.
+        epoch: completed epochs.
+        samples_seen: training samples consumed so far.
+        updates: parameter updates made so far.
+        finished: all epochs have ended; no further event is accepted.
+        reason: what the last event did.
+    """
+
+    method: str
+    batch_size: int
+    micro_batch_size: int
+    accumulation_steps: int
+    lr: float
+    adv_fraction: float
+    adv_count: int
+    adv_eps: float
+    eigenvalue_due: bool
+    epoch: int
+    samples_seen: int
+    updates: int
+    finished: bool
+    reason: str
+
+    def accumulation_for(self, micro_batch_size: int) -> int:
+        """Micro-batches of ``micro_batch_size`` samples that make up the logical batch.
+
+        Raises:
+            ValueError: if it does not divide the logical batch size.
+        """
+        _need_int("micro_batch_size", micro_batch_size, 1)
+        if self.batch_size % micro_batch_size:
+            raise ValueError(
+                f"micro_batch_size must divide the logical batch {self.batch_size}, "
+                f"got {micro_batch_size}")
+        return self.batch_size // micro_batch_size
+
+    def adversarial_count(self, n_samples: int) -> int:
+        """Adversarial samples in a batch of ``n_samples`` (e.g. a short last batch)."""
+        return _adv_count(self.adv_fraction, n_samples)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _adv_count(gamma: float, batch: int) -> int:
+    # Step 1 of Algorithm 1: max(1, floor(gamma * B)) samples when gamma * B >= 1, else none.
+    if gamma <= 0 or gamma * batch < 1 - _ROUND_TOL:
+        return 0
+    return max(1, math.floor(gamma * batch + _ROUND_TOL))
+
+
+# --------------------------------------------------------------------------------------------
+# the pure transition functions: (config, state, event) -> state
+
+
+def _checks_active(cfg: SchedulerConfig, st: SchedulerState) -> bool:
+    # Nothing is left to decide at B_max (step 4), nor for methods without eigenvalues.
+    return cfg.uses_eigenvalues and st.batch_size < cfg.max_batch_size
+
+
+def _finished(cfg: SchedulerConfig, st: SchedulerState) -> bool:
+    return st.epoch >= cfg.epochs
+
+
+def init(cfg: SchedulerConfig) -> SchedulerState:
+    """The state before the first step."""
+    if cfg.method == "fb":
+        batch, lr = cfg.max_batch_size, cfg.lr * cfg.max_batch_size / cfg.batch_size
+    else:
+        batch, lr = cfg.batch_size, cfg.lr
+    gamma = cfg.adv_fraction if cfg.method == "absa" else 0.0
+    if batch >= cfg.max_batch_size or cfg.adv_stop == 0:
+        gamma = 0.0  # at B_max, and from epoch 0 when tau = 0, there is no adversary
+    return SchedulerState(
+        batch_size=batch, lr=float(lr), lam_ref=None, patience_count=0, samples_seen=0,
+        adv_fraction=float(gamma), epoch=0, updates=0, eigenvalue_due=False,
+        epoch_start_samples=0, last_eigenvalue=None, reason="start")
+
+
+def _refuse_if_done_or_due(cfg: SchedulerConfig, st: SchedulerState, event: str) -> None:
+    if _finished(cfg, st):
+        raise SchedulerError(
+            f"{event}: all {cfg.epochs} epochs have ended; no further event is accepted "
+            f"(raise epochs in the config to train longer)")
+    if st.eigenvalue_due:
+        raise SchedulerError(
+            f"{event}: an eigenvalue is due (samples_seen={st.samples_seen}); report it with "
+            f"eigenvalue(lam) or clear the check with skip_eigenvalue() first")
+
+
+def on_step(cfg: SchedulerConfig, st: SchedulerState, samples: int | None = None) -> SchedulerState:
+    """Step 2-3: one parameter update was made on ``samples`` samples (default B)."""
+    _refuse_if_done_or_due(cfg, st, "step")
+    n = st.batch_size if samples is None else samples
+    if not _is_int(n):
+        raise TypeError(f"samples must be an int, got {n!r} ({type(n).__name__})")
+    if not 1 <= n <= st.batch_size:
+        raise ValueError(
+            f"samples must be in [1, batch_size={st.batch_size}] (a short last batch is "
+            f"allowed, a larger one is not: the scheduler decides B), got {n}")
+    s = st.samples_seen + n
+    crossed = s // cfg.check_every > st.samples_seen // cfg.check_every
+    due = crossed and _checks_active(cfg, st)
+    return dataclasses.replace(
+        st, samples_seen=s, updates=st.updates + 1, eigenvalue_due=due,
+        reason="step: eigenvalue due" if due else "step")
+
+
+def _grow(cfg: SchedulerConfig, st: SchedulerState, factor: float) -> tuple[int, float, float]:
+    """Step 4: the new batch, lr (lr / B kept) and gamma after a growth by ``factor``."""
+    new_b = min(_round_up(factor * st.batch_size, cfg.micro_batch_size), cfg.max_batch_size)
+    lr = st.lr * new_b / st.batch_size
+    gamma = 0.0 if new_b >= cfg.max_batch_size else st.adv_fraction / cfg.adv_decay
+    return new_b, lr, gamma
+
+
+def _check_eigenvalue(lam: Any) -> float:
+    if not _is_real(lam):
+        raise TypeError(f"eigenvalue must be a real number, got {lam!r} ({type(lam).__name__})")
+    lam = float(lam)
+    if not math.isfinite(lam):
+        raise ValueError(
+            f"eigenvalue must be finite, got {lam!r}; nothing changed and the check is still "
+            "due: recompute it (another Hessian batch, more iterations) or call "
+            "skip_eigenvalue() (a skipped check never grows the batch)")
+    if lam < 0:
+        raise ValueError(
+            f"eigenvalue must be >= 0 (the top eigenvalue of the Hessian), got {lam!r}; nothing "
+            "changed and the check is still due: a negative value means the solver found the "
+            "most negative eigenvalue, so recompute it or call skip_eigenvalue()")
+    return lam
+
+
+def on_eigenvalue(cfg: SchedulerConfig, st: SchedulerState, lam: float) -> SchedulerState:
+    """Step 3: the top eigenvalue the scheduler asked for."""
+    if not st.eigenvalue_due:
+        raise SchedulerError(
+            f"eigenvalue: none is due (samples_seen={st.samples_seen}); report one only when "
+            "decision.eigenvalue_due is true")
+    lam = _check_eigenvalue(lam)
+    base = dict(eigenvalue_due=False, last_eigenvalue=lam)
+    if st.lam_ref is None:
+        # The first check only sets the reference (rebuilt); d = 1 counts it towards patience.
+        return dataclasses.replace(st, lam_ref=lam, patience_count=1,
+                                   reason="eigenvalue: first, reference set", **base)
+    if lam <= st.lam_ref / cfg.alpha:
+        b, lr, gamma = _grow(cfg, st, cfg.beta)
+        return dataclasses.replace(st, batch_size=b, lr=lr, adv_fraction=gamma, lam_ref=lam,
+                                   patience_count=0, reason="eigenvalue: dropped, grow", **base)
+    d = st.patience_count + 1
+    if d >= cfg.patience:
+        b, lr, gamma = _grow(cfg, st, cfg.beta)
+        return dataclasses.replace(st, batch_size=b, lr=lr, adv_fraction=gamma,
+                                   patience_count=0, reason="eigenvalue: patience, grow", **base)
+    return dataclasses.replace(st, patience_count=d, reason="eigenvalue: no drop", **base)
+
+
+def on_skip_eigenvalue(cfg: SchedulerConfig, st: SchedulerState) -> SchedulerState:
+    """Clear a due check without an eigenvalue: nothing else changes (never a growth)."""
+    if not st.eigenvalue_due:
+        raise SchedulerError("skip_eigenvalue: no eigenvalue is due")
+    return dataclasses.replace(st, eigenvalue_due=False, reason="eigenvalue: skipped")
+
+
+def on_epoch_end(cfg: SchedulerConfig, st: SchedulerState) -> SchedulerState:
+    """Step 5: lr decay at the epochs in A (gg: batch growth), adversary off after tau."""
+    _refuse_if_done_or_due(cfg, st, "end_epoch")
+    if st.samples_seen == st.epoch_start_samples:
+        raise SchedulerError(
+            f"end_epoch: no step since the last epoch end (epoch {st.epoch}); report the "
+            "epoch's steps first")
+    epoch = st.epoch + 1
+    batch, lr, gamma, reasons = st.batch_size, st.lr, st.adv_fraction, []
+    if epoch in cfg.lr_decay_epochs:
+        if cfg.method == "gg":
+            batch, lr, _ = _grow(cfg, st, 1.0 / cfg.lr_decay_factor)
+            # the part of the decay the batch could not take goes to the lr (rebuilt)
+            lr = st.lr * cfg.lr_decay_factor * batch / st.batch_size
+            reasons.append("gg: batch grows" if batch > st.batch_size else "gg: lr decays")
+        else:
+            lr = st.lr * cfg.lr_decay_factor
+            reasons.append("lr decays")
+    if gamma > 0 and epoch >= cfg.adv_stop * cfg.epochs:
+        gamma = 0.0
+        reasons.append("adversary stops")
+    return dataclasses.replace(
+        st, epoch=epoch, batch_size=batch, lr=lr, adv_fraction=gamma,
+        epoch_start_samples=st.samples_seen,
+        reason="epoch end" + (": " + ", ".join(reasons) if reasons else ""))
+
+
+def decide(cfg: SchedulerConfig, st: SchedulerState) -> Decision:
+    """The decision for the next update, a pure function of config and state."""
+    lr = st.lr
+    if cfg.method == "fb" and cfg.warmup_epochs > 0:
+        # Linear warm-up from eta to the scaled lr over the first warmup_epochs epochs.
+        progress = min(1.0, st.samples_seen / (cfg.warmup_epochs * cfg.samples_per_epoch))
+        lr = cfg.lr + (st.lr - cfg.lr) * progress
+    count = _adv_count(st.adv_fraction, st.batch_size) if cfg.method == "absa" else 0
+    return Decision(
+        method=cfg.method,
+        batch_size=st.batch_size,
+        micro_batch_size=cfg.micro_batch_size,
+        accumulation_steps=st.batch_size // cfg.micro_batch_size,
+        lr=lr,
+        adv_fraction=st.adv_fraction if count else 0.0,
+        adv_count=count,
+        adv_eps=float(cfg.adv_eps) if count else 0.0,
+        eigenvalue_due=st.eigenvalue_due,
+        epoch=st.epoch,
+        samples_seen=st.samples_seen,
+        updates=st.updates,
+        finished=_finished(cfg, st),
+        reason=st.reason,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# state (de)serialisation
+
+
+_STATE_TYPES: dict[str, tuple[type, ...]] = {
+    "batch_size": (int,), "lr": (float, int), "lam_ref": (float, int, type(None)),
+    "patience_count": (int,), "samples_seen": (int,), "adv_fraction": (float, int),
+    "epoch": (int,), "updates": (int,), "eigenvalue_due": (bool,),
+    "epoch_start_samples": (int,), "last_eigenvalue": (float, int, type(None)), "reason": (str,),
+}
+
+
+def _state_from_dict(cfg: SchedulerConfig, data: Mapping[str, Any]) -> SchedulerState:
+    missing = sorted(set(_STATE_TYPES) - set(data))
+    extra = sorted(set(data) - set(_STATE_TYPES))
+    if missing or extra:
+        raise ValueError(f"state has missing fields {missing} and unknown fields {extra}")
+    for name, types in _STATE_TYPES.items():
+        value = data[name]
+        bad_bool = isinstance(value, bool) and bool not in types
+        if bad_bool or not isinstance(value, types):
+            raise TypeError(f"state field {name} has the wrong type: {value!r}")
+    values = {k: (float(v) if isinstance(v, int) and float in _STATE_TYPES[k] else v)
+              for k, v in data.items()}
+    st = SchedulerState(**values)
+    problems = _invariant_problems(cfg, st)
+    if problems:
+        raise ValueError("state does not fit the config: " + "; ".join(problems))
+    return st
+
+
+def _invariant_problems(cfg: SchedulerConfig, st: SchedulerState) -> list[str]:
+    out = []
+    low = cfg.max_batch_size if cfg.method == "fb" else cfg.batch_size
+    if not low <= st.batch_size <= cfg.max_batch_size:
+        out.append(f"batch_size {st.batch_size} outside [{low}, {cfg.max_batch_size}]")
+    if st.batch_size % cfg.micro_batch_size:
+        out.append(f"batch_size {st.batch_size} not a multiple of {cfg.micro_batch_size}")
+    if not (math.isfinite(st.lr) and st.lr > 0):
+        out.append(f"lr {st.lr} not finite and > 0")
+    if not 0 <= st.adv_fraction <= cfg.adv_fraction:
+        out.append(f"adv_fraction {st.adv_fraction} outside [0, {cfg.adv_fraction}]")
+    if st.adv_fraction and (cfg.method != "absa" or st.batch_size >= cfg.max_batch_size
+                            or st.epoch >= cfg.adv_stop * cfg.epochs):
+        out.append(f"adv_fraction {st.adv_fraction} should be 0 here")
+    if st.eigenvalue_due and not _checks_active(cfg, st):
+        out.append("an eigenvalue is due where none may be asked for")
+    if not 0 <= st.epoch <= cfg.epochs:
+        out.append(f"epoch {st.epoch} outside [0, {cfg.epochs}]")
+    if min(st.samples_seen, st.updates, st.patience_count, st.epoch_start_samples) < 0:
+        out.append("negative counter")
+    if st.epoch_start_samples > st.samples_seen:
+        out.append("epoch_start_samples > samples_seen")
+    # d < kappa after every check, except d = 1 right after the first eigenvalue when kappa = 1
+    if st.patience_count > max(cfg.patience - 1, 1):
+        out.append(f"patience_count {st.patience_count} not below patience {cfg.patience}")
+    for name in ("lam_ref", "last_eigenvalue"):
+        v = getattr(st, name)
+        if v is not None and not (math.isfinite(v) and v >= 0):
+            out.append(f"{name} {v} not finite and >= 0")
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# the object-oriented wrapper that training loops use
+
+
+class Scheduler:
+    """Algorithm 1 (and the baselines) as an object holding config and state.
+
+    Example:
+        >>> sch = Scheduler(SchedulerConfig(method="abs", lr=0.1, batch_size=100,
+        ...                 max_batch_size=400, samples_per_epoch=200, epochs=3, patience=2))
+        >>> d = sch.step(); d = sch.step(); d.eigenvalue_due
+        True
+        >>> sch.eigenvalue(8.0).batch_size          # first eigenvalue: reference only
+        100
+        >>> d = sch.end_epoch(); d = sch.step(); d = sch.step()
+        >>> d = sch.eigenvalue(3.0); (d.batch_size, d.lr)   # dropped by more than alpha = 2
+        (200, 0.2)
+    """
+
+    def __init__(self, config: SchedulerConfig):
+        if not isinstance(config, SchedulerConfig):
+            raise TypeError(f"config must be a SchedulerConfig, got {type(config).__name__}")
+        self._config = config
+        self._state = init(config)
+
+    @property
+    def config(self) -> SchedulerConfig:
+        return self._config
+
+    @property
+    def state(self) -> SchedulerState:
+        return self._state
+
+    @property
+    def decision(self) -> Decision:
+        """What to do next."""
+        return decide(self._config, self._state)
+
+    def step(self, samples: int | None = None) -> Decision:
+        """Report one parameter update on ``samples`` samples (default: the decided B)."""
+        self._state = on_step(self._config, self._state, samples)
+        return self.decision
+
+    def eigenvalue(self, value: float) -> Decision:
+        """Report the top Hessian eigenvalue asked for by ``decision.eigenvalue_due``."""
+        self._state = on_eigenvalue(self._config, self._state, value)
+        return self.decision
+
+    def skip_eigenvalue(self) -> Decision:
+        """Clear a due check without an eigenvalue (counts for nothing, never grows B)."""
+        self._state = on_skip_eigenvalue(self._config, self._state)
+        return self.decision
+
+    def end_epoch(self) -> Decision:
+        """Report the end of an epoch."""
+        self._state = on_epoch_end(self._config, self._state)
+        return self.decision
+
+    def check_invariants(self) -> None:
+        """Raise AssertionError naming every broken invariant of the current state."""
+        problems = _invariant_problems(self._config, self._state)
+        if problems:
+            raise AssertionError("; ".join(problems))
+
+    def state_dict(self) -> dict[str, Any]:
+        """Versioned, JSON-able snapshot: format, version, config and state."""
+        return {"format": STATE_FORMAT, "version": STATE_VERSION,
+                "config": self._config.to_dict(), "state": self._state.to_dict()}
+
+    def load_state_dict(self, data: Mapping[str, Any]) -> None:
+        """Restore a snapshot taken by :meth:`state_dict` with the same config.
+
+        Raises:
+            ValueError: wrong format or version, a config that differs from this scheduler's
+                (the differing fields are named), or a state that breaks an invariant.
+        """
+        if not isinstance(data, Mapping):
+            raise TypeError(f"state dict must be a mapping, got {type(data).__name__}")
+        if data.get("format") != STATE_FORMAT:
+            raise ValueError(f"not a scheduler state: format is {data.get('format')!r}, "
+                             f"expected {STATE_FORMAT!r}")
+        if data.get("version") != STATE_VERSION:
+            raise ValueError(f"scheduler state version {data.get('version')!r} is not "
+                             f"supported (this hessbatch reads version {STATE_VERSION})")
+        cfg = SchedulerConfig.from_dict(data.get("config", {}))
+        if cfg != self._config:
+            diff = [f.name for f in dataclasses.fields(cfg)
+                    if getattr(cfg, f.name) != getattr(self._config, f.name)]
+            raise ValueError(f"the saved config differs from this scheduler's in {diff}; "
+                             "build the scheduler with Scheduler.from_state_dict() instead")
+        self._state = _state_from_dict(cfg, data.get("state", {}))
+
+    @classmethod
+    def from_state_dict(cls, data: Mapping[str, Any]) -> "Scheduler":
+        """A scheduler with the saved config and state."""
+        if not isinstance(data, Mapping):
+            raise TypeError(f"state dict must be a mapping, got {type(data).__name__}")
+        sch = cls(SchedulerConfig.from_dict(data.get("config", {})))
+        sch.load_state_dict(data)
+        return sch
+
+    def __repr__(self) -> str:
+        d = self.decision
+        return (f"Scheduler(method={d.method!r}, B={d.batch_size}, lr={d.lr:.6g}, "
+                f"epoch={d.epoch}, updates={d.updates}, due={d.eigenvalue_due})")
