@@ -213,7 +213,7 @@ class SchedulerConfig:
         if any(not 1 <= e <= self.epochs for e in decay) or list(decay) != sorted(set(decay)):
             raise ValueError(
                 f"lr_decay_epochs must be strictly increasing epochs in [1, epochs={self.epochs}],"
-                f" got {decay!r}")
+                f" got {decay!r} (an empty tuple means no decay)")
         object.__setattr__(self, "lr_decay_epochs", decay)
         _need_real("lr_decay_factor", self.lr_decay_factor, "in (0, 1]", lambda v: 0 < v <= 1)
         _need_real("alpha", self.alpha, "> 1 (the eigenvalue must drop to trigger a growth)",

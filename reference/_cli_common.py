@@ -1,0 +1,138 @@
+"""Command-line pieces shared by every subcommand: the scheduler's options and table printing.
+
+Every subcommand that trains reads Algorithm 1's hyper-parameters from the same options, so the
+spelling, the defaults and the help text are written once, here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, Iterable, Sequence
+
+from ._scheduler import METHODS, SchedulerConfig
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    """Parse ``"30,60,80"`` (or an empty string) into a tuple of ints, for argparse."""
+    text = text.strip()
+    if not text:
+        return ()
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers such as 30,60,80, got {text!r}") from None
+
+
+def add_scheduler_arguments(parser: argparse.ArgumentParser, *, method: str = "abs",
+                            lr: float = 0.1, batch_size: int = 128,
+                            max_batch_size: int = 16384, decay_epochs: str = "",
+                            decay_factor: float = 0.2) -> argparse._ArgumentGroup:
+    """Add Algorithm 1's hyper-parameters as options (defaults: the paper's, ALGORITHM.md s.2)."""
+    g = parser.add_argument_group("schedule (Algorithm 1 and the baselines)")
+    g.add_argument("--method", choices=METHODS, default=method,
+                   help="bl: fixed batch; fb: fixed B_max with scaled lr and warm-up; gg: grow "
+                        "the batch instead of decaying the lr; abs: grow the batch when the "
+                        "Hessian's top eigenvalue drops; absa: abs plus FGSM (default %(default)s)")
+    g.add_argument("--lr", type=float, default=lr,
+                   help="eta, the base learning rate at the initial batch (default %(default)s)")
+    g.add_argument("--batch-size", type=int, default=batch_size,
+                   help="B0, the initial logical batch (bl: the fixed batch) (default %(default)s)")
+    g.add_argument("--max-batch", "--max-batch-size", dest="max_batch_size", type=int,
+                   default=max_batch_size,
+                   help="B_max, the largest logical batch (fb trains at it) (default %(default)s)")
+    g.add_argument("--micro-batch", dest="micro_batch_size", type=int, default=None,
+                   help="samples per forward/backward pass; B is accumulated from micro-batches "
+                        "(default: B0)")
+    g.add_argument("--decay-epochs", type=int_list, default=int_list(decay_epochs),
+                   help="A: epochs after which lr *= rho (gg: B /= rho), comma-separated "
+                        "(default %r)" % decay_epochs)
+    g.add_argument("--decay-factor", type=float, default=decay_factor,
+                   help="rho, the lr decay factor (default %(default)s)")
+    g.add_argument("--alpha", type=float, default=2.0,
+                   help="grow when the eigenvalue dropped by this ratio (default %(default)s)")
+    g.add_argument("--beta", type=float, default=2.0,
+                   help="batch growth factor (default %(default)s)")
+    g.add_argument("--check-every", type=int, default=None,
+                   help="n, samples between eigenvalue checks (default: one epoch)")
+    g.add_argument("--patience", type=int, default=10,
+                   help="kappa: grow anyway after this many checks without a drop "
+                        "(default %(default)s)")
+    g.add_argument("--adv-eps", type=float, default=0.005,
+                   help="FGSM step on inputs scaled to [0, 1] (absa) (default %(default)s)")
+    g.add_argument("--adv-fraction", type=float, default=0.2,
+                   help="gamma, fraction of each batch replaced by FGSM examples (absa) "
+                        "(default %(default)s)")
+    g.add_argument("--adv-decay", type=float, default=2.0,
+                   help="omega: gamma is divided by it at every growth (default %(default)s)")
+    g.add_argument("--adv-stop", type=float, default=0.5,
+                   help="tau: adversarial training stops after this fraction of the epochs "
+                        "(default %(default)s)")
+    g.add_argument("--warmup-epochs", type=float, default=5.0,
+                   help="fb: epochs of linear lr warm-up (default %(default)s)")
+    return g
+
+
+def config_from_args(args: argparse.Namespace, *, samples_per_epoch: int,
+                     epochs: int) -> SchedulerConfig:
+    """Build a validated :class:`SchedulerConfig` from the options of
+    :func:`add_scheduler_arguments`."""
+    return SchedulerConfig(
+        method=args.method, lr=args.lr, batch_size=args.batch_size,
+        max_batch_size=args.max_batch_size, micro_batch_size=args.micro_batch_size,
+        samples_per_epoch=samples_per_epoch, epochs=epochs,
+        lr_decay_epochs=tuple(args.decay_epochs), lr_decay_factor=args.decay_factor,
+        alpha=args.alpha, beta=args.beta, check_every=args.check_every,
+        patience=args.patience, adv_eps=args.adv_eps, adv_fraction=args.adv_fraction,
+        adv_decay=args.adv_decay, adv_stop=args.adv_stop, warmup_epochs=args.warmup_epochs)
+
+
+def format_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """Aligned plain-text table; numbers right-aligned, floats with 4 significant digits."""
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return "" if v is None else str(v)
+
+    body = [[cell(v) for v in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in body]) for i, h in enumerate(headers)]
+    numeric = [all(_looks_numeric(r[i]) for r in body if r[i]) for i in range(len(headers))]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(c.rjust(w) if num else c.ljust(w)
+                         for c, w, num in zip(cells, widths, numeric)).rstrip()
+
+    out = [line(headers), line(["-" * w for w in widths])]
+    out += [line(r) for r in body]
+    return "\n".join(out)
+
+
+def _looks_numeric(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+class Progress:
+    """A one-line progress display on stderr, redrawn in place; silent when disabled."""
+
+    def __init__(self, total: int, label: str, enabled: bool = True, stream=None):
+        self.total, self.label, self.enabled = max(int(total), 1), label, enabled
+        self.stream = stream or sys.stderr
+        self.done = 0
+
+    def update(self, n: int = 1, info: str = "") -> None:
+        self.done += n
+        if self.enabled:
+            frac = min(self.done / self.total, 1.0)
+            bar = "#" * int(24 * frac)
+            self.stream.write(f"\r{self.label} [{bar:<24}] {100 * frac:5.1f}% {info}\033[K")
+            self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.stream.write("\n")
+            self.stream.flush()
