@@ -55,7 +55,7 @@ def load_eigenvalues(path: str | Path) -> list[float]:
     """
     path = Path(path)
     text = path.read_text(encoding="utf-8")
-    if path.suffix.lower() == ".json" or text.lstrip()[:1] in "[{":
+    if path.suffix.lower() == ".json" or text.lstrip()[:1] in ("[", "{"):
         try:
             data: Any = json.loads(text)
         except json.JSONDecodeError as exc:

@@ -290,7 +290,8 @@ class Decision:
         micro_batch_size: samples per forward/backward pass.
         accumulation_steps: B / micro_batch_size micro-batches to accumulate per update.
         lr: learning rate for the next update (fb: the warm-up applied).
-        adv_fraction: gamma, 0 unless absa with adversarial training still on.
+        adv_fraction: gamma (0 unless absa with adversarial training still on); the count
+            may still be 0 when gamma * B < 1.
         adv_count: samples of the next batch to replace by adversarial ones (0: none).
         adv_eps: the adversarial step size (0.0 when adv_count is 0).
         eigenvalue_due: report ``eigenvalue()`` (or ``skip_eigenvalue()``) before anything else.
@@ -498,7 +499,7 @@ def decide(cfg: SchedulerConfig, st: SchedulerState) -> Decision:
         micro_batch_size=cfg.micro_batch_size,
         accumulation_steps=st.batch_size // cfg.micro_batch_size,
         lr=lr,
-        adv_fraction=st.adv_fraction if count else 0.0,
+        adv_fraction=st.adv_fraction if cfg.method == "absa" else 0.0,
         adv_count=count,
         adv_eps=float(cfg.adv_eps) if count else 0.0,
         eigenvalue_due=st.eigenvalue_due,
