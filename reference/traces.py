@@ -1,0 +1,637 @@
+"""Conformance traces: event sequences with the exact decisions the scheduler must produce.
+
+A port of the scheduler core (to C++, Rust, JAX, ...) proves it implements Algorithm 1 the same
+way as ``hessbatch`` by replaying the traces shipped in ``hessbatch/traces/*.json``: it builds
+the scheduler from the trace's config, checks the initial decision, then feeds the events one by
+one and compares, after each, its decision (and its state) with the one recorded. This module
+is the Python side: the file format, :func:`load_trace`, :func:`replay` (which replays a trace
+through :class:`hessbatch.Scheduler`, or through any object with the same protocol),
+:func:`builtin_traces`, and :class:`TraceRecorder`, which writes new traces. docs/porting.md
+describes the protocol for a port; ``python -m hessbatch._make_traces`` regenerates the shipped
+files from their hand-written event scripts.
+
+File format (JSON, UTF-8; ``version`` 1)::
+
+    {"format": "hessbatch.trace", "version": 1, "kind": "events",
+     "name": "...", "description": "...", "covers": ["growth by drop", ...],
+     "config": {every SchedulerConfig field},
+     "initial": {"decision": {...}, "state": {...}},
+     "events": [
+       {"event": "step", "samples": 100, "decision": {...}, "state": {...}},
+       {"event": "eigenvalue", "value": 3.0, "note": "8 -> 3 drops by > alpha: grow", ...},
+       {"event": "eigenvalue", "value": "NaN", "error": {"kind": "value",
+        "mentions": ["finite"]}, "decision": {...}, "state": {...}},
+       {"event": "skip_eigenvalue", ...}, {"event": "epoch_end", ...},
+       {"event": "save_load", ...}]}
+
+``decision`` holds every field of :class:`hessbatch.Decision` and ``state`` every field of the
+state dict's ``state`` (:class:`hessbatch.SchedulerState`), both as they are *after* the event.
+An event with ``error`` must fail with that kind of error (``"protocol"``: events out of order,
+:class:`hessbatch.SchedulerError`; ``"value"``: :class:`ValueError`; ``"type"``:
+:class:`TypeError`) whose message contains every string of ``mentions``; the decision and state
+recorded with it are those before the event: a refused event changes nothing. ``save_load``
+serialises the state dict to JSON text, parses it into a fresh scheduler built from the same
+config, and carries on with that one. Non-finite eigenvalues, which JSON cannot spell as
+numbers, are the strings ``"NaN"``, ``"Infinity"`` and ``"-Infinity"``; any other string is
+passed through unchanged (to test a wrong type). A file of ``"kind": "config_errors"`` holds
+``"cases"``: ``{"config": {...}, "error": {...}}`` instead of config, initial and events.
+
+Comparison rule (decided here, stated in docs/porting.md): decisions must agree *bit for bit*.
+Ints, bools, strings and nulls compare with ``==`` and must have the same JSON type; floats
+compare by their shortest round-trip text (Python ``repr``), which is equivalent to equality of
+the IEEE-754 doubles because the files are written with that text and every JSON parser that
+rounds correctly reads back the same double (``-0.0`` and ``0.0`` differ). No tolerance: the
+core fixes the order of every floating-point operation (docs/porting.md lists them), so an exact
+port reproduces the same doubles, and a tolerance would hide a wrong rounding rule.
+
+Example:
+    >>> from hessbatch.traces import builtin_traces, load_trace, replay
+    >>> paths = builtin_traces()
+    >>> trace = load_trace(next(p for p in paths if p.name == "abs_growth_by_drop.json"))
+    >>> replay(trace)
+    []
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.resources
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from ._scheduler import Scheduler, SchedulerConfig, SchedulerError
+
+__all__ = [
+    "TRACE_FORMAT",
+    "TRACE_VERSION",
+    "ERROR_KINDS",
+    "EVENTS",
+    "Mismatch",
+    "Trace",
+    "TraceRecorder",
+    "builtin_traces",
+    "load_trace",
+    "replay",
+    "dump_trace",
+    "trace_to_json",
+    "main",
+]
+
+TRACE_FORMAT = "hessbatch.trace"
+TRACE_VERSION = 1
+EVENTS = ("step", "eigenvalue", "skip_eigenvalue", "epoch_end", "save_load")
+# kind of error in a trace -> the Python exception class that carries it
+ERROR_KINDS: dict[str, type[Exception]] = {
+    "protocol": SchedulerError, "value": ValueError, "type": TypeError}
+_SPECIAL_FLOATS = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+_TOP_KEYS_EVENTS = {"format", "version", "kind", "name", "description", "covers", "config",
+                    "initial", "events"}
+_TOP_KEYS_CONFIGS = {"format", "version", "kind", "name", "description", "covers", "cases"}
+
+
+# --------------------------------------------------------------------------------------------
+# the trace record
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    """One difference between a trace and a replay.
+
+    Fields:
+        index: position of the event in ``trace.events`` (or of the case in ``trace.cases``);
+            -1 for the initial decision.
+        event: the event's name (``"initial"`` for the initial decision, ``"config"`` for a
+            config-error case).
+        field: ``"decision.<name>"``, ``"state.<name>"`` or ``"error"``.
+        expected: the value recorded in the trace.
+        got: the value the replay produced (for ``error``: the exception, or ``None``).
+    """
+
+    index: int
+    event: str
+    field: str
+    expected: Any
+    got: Any
+
+    def __str__(self) -> str:
+        return (f"event {self.index} ({self.event}): {self.field} expected {self.expected!r}, "
+                f"got {self.got!r}")
+
+
+@dataclass(frozen=True)
+class Trace:
+    """A validated conformance trace (see the module docstring for the file format).
+
+    Build one with :func:`load_trace`, :meth:`from_dict` or :class:`TraceRecorder`.
+    ``config``, ``initial`` and ``events`` are empty for a ``config_errors`` trace, whose
+    ``cases`` are empty otherwise.
+    """
+
+    name: str
+    description: str
+    covers: tuple[str, ...]
+    kind: str = "events"
+    config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    initial: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    events: tuple[Mapping[str, Any], ...] = ()
+    cases: tuple[Mapping[str, Any], ...] = ()
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "trace") -> "Trace":
+        """Check the structure of a parsed trace file and wrap it.
+
+        Args:
+            data: the parsed JSON.
+            source: where it came from, for error messages.
+
+        Raises:
+            ValueError: naming the source, the place in the file and what is wrong (a trace
+                that cannot be read must never replay as an empty success).
+        """
+        def fail(where: str, problem: str) -> None:
+            raise ValueError(f"{source}: {where}: {problem}")
+
+        if not isinstance(data, Mapping):
+            fail("top level", f"must be a JSON object, got {type(data).__name__}")
+        if data.get("format") != TRACE_FORMAT:
+            fail("format", f"must be {TRACE_FORMAT!r}, got {data.get('format')!r}")
+        if data.get("version") != TRACE_VERSION:
+            fail("version", f"{data.get('version')!r} is not supported (this hessbatch reads "
+                 f"version {TRACE_VERSION})")
+        kind = data.get("kind", "events")
+        if kind not in ("events", "config_errors"):
+            fail("kind", f"must be 'events' or 'config_errors', got {kind!r}")
+        allowed = _TOP_KEYS_EVENTS if kind == "events" else _TOP_KEYS_CONFIGS
+        unknown = sorted(set(data) - allowed)
+        missing = sorted(allowed - {"kind", "covers"} - set(data))
+        if unknown or missing:
+            fail("top level", f"missing keys {missing}, unknown keys {unknown}")
+        for key in ("name", "description"):
+            if not isinstance(data[key], str) or not data[key]:
+                fail(key, f"must be a non-empty string, got {data[key]!r}")
+        covers = data.get("covers", [])
+        if not isinstance(covers, list) or not all(isinstance(c, str) for c in covers):
+            fail("covers", f"must be a list of strings, got {covers!r}")
+        if kind == "config_errors":
+            cases = data["cases"]
+            if not isinstance(cases, list) or not cases:
+                fail("cases", "must be a non-empty list")
+            for i, case in enumerate(cases):
+                if not isinstance(case, Mapping) or set(case) - {"config", "error", "note"} \
+                        or not isinstance(case.get("config"), Mapping):
+                    fail(f"cases[{i}]", "must be an object with 'config' (an object), "
+                         "'error' and an optional 'note'")
+                _check_error_spec(case.get("error"), f"cases[{i}].error", fail)
+            return cls(name=data["name"], description=data["description"],
+                       covers=tuple(covers), kind=kind, cases=tuple(cases))
+        if not isinstance(data["config"], Mapping):
+            fail("config", "must be an object with the SchedulerConfig fields")
+        _check_snapshot(data["initial"], "initial", fail)
+        events = data["events"]
+        if not isinstance(events, list) or not events:
+            fail("events", "must be a non-empty list")
+        for i, ev in enumerate(events):
+            where = f"events[{i}]"
+            if not isinstance(ev, Mapping):
+                fail(where, f"must be an object, got {type(ev).__name__}")
+            name = ev.get("event")
+            if name not in EVENTS:
+                fail(where, f"'event' must be one of {', '.join(EVENTS)}, got {name!r}")
+            need = {"step": {"samples"}, "eigenvalue": {"value"}}.get(name, set())
+            extra = set(ev) - {"event", "note", "error", "decision", "state"} - need
+            if need - set(ev) or extra:
+                fail(where, f"a {name} event needs {sorted(need) or 'no argument'}, got keys "
+                     f"{sorted(ev)}")
+            if "error" in ev:
+                _check_error_spec(ev["error"], where + ".error", fail)
+            _check_snapshot(ev, where, fail)
+        return cls(name=data["name"], description=data["description"], covers=tuple(covers),
+                   kind=kind, config=data["config"], initial=data["initial"],
+                   events=tuple(events))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-able dict that :func:`trace_to_json` writes."""
+        head = {"format": TRACE_FORMAT, "version": TRACE_VERSION, "kind": self.kind,
+                "name": self.name, "description": self.description, "covers": list(self.covers)}
+        if self.kind == "config_errors":
+            return {**head, "cases": [dict(c) for c in self.cases]}
+        return {**head, "config": dict(self.config), "initial": dict(self.initial),
+                "events": [dict(e) for e in self.events]}
+
+
+def _check_error_spec(spec: Any, where: str, fail: Callable[[str, str], None]) -> None:
+    if not isinstance(spec, Mapping) or spec.get("kind") not in ERROR_KINDS \
+            or set(spec) - {"kind", "mentions"} \
+            or not isinstance(spec.get("mentions", []), list) \
+            or not all(isinstance(m, str) for m in spec.get("mentions", [])):
+        fail(where, f"must be {{'kind': one of {sorted(ERROR_KINDS)}, 'mentions': [strings]}},"
+             f" got {spec!r}")
+
+
+def _check_snapshot(obj: Any, where: str, fail: Callable[[str, str], None]) -> None:
+    if not isinstance(obj, Mapping):
+        fail(where, "must be an object")
+    for key in ("decision", "state"):
+        if not isinstance(obj.get(key), Mapping) or not obj[key]:
+            fail(where, f"needs a non-empty '{key}' object")
+
+
+# --------------------------------------------------------------------------------------------
+# reading and writing
+
+
+def load_trace(path: str | os.PathLike | Any) -> Trace:
+    """Read and validate a trace file.
+
+    Args:
+        path: a file path, or an ``importlib.resources`` traversable (as returned by
+            :func:`builtin_traces`).
+
+    Returns:
+        The :class:`Trace`.
+
+    Raises:
+        OSError: the file cannot be read.
+        ValueError: it is not JSON, or not a trace (the message names the file and the place).
+
+    Example:
+        >>> trace = load_trace(builtin_traces()[0])
+        >>> trace.kind in ("events", "config_errors")
+        True
+    """
+    if hasattr(path, "read_text") and not isinstance(path, (str, bytes)):
+        text, source = path.read_text(encoding="utf-8"), str(path)
+    else:
+        with open(path, encoding="utf-8") as fh:
+            text, source = fh.read(), os.fspath(path)
+    try:
+        # parse_constant refuses the NaN/Infinity tokens Python's json would otherwise accept:
+        # the files must stay standard JSON that any port can parse.
+        data = json.loads(text, parse_constant=_refuse_constant)
+    except ValueError as exc:
+        raise ValueError(f"{source}: not valid JSON: {exc}") from None
+    return Trace.from_dict(data, source)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"non-standard JSON constant {name} (write it as the string \"{name}\")")
+
+
+def trace_to_json(trace: Trace) -> str:
+    """Standard JSON text of a trace: the header keys first, then one event per line.
+
+    One event per line keeps the files readable and their diffs small when the core changes.
+    Floats are written with Python's shortest round-trip ``repr``.
+    """
+    data = trace.to_dict()
+    items = [k for k in data if k not in ("events", "cases")]
+    lines = [f"  {json.dumps(k)}: {json.dumps(data[k], allow_nan=False)}" for k in items]
+    seq_key = "cases" if trace.kind == "config_errors" else "events"
+    body = ",\n".join("    " + json.dumps(e, allow_nan=False) for e in data[seq_key])
+    lines.append(f"  {json.dumps(seq_key)}: [\n{body}\n  ]")
+    return "{\n" + ",\n".join(lines) + "\n}\n"
+
+
+def dump_trace(trace: Trace, path: str | os.PathLike) -> None:
+    """Write :func:`trace_to_json` of ``trace`` to ``path`` (UTF-8, ``\\n`` line ends)."""
+    with open(path, "w", encoding="utf-8", newline="\n") as fh:
+        fh.write(trace_to_json(trace))
+
+
+def builtin_traces() -> list[Any]:
+    """The trace files shipped with hessbatch (``hessbatch/traces/*.json``), sorted by name.
+
+    Returns:
+        Traversables (plain :class:`pathlib.Path` objects for an ordinary install), each
+        readable with :func:`load_trace`.
+    """
+    folder = importlib.resources.files("hessbatch").joinpath("traces")
+    return sorted((p for p in folder.iterdir() if p.name.endswith(".json")),
+                  key=lambda p: p.name)
+
+
+# --------------------------------------------------------------------------------------------
+# replay
+
+
+def _decode_value(value: Any) -> Any:
+    if isinstance(value, str) and value in _SPECIAL_FLOATS:
+        return _SPECIAL_FLOATS[value]
+    return value
+
+
+def _encode_value(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    return value
+
+
+def _same(expected: Any, got: Any) -> bool:
+    """Exact agreement under the module's comparison rule (floats by their repr)."""
+    if isinstance(expected, float):
+        return isinstance(got, float) and repr(got) == repr(expected)
+    if isinstance(expected, bool) or isinstance(got, bool):
+        return type(expected) is type(got) and expected == got
+    if isinstance(expected, int):
+        return type(got) is int and got == expected
+    return type(expected) is type(got) and expected == got
+
+
+def _compare(index: int, event: str, prefix: str, expected: Mapping[str, Any],
+             got: Mapping[str, Any], skip: set[str]) -> list[Mismatch]:
+    out = []
+    for key in sorted((set(expected) | set(got)) - skip):
+        exp = expected.get(key, "<absent>")
+        val = got.get(key, "<absent>")
+        if key not in expected or key not in got or not _same(exp, val):
+            out.append(Mismatch(index, event, f"{prefix}.{key}", exp, val))
+    return out
+
+
+def _error_mismatch(index: int, event: str, spec: Mapping[str, Any] | None,
+                    exc: BaseException | None) -> list[Mismatch]:
+    def describe(e: BaseException | None) -> str | None:
+        return None if e is None else f"{type(e).__name__}: {e}"
+
+    if spec is None:
+        return [] if exc is None else [Mismatch(index, event, "error", None, describe(exc))]
+    wanted = f"{spec['kind']} error ({ERROR_KINDS[spec['kind']].__name__}) mentioning " \
+             f"{spec.get('mentions', [])}"
+    if exc is None or not isinstance(exc, ERROR_KINDS[spec["kind"]]) \
+            or any(m not in str(exc) for m in spec.get("mentions", [])):
+        return [Mismatch(index, event, "error", wanted, describe(exc))]
+    return []
+
+
+def _snapshot(sch: Any) -> dict[str, Any]:
+    return {"decision": sch.decision.to_dict(), "state": sch.state_dict()["state"]}
+
+
+def _apply(sch: Any, ev: Mapping[str, Any], config: SchedulerConfig,
+           factory: Callable[[SchedulerConfig], Any]) -> Any:
+    """Feed one event; return the scheduler to carry on with (new after save_load)."""
+    name = ev["event"]
+    if name == "step":
+        sch.step(ev["samples"])
+    elif name == "eigenvalue":
+        sch.eigenvalue(_decode_value(ev["value"]))
+    elif name == "skip_eigenvalue":
+        sch.skip_eigenvalue()
+    elif name == "epoch_end":
+        sch.end_epoch()
+    else:  # save_load: through JSON text, as a checkpoint file would go
+        text = json.dumps(sch.state_dict(), allow_nan=False)
+        fresh = factory(config)
+        fresh.load_state_dict(json.loads(text))
+        return fresh
+    return sch
+
+
+def replay(trace: Trace | Mapping[str, Any] | str | os.PathLike, *,
+           factory: Callable[[SchedulerConfig], Any] | None = None,
+           check_state: bool = True, check_reason: bool = True) -> list[Mismatch]:
+    """Replay a trace and list every difference from what it recorded.
+
+    Each event is applied to the scheduler; then its decision (and state dict's ``state``) is
+    compared field by field with the recorded one, exactly (see the module docstring), and an
+    event recorded with an error must raise that kind of error mentioning the recorded strings.
+    Replay goes on after a mismatch, so one run shows every difference.
+
+    Args:
+        trace: a :class:`Trace`, a parsed trace dict, or a path to a trace file.
+        factory: builds the scheduler under test from a :class:`hessbatch.SchedulerConfig`
+            (default :class:`hessbatch.Scheduler`). It must offer ``decision`` (with
+            ``to_dict()``), ``step(n)``, ``eigenvalue(lam)``, ``skip_eigenvalue()``,
+            ``end_epoch()``, ``state_dict()`` and ``load_state_dict(dct)``.
+        check_state: compare the state too (a port that reads and writes hessbatch's state
+            dicts must); with False only decisions are compared.
+        check_reason: compare the ``reason`` log strings (a port may word them differently).
+
+    Returns:
+        The list of :class:`Mismatch`, empty when the replay agrees with the trace.
+
+    Raises:
+        ValueError: the trace itself is malformed.
+
+    Example:
+        >>> trace = load_trace(builtin_traces()[0])
+        >>> replay(trace, check_reason=False)
+        []
+    """
+    if not isinstance(trace, Trace):
+        trace = load_trace(trace) if isinstance(trace, (str, os.PathLike)) \
+            else Trace.from_dict(trace)
+    factory = Scheduler if factory is None else factory
+    skip = set() if check_reason else {"reason"}
+    if trace.kind == "config_errors":
+        out = []
+        for i, case in enumerate(trace.cases):
+            try:
+                SchedulerConfig.from_dict(case["config"])
+            except (SchedulerError, ValueError, TypeError) as exc:
+                out += _error_mismatch(i, "config", case["error"], exc)
+            else:
+                out += _error_mismatch(i, "config", case["error"], None)
+        return out
+
+    config = SchedulerConfig.from_dict(trace.config)
+    sch = factory(config)
+
+    def check(index: int, event: str, expected: Mapping[str, Any]) -> list[Mismatch]:
+        got = _snapshot(sch)
+        found = _compare(index, event, "decision", expected["decision"], got["decision"], skip)
+        if check_state:
+            found += _compare(index, event, "state", expected["state"], got["state"], skip)
+        return found
+
+    mismatches = check(-1, "initial", trace.initial)
+    for i, ev in enumerate(trace.events):
+        exc = None
+        try:
+            sch = _apply(sch, ev, config, factory)
+        except (SchedulerError, ValueError, TypeError) as error:
+            exc = error
+        mismatches += _error_mismatch(i, ev["event"], ev.get("error"), exc)
+        mismatches += check(i, ev["event"], ev)
+    return mismatches
+
+
+# --------------------------------------------------------------------------------------------
+# recording new traces
+
+
+class TraceRecorder:
+    """Write a trace by driving the reference scheduler with an event script.
+
+    Every call applies one event to a :class:`hessbatch.Scheduler` and records the event with
+    the decision and state that followed. An event meant to fail must say so with
+    ``error=(kind, *mentions)``; an error the script did not declare, or a declared one that
+    does not happen, raises :class:`AssertionError`, so a slip in a script cannot turn into
+    a recorded expectation.
+
+    Args:
+        name: the trace's name (also its file name without ``.json``).
+        description: what the trace exercises, in a sentence or two.
+        config: a :class:`hessbatch.SchedulerConfig` or the dict of its fields.
+        covers: the branches of Algorithm 1 the trace is written to reach.
+
+    Example:
+        >>> rec = TraceRecorder("tiny", "two steps and a first eigenvalue",
+        ...                     dict(method="abs", lr=0.1, batch_size=100,
+        ...                          samples_per_epoch=200, epochs=1, max_batch_size=200))
+        >>> _ = rec.step(); d = rec.step(); d.eigenvalue_due
+        True
+        >>> rec.eigenvalue(float("nan"), error=("value", "finite")).eigenvalue_due
+        True
+        >>> replay(rec.trace())
+        []
+    """
+
+    def __init__(self, name: str, description: str,
+                 config: SchedulerConfig | Mapping[str, Any], covers: Iterable[str] = ()):
+        if not isinstance(config, SchedulerConfig):
+            config = SchedulerConfig.from_dict(config)
+        self.name, self.description, self.covers = name, description, tuple(covers)
+        self.config = config
+        self.scheduler = Scheduler(config)
+        self.initial = _snapshot(self.scheduler)
+        self.events: list[dict[str, Any]] = []
+
+    @property
+    def decision(self):
+        """The scheduler's current decision."""
+        return self.scheduler.decision
+
+    def _record(self, event: dict[str, Any], note: str | None,
+                error: Sequence[str] | None):
+        exc = None
+        try:
+            self.scheduler = _apply(self.scheduler, event, self.config, Scheduler)
+        except (SchedulerError, ValueError, TypeError) as caught:
+            exc = caught
+        if error is None and exc is not None:
+            raise AssertionError(f"{self.name}: event {len(self.events)} {event} raised an "
+                                 f"undeclared {type(exc).__name__}: {exc}")
+        if error is not None:
+            spec = {"kind": error[0], "mentions": list(error[1:])}
+            if _error_mismatch(len(self.events), event["event"], spec, exc):
+                raise AssertionError(f"{self.name}: event {len(self.events)} {event} should "
+                                     f"fail with {spec}, got {exc!r}")
+        if note:
+            event["note"] = note
+        if error is not None:
+            event["error"] = spec
+        event.update(_snapshot(self.scheduler))
+        self.events.append(event)
+        return self.scheduler.decision
+
+    def step(self, samples: Any = None, *, note: str | None = None,
+             error: Sequence[str] | None = None):
+        """Record a step of ``samples`` samples (default: the decided batch size)."""
+        n = self.scheduler.decision.batch_size if samples is None else samples
+        return self._record({"event": "step", "samples": n}, note, error)
+
+    def eigenvalue(self, value: Any, *, note: str | None = None,
+                   error: Sequence[str] | None = None):
+        """Record an eigenvalue report (non-finite floats are written as strings)."""
+        return self._record({"event": "eigenvalue", "value": _encode_value(value)}, note, error)
+
+    def skip_eigenvalue(self, *, note: str | None = None, error: Sequence[str] | None = None):
+        """Record a skipped check."""
+        return self._record({"event": "skip_eigenvalue"}, note, error)
+
+    def end_epoch(self, *, note: str | None = None, error: Sequence[str] | None = None):
+        """Record an epoch end."""
+        return self._record({"event": "epoch_end"}, note, error)
+
+    def save_load(self, *, note: str | None = None):
+        """Record a state dict round trip through JSON into a fresh scheduler."""
+        return self._record({"event": "save_load"}, note, None)
+
+    def trace(self) -> Trace:
+        """The recorded :class:`Trace` (validated)."""
+        return Trace.from_dict({
+            "format": TRACE_FORMAT, "version": TRACE_VERSION, "kind": "events",
+            "name": self.name, "description": self.description, "covers": list(self.covers),
+            "config": self.config.to_dict(), "initial": self.initial,
+            "events": self.events}, self.name)
+
+
+def config_error_trace(name: str, description: str,
+                       cases: Iterable[tuple[Mapping[str, Any], Sequence[str]]],
+                       covers: Iterable[str] = ()) -> Trace:
+    """A ``config_errors`` trace: configs that must be refused, each with its error.
+
+    Args:
+        cases: pairs ``(config_dict, (kind, *mentions))``; each is checked against the
+            reference core before it is recorded (an accepted config raises AssertionError).
+    """
+    out = []
+    for i, (config, error) in enumerate(cases):
+        spec = {"kind": error[0], "mentions": list(error[1:])}
+        try:
+            SchedulerConfig.from_dict(config)
+        except (SchedulerError, ValueError, TypeError) as exc:
+            caught: BaseException | None = exc
+        else:
+            caught = None
+        if _error_mismatch(i, "config", spec, caught):
+            raise AssertionError(f"{name}: case {i} {config} should fail with {spec}, "
+                                 f"got {caught!r}")
+        out.append({"config": dict(config), "error": spec})
+    return Trace.from_dict({"format": TRACE_FORMAT, "version": TRACE_VERSION,
+                            "kind": "config_errors", "name": name, "description": description,
+                            "covers": list(covers), "cases": out}, name)
+
+
+# --------------------------------------------------------------------------------------------
+# command line: python -m hessbatch.traces
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Replay trace files (default: the built-in ones) and print a line per trace.
+
+    ``--copy-to DIR`` writes the built-in traces into DIR, for a port to vendor them.
+    Returns 0 when every trace replays without a mismatch, 1 otherwise.
+    """
+    parser = argparse.ArgumentParser(
+        prog="python -m hessbatch.traces",
+        description="Replay conformance traces through the hessbatch scheduler core and report "
+                    "every mismatch (docs/porting.md explains the format).")
+    parser.add_argument("files", nargs="*", help="trace files (default: the built-in traces)")
+    parser.add_argument("--copy-to", metavar="DIR",
+                        help="copy the built-in traces into DIR and exit")
+    parser.add_argument("--no-state", action="store_true",
+                        help="compare decisions only, not the state dicts")
+    args = parser.parse_args(argv)
+    if args.copy_to:
+        os.makedirs(args.copy_to, exist_ok=True)
+        for path in builtin_traces():
+            with open(os.path.join(args.copy_to, path.name), "w", encoding="utf-8",
+                      newline="\n") as fh:
+                fh.write(path.read_text(encoding="utf-8"))
+        print(f"copied {len(builtin_traces())} traces to {args.copy_to}")
+        return 0
+    paths = args.files or builtin_traces()
+    bad = 0
+    width = max(len(getattr(p, "name", str(p))) for p in paths)
+    for path in paths:
+        trace = load_trace(path)
+        found = replay(trace, check_state=not args.no_state)
+        size = len(trace.events) or len(trace.cases)
+        label = getattr(path, "name", str(path)).ljust(width)
+        print(f"{label}  {size:4d} {'events' if trace.kind == 'events' else 'cases '}  "
+              f"{'ok' if not found else f'{len(found)} mismatches'}")
+        for m in found[:20]:
+            print(f"    {m}")
+        bad += bool(found)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
