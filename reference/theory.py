@@ -132,7 +132,8 @@ def max_eta0(constants: Constants, b_max: int) -> float:
     """The largest ``eta0`` the step-size condition allows: ``1 / (L (M_G + b_max))``.
 
     Args:
-        constants: the problem's :class:`Constants`.
+        constants: the problem's :class:`Constants` (or any object with attributes
+            ``L, c, M, M_G``, validated the same way; so for every function here).
         b_max: the largest batch of the schedule, >= 1.
 
     Returns:
@@ -142,7 +143,7 @@ def max_eta0(constants: Constants, b_max: int) -> float:
         >>> max_eta0(Constants(L=2.0, c=1.0, M=0.0, M_G=3.0), b_max=5)
         0.0625
     """
-    _need_constants(constants)
+    constants = _constants(constants)
     b_max = _batch("b_max", b_max)
     return 1.0 / (constants.L * (constants.M_G + b_max))
 
@@ -167,6 +168,7 @@ def check_eta0(constants: Constants, eta0: float, b_max: int) -> float:
         ...
         ValueError: eta0 must be <= 1/(L*(M_G+b_max)) = 0.0625 (L=2, M_G=3, b_max=5), got 0.1 (1.6 times the limit)
     """
+    constants = _constants(constants)
     eta0 = _real("eta0", eta0)
     if eta0 <= 0:
         raise ValueError(f"eta0 must be > 0, got {eta0!r}")
@@ -186,7 +188,7 @@ def noise_floor(constants: Constants, eta0: float) -> float:
         >>> noise_floor(Constants(L=2.0, c=0.5, M=3.0, M_G=0.0), eta0=0.1)
         0.6000000000000001
     """
-    _need_constants(constants)
+    constants = _constants(constants)
     eta0 = _real("eta0", eta0)
     if eta0 <= 0:
         raise ValueError(f"eta0 must be > 0, got {eta0!r}")
@@ -201,7 +203,7 @@ def contraction_factors(constants: Constants, eta0: float,
         >>> contraction_factors(Constants(L=1.0, c=0.5, M=0.0, M_G=0.0), 0.1, [1, 2, 4])
         [0.95, 0.9, 0.8]
     """
-    _need_constants(constants)
+    constants = _constants(constants)
     eta0 = _real("eta0", eta0)
     return [1.0 - _batch(f"batch_sizes[{k}]", b) * eta0 * constants.c
             for k, b in enumerate(batch_sizes)]
@@ -240,7 +242,7 @@ def bound_sequence(constants: Constants, eta0: float, gap0: float,
         >>> [round(v, 4) for v in bound_sequence(k, 0.25, 1.0, [2, 2])]
         [1.0, 0.7625, 0.5844]
     """
-    _need_constants(constants)
+    constants = _constants(constants)
     batches = [_batch(f"batch_sizes[{k}]", b) for k, b in enumerate(batch_sizes)]
     gap0 = _real("gap0", gap0)
     if gap0 < 0:
@@ -285,10 +287,15 @@ def first_violation(gaps: Sequence[float], bounds: Sequence[float], *, rtol: flo
     return None
 
 
-def _need_constants(constants: Any) -> None:
-    if not isinstance(constants, Constants):
-        raise TypeError(f"constants must be a hessbatch.theory.Constants, got "
-                        f"{type(constants).__name__}")
+def _constants(value: Any) -> Constants:
+    """``value`` as :class:`Constants`: itself, or any object with ``L, c, M, M_G`` attributes
+    (such as a backend's own record), validated on the way."""
+    if isinstance(value, Constants):
+        return value
+    if all(hasattr(value, name) for name in ("L", "c", "M", "M_G")):
+        return Constants(L=value.L, c=value.c, M=value.M, M_G=value.M_G)
+    raise TypeError(f"constants must be a hessbatch.theory.Constants (or have attributes L, c, "
+                    f"M, M_G), got {type(value).__name__}")
 
 
 # --------------------------------------------------------------------------------------------
