@@ -1,1 +1,28 @@
-"""hessbatch.convex: ABS/ABSA for L2-regularised logistic regression in NumPy/Numba."""
+"""hessbatch.convex: ABS/ABSA for L2-regularised logistic regression in NumPy/Numba.
+
+Public surface (docs/convex.md is the user guide):
+
+* data: :func:`load_mushroom` (UCI mushroom, checksum-verified, one-hot, seeded split),
+  :func:`load_svmlight`, :func:`split_dataset`, :func:`check_arrays`, :class:`Dataset`;
+* model: :class:`LogisticRegression` (loss, gradient, exact HVP, explicit Hessian, FGSM,
+  top eigenvalue, Theorem 1's :class:`Constants`, F* by Newton's method);
+* eigen-solver: :func:`top_eigenvalue` (power iteration or Lanczos on any matvec);
+* drivers: :func:`train` runs any method with every decision taken from
+  :class:`hessbatch.Scheduler`, and returns a :class:`RunResult` of per-update curves.
+"""
+
+# Exports, one module per line (the theory modules append theirs below).
+from ._data import (MUSHROOM_LICENSE, MUSHROOM_SHA256, Dataset, check_arrays, load_mushroom,
+                    load_svmlight, split_dataset)
+from ._eigen import EigenResult, top_eigenvalue
+from ._model import Constants, LogisticRegression, NewtonResult
+
+__all__ = [
+    # data
+    "MUSHROOM_LICENSE", "MUSHROOM_SHA256", "Dataset", "check_arrays", "load_mushroom",
+    "load_svmlight", "split_dataset",
+    # eigen-solver
+    "EigenResult", "top_eigenvalue",
+    # model
+    "Constants", "LogisticRegression", "NewtonResult",
+]
