@@ -197,8 +197,9 @@ def bl_fixed() -> Trace:
     rec = TraceRecorder(
         "bl_fixed",
         "BL: fixed B0 = 100 and lr decayed by rho = 0.1 at epochs 2 and 3; no eigenvalue is "
-        "ever asked for and one reported anyway is refused.",
-        _config("bl", max_batch_size=100, epochs=3, lr_decay_epochs=[2, 3]),
+        "ever asked for and one reported anyway is refused. max_batch_size is null: it "
+        "defaults to B0.",
+        _config("bl", max_batch_size=None, epochs=3, lr_decay_epochs=[2, 3]),
         covers=["bl", "lr decay epochs", "no eigenvalue for baselines"])
     _epoch(rec)
     rec.eigenvalue(1.0, error=("protocol", "none is due"))
@@ -283,6 +284,23 @@ def errors_and_skips() -> Trace:
     return rec.trace()
 
 
+def defaults() -> Trace:
+    rec = TraceRecorder(
+        "defaults",
+        "Only the required fields and B_max are given, micro_batch_size and check_every are "
+        "null: a port must fill in the defaults (b_micro = B0, n = one epoch, kappa = 10, "
+        "gamma0 = 0.2, omega = 2, tau = 0.5, rho = 0.1, no decay epochs) exactly as hessbatch.",
+        dict(method="absa", lr=0.05, batch_size=128, samples_per_epoch=256, epochs=4,
+             max_batch_size=1024, micro_batch_size=None, check_every=None),
+        covers=["default config values", "null fields"])
+    _epoch(rec, [8.0], notes=["first: reference; 25 adversarial samples (floor(0.2 * 128))"])
+    _epoch(rec, [3.0], notes=["drop: B = 256, lr = 0.1, gamma = 0.1"],
+           end_note="epoch 2 >= 0.5 * 4: adversary stops")
+    _epoch(rec, [2.0], notes=["no drop: d = 1"])
+    _epoch(rec, [1.0], notes=["drop: B = 512"], end_note="finished")
+    return rec.trace()
+
+
 def config_errors() -> Trace:
     good = _config("absa", max_batch_size=800, epochs=10, lr_decay_epochs=[3, 6])
     bad: list[tuple[dict, tuple[str, ...]]] = [
@@ -302,6 +320,8 @@ def config_errors() -> Trace:
         ({"lr_decay_epochs": [0]}, ("value", "lr_decay_epochs", "[1, epochs=10]")),
         ({"lr_decay_epochs": [11]}, ("value", "lr_decay_epochs", "[1, epochs=10]")),
         ({"lr_decay_epochs": [1.0]}, ("type", "lr_decay_epochs", "ints")),
+        ({"lr_decay_epochs": 3}, ("type", "lr_decay_epochs", "sequence of ints")),
+        ({"lr_decay_epochs": "3,6"}, ("type", "lr_decay_epochs", "sequence of ints")),
         ({"lr_decay_factor": 0.0}, ("value", "lr_decay_factor", "(0, 1]")),
         ({"lr_decay_factor": 1.5}, ("value", "lr_decay_factor", "(0, 1]")),
         ({"alpha": 1.0}, ("value", "alpha", "> 1")),
@@ -330,7 +350,7 @@ def config_errors() -> Trace:
 SCRIPTS: tuple[Callable[[], Trace], ...] = (
     abs_growth_by_drop, abs_growth_by_patience, absa_cap_at_max_batch,
     absa_adversary_decay_and_stop, rounding_and_check_period, lr_decay_epochs, bl_fixed,
-    fb_warmup, gg_schedule, errors_and_skips, config_errors)
+    fb_warmup, gg_schedule, errors_and_skips, defaults, config_errors)
 
 
 def build_all() -> dict[str, str]:

@@ -55,6 +55,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import importlib.resources
 import json
@@ -158,6 +159,7 @@ class Trace:
 
         if not isinstance(data, Mapping):
             fail("top level", f"must be a JSON object, got {type(data).__name__}")
+        data = copy.deepcopy(data)  # the trace must not change when the caller's dict does
         if data.get("format") != TRACE_FORMAT:
             fail("format", f"must be {TRACE_FORMAT!r}, got {data.get('format')!r}")
         if data.get("version") != TRACE_VERSION:
@@ -215,13 +217,13 @@ class Trace:
                    events=tuple(events))
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON-able dict that :func:`trace_to_json` writes."""
+        """The JSON-able dict that :func:`trace_to_json` writes (a deep copy: edit freely)."""
         head = {"format": TRACE_FORMAT, "version": TRACE_VERSION, "kind": self.kind,
                 "name": self.name, "description": self.description, "covers": list(self.covers)}
         if self.kind == "config_errors":
-            return {**head, "cases": [dict(c) for c in self.cases]}
-        return {**head, "config": dict(self.config), "initial": dict(self.initial),
-                "events": [dict(e) for e in self.events]}
+            return copy.deepcopy({**head, "cases": list(self.cases)})
+        return copy.deepcopy({**head, "config": self.config, "initial": self.initial,
+                              "events": list(self.events)})
 
 
 def _check_error_spec(spec: Any, where: str, fail: Callable[[str, str], None]) -> None:
@@ -465,6 +467,12 @@ def replay(trace: Trace | Mapping[str, Any] | str | os.PathLike, *,
 # recording new traces
 
 
+def _copy(sch: Scheduler, config: SchedulerConfig) -> Scheduler:
+    twin = Scheduler(config)
+    twin.load_state_dict(sch.state_dict())
+    return twin
+
+
 class TraceRecorder:
     """Write a trace by driving the reference scheduler with an event script.
 
@@ -477,7 +485,8 @@ class TraceRecorder:
     Args:
         name: the trace's name (also its file name without ``.json``).
         description: what the trace exercises, in a sentence or two.
-        config: a :class:`hessbatch.SchedulerConfig` or the dict of its fields.
+        config: a :class:`hessbatch.SchedulerConfig` (written with every field) or a dict of
+            its fields (written as given: fields left out or null take their defaults).
         covers: the branches of Algorithm 1 the trace is written to reach.
 
     Example:
@@ -494,11 +503,12 @@ class TraceRecorder:
 
     def __init__(self, name: str, description: str,
                  config: SchedulerConfig | Mapping[str, Any], covers: Iterable[str] = ()):
-        if not isinstance(config, SchedulerConfig):
-            config = SchedulerConfig.from_dict(config)
+        # a dict is written as given (a trace may leave fields to their defaults on purpose)
+        self.config_dict = config.to_dict() if isinstance(config, SchedulerConfig) \
+            else dict(config)
+        self.config = SchedulerConfig.from_dict(self.config_dict)
         self.name, self.description, self.covers = name, description, tuple(covers)
-        self.config = config
-        self.scheduler = Scheduler(config)
+        self.scheduler = Scheduler(self.config)
         self.initial = _snapshot(self.scheduler)
         self.events: list[dict[str, Any]] = []
 
@@ -509,11 +519,14 @@ class TraceRecorder:
 
     def _record(self, event: dict[str, Any], note: str | None,
                 error: Sequence[str] | None):
-        exc = None
+        exc, before = None, self.scheduler
         try:
-            self.scheduler = _apply(self.scheduler, event, self.config, Scheduler)
+            # on a copy: a refused script line must leave the recorder as it was
+            self.scheduler = _apply(_copy(before, self.config), event, self.config, Scheduler)
         except (SchedulerError, ValueError, TypeError) as caught:
-            exc = caught
+            exc, self.scheduler = caught, before
+        if exc is None and error is not None:
+            self.scheduler = before
         if error is None and exc is not None:
             raise AssertionError(f"{self.name}: event {len(self.events)} {event} raised an "
                                  f"undeclared {type(exc).__name__}: {exc}")
@@ -558,7 +571,7 @@ class TraceRecorder:
         return Trace.from_dict({
             "format": TRACE_FORMAT, "version": TRACE_VERSION, "kind": "events",
             "name": self.name, "description": self.description, "covers": list(self.covers),
-            "config": self.config.to_dict(), "initial": self.initial,
+            "config": self.config_dict, "initial": self.initial,
             "events": self.events}, self.name)
 
 
