@@ -6,3 +6,9 @@ from ._data import (DataBundle, load_cifar10, load_data, load_mnist5k, split_dat
 from ._models import MLP, ResNet18, SmallCNN, make_activation, make_model
 from ._trainer import EpochMetrics, Trainer, load_checkpoint
 # --- end trainer block ---
+
+# --- curvature and adversarial (owner: deep curvature) ---
+from ._adversarial import fgsm, random_sign
+from ._eigen import EigenResult, lanczos, power_iteration, top_eigenvalue
+from ._hvp import HessianOperator, hessian_vector_product
+# --- end curvature block ---

@@ -1,0 +1,383 @@
+"""Exact Hessian-vector products over any PyTorch model and loss.
+
+The Hessian is that of the training loss on a *Hessian set* made of one or several batches,
+each batch entering with the weight of its size::
+
+    L(theta) = sum_b (n_b / N) * loss_fn(model(x_b; theta), y_b),     N = sum_b n_b,
+
+so that, when ``loss_fn`` is a mean over samples, ``L`` is the mean loss over all N samples and
+``H = d^2 L / d theta^2`` is the Hessian the algorithm needs (ALGORITHM.md, step 3), whatever the
+way the samples are split into batches. ``theta`` is either every parameter that requires
+gradients or a chosen *block* of them (e.g. the last k layers): the block Hessian is the
+corresponding diagonal block of the full Hessian, the other parameters held fixed.
+
+Two ways to compute ``H v`` exactly (no finite differences):
+
+* double backprop (reverse-over-reverse, the default): ``g = dL/dtheta`` is computed once with
+  ``create_graph=True``; ``H v = d(g . v)/dtheta`` is one more backward pass through that graph.
+  :class:`HessianOperator` keeps the graph, so the k products of one eigenvalue computation cost
+  one forward/backward pass plus k backward passes over the gradient graph, not k full
+  forward/double-backward passes (``reuse_graph=False`` trades that speed for memory).
+* forward-over-reverse (``backend="forward_over_reverse"``): ``H v = jvp(grad L, theta, v)``
+  with :mod:`torch.func`; each product re-runs the forward pass, nothing is kept between
+  products. It is here to cross-check the first (the tests assert they agree).
+
+The model is put in eval mode while its forward passes run (BatchNorm uses its running
+statistics and does not update them, dropout is off) and every module's own mode is restored
+afterwards, also on error. No ``.grad`` attribute of any parameter is touched.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from typing import Callable, Iterator, Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["HessianOperator", "hessian_vector_product"]
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Batch = tuple  # (x, y)
+
+_BACKENDS = ("double_backprop", "forward_over_reverse")
+
+
+# ------------------------------------------------------------------------------------------
+# validation helpers (shared with _eigen.py and _adversarial.py)
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Put every module of ``model`` in eval mode; restore each module's own flag on exit.
+
+    ``model.train(was_training)`` would not do: a user may keep, say, a frozen BatchNorm in eval
+    mode inside a model in train mode, and that must survive.
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, flag in modes:
+            m.training = flag
+
+
+def check_model(model: object) -> nn.Module:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    return model
+
+
+def check_loss_fn(loss_fn: object) -> LossFn:
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn must be callable as loss_fn(outputs, targets), got "
+                        f"{type(loss_fn).__name__}")
+    return loss_fn
+
+
+def resolve_params(model: nn.Module, params: Sequence[torch.Tensor] | None) -> list[nn.Parameter]:
+    """The parameters to differentiate: all that require grad, or a validated block of them."""
+    if params is None:
+        out = [p for p in model.parameters() if p.requires_grad]
+        if not out:
+            raise ValueError("params=None selects the model's parameters that require grad, "
+                             "and this model has none")
+        return out
+    if isinstance(params, torch.Tensor) or not isinstance(params, (list, tuple)):
+        raise TypeError(f"params must be None or a list of the model's parameters, got "
+                        f"{type(params).__name__}")
+    if not params:
+        raise ValueError("params must name at least one parameter, got an empty list")
+    owned = {id(p) for p in model.parameters()}
+    seen: set[int] = set()
+    for i, p in enumerate(params):
+        if not isinstance(p, torch.Tensor):
+            raise TypeError(f"params[{i}] must be a parameter tensor, got {type(p).__name__}")
+        if id(p) not in owned:
+            raise ValueError(f"params[{i}] (shape {tuple(p.shape)}) is not a parameter of the "
+                             "model")
+        if not p.requires_grad:
+            raise ValueError(f"params[{i}] (shape {tuple(p.shape)}) does not require grad; "
+                             "only parameters that require grad can be differentiated")
+        if id(p) in seen:
+            raise ValueError(f"params[{i}] (shape {tuple(p.shape)}) is listed twice")
+        seen.add(id(p))
+    if len({p.device for p in params}) > 1:
+        raise ValueError(f"params must all be on one device, got "
+                         f"{sorted({str(p.device) for p in params})}")
+    return list(params)
+
+
+def check_batches(batches: object) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """A non-empty list of (x, y) tensor pairs with matching, non-zero sample counts."""
+    if isinstance(batches, tuple) and len(batches) == 2 and all(
+            isinstance(t, torch.Tensor) for t in batches):
+        raise TypeError("batches must be a list of (x, y) pairs; got a single (x, y) pair "
+                        "(wrap it: [(x, y)])")
+    if not isinstance(batches, (list, tuple)):
+        raise TypeError(f"batches must be a list of (x, y) tensor pairs, got "
+                        f"{type(batches).__name__}")
+    if not batches:
+        raise ValueError("batches must hold at least one (x, y) pair, got an empty list")
+    out = []
+    for i, b in enumerate(batches):
+        if not (isinstance(b, (list, tuple)) and len(b) == 2
+                and all(isinstance(t, torch.Tensor) for t in b)):
+            raise TypeError(f"batches[{i}] must be an (x, y) pair of tensors, got "
+                            f"{type(b).__name__}")
+        x, y = b
+        if x.dim() == 0 or y.dim() == 0:
+            raise ValueError(f"batches[{i}]: x and y need a leading sample dimension, got "
+                             f"shapes {tuple(x.shape)} and {tuple(y.shape)}")
+        if x.shape[0] != y.shape[0]:
+            raise ValueError(f"batches[{i}]: x has {x.shape[0]} samples but y has "
+                             f"{y.shape[0]}")
+        if x.shape[0] == 0:
+            raise ValueError(f"batches[{i}] is empty (0 samples)")
+        out.append((x, y))
+    return out
+
+
+def batch_loss(model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor,
+               index: int) -> torch.Tensor:
+    """``loss_fn(model(x), y)``, checked to be a finite scalar."""
+    loss = loss_fn(model(x), y)
+    if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+        shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
+        raise ValueError(f"loss_fn must return a scalar tensor (the mean loss of the batch), got "
+                         f"{shape} on batches[{index}]")
+    if not torch.isfinite(loss.detach()):
+        raise ValueError(f"the loss on batches[{index}] is {loss.item()}: the Hessian of a "
+                         "non-finite loss is undefined (diverged model or NaN inputs?)")
+    return loss
+
+
+def check_vector(vector: object, params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """``vector`` as a list of tensors shaped like ``params`` (on their device and dtype)."""
+    if isinstance(vector, torch.Tensor):
+        vector = [vector]
+    if not isinstance(vector, (list, tuple)):
+        raise TypeError(f"vector must be a list of tensors shaped like the parameters, got "
+                        f"{type(vector).__name__}")
+    if len(vector) != len(params):
+        raise ValueError(f"vector must hold one tensor per parameter ({len(params)}), got "
+                         f"{len(vector)}")
+    out = []
+    for i, (v, p) in enumerate(zip(vector, params)):
+        if not isinstance(v, torch.Tensor):
+            raise TypeError(f"vector[{i}] must be a tensor, got {type(v).__name__}")
+        if v.shape != p.shape:
+            raise ValueError(f"vector[{i}] has shape {tuple(v.shape)}, the parameter has "
+                             f"{tuple(p.shape)}")
+        if not torch.isfinite(v).all():
+            raise ValueError(f"vector[{i}] holds non-finite values")
+        out.append(v.detach().to(device=p.device, dtype=p.dtype))
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# the operator
+
+class HessianOperator:
+    """The Hessian of the mean loss over a set of batches, as a matrix-free linear operator.
+
+    ``H = d^2/dtheta^2 sum_b (n_b/N) loss_fn(model(x_b), y_b)`` with ``theta`` the chosen
+    parameters (all that require grad by default, or a block). With the default backend and
+    ``reuse_graph=True`` the gradient graph of every batch is built once, here, and each
+    :meth:`matvec` is one backward pass through those graphs: that is what makes the k products
+    of one eigenvalue computation cheap. The graphs hold activation memory until the operator is
+    dropped or :meth:`release` is called; ``reuse_graph=False`` rebuilds them at each product.
+
+    Args:
+        model: any ``nn.Module``; eval mode while its forward passes run, each module's mode
+            restored after.
+        loss_fn: ``loss_fn(outputs, targets) -> scalar`` mean loss of a batch.
+        batches: list of ``(x, y)`` tensor pairs, already on the model's device.
+        params: ``None`` (every parameter that requires grad) or a list of the model's
+            parameters (block Hessian).
+        backend: ``"double_backprop"`` or ``"forward_over_reverse"`` (torch.func; no graph kept).
+        reuse_graph: keep the gradient graph between products (double backprop only).
+
+    Raises:
+        TypeError, ValueError: bad model, loss, batches, params or backend; a non-finite loss.
+
+    Example:
+        >>> import torch
+        >>> model = torch.nn.Linear(3, 2)
+        >>> x, y = torch.randn(8, 3), torch.randint(2, (8,))
+        >>> H = HessianOperator(model, torch.nn.functional.cross_entropy, [(x, y)])
+        >>> hv = H.matvec([torch.ones_like(p) for p in H.params])
+        >>> [t.shape for t in hv] == [p.shape for p in H.params], H.n_hvp
+        (True, 1)
+    """
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn, batches: Sequence[Batch], *,
+                 params: Sequence[torch.Tensor] | None = None, backend: str = "double_backprop",
+                 reuse_graph: bool = True) -> None:
+        self.model = check_model(model)
+        self.loss_fn = check_loss_fn(loss_fn)
+        self.batches = check_batches(batches)
+        self.params = resolve_params(self.model, params)
+        if backend not in _BACKENDS:
+            raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
+        if not isinstance(reuse_graph, bool):
+            raise TypeError(f"reuse_graph must be a bool, got {type(reuse_graph).__name__}")
+        self.backend = backend
+        self.reuse_graph = reuse_graph and backend == "double_backprop"
+        sizes = [int(x.shape[0]) for x, _ in self.batches]
+        self.n_samples = sum(sizes)
+        self.weights = [n / self.n_samples for n in sizes]
+        #: number of Hessian-vector products computed so far
+        self.n_hvp = 0
+        #: number of scalar coordinates of theta (the operator is dim x dim)
+        self.dim = sum(p.numel() for p in self.params)
+        self.device = self.params[0].device
+        self._grad: list[torch.Tensor] | None = None
+        self.loss: float = math.nan
+        if self.reuse_graph:
+            self._grad = self._gradient(create_graph=True)
+
+    # -- gradients ------------------------------------------------------------------------
+
+    def _gradient(self, create_graph: bool) -> list[torch.Tensor]:
+        """``dL/dtheta`` summed over the batches, with its graph when ``create_graph``."""
+        total: list[torch.Tensor] | None = None
+        loss_sum = 0.0
+        with eval_mode(self.model), torch.enable_grad():
+            for i, ((x, y), w) in enumerate(zip(self.batches, self.weights)):
+                loss = batch_loss(self.model, self.loss_fn, x, y, i)
+                loss_sum += w * float(loss.detach())
+                g = torch.autograd.grad(loss * w, self.params, create_graph=create_graph,
+                                        allow_unused=True)
+                g = [torch.zeros_like(p) if gi is None else gi for gi, p in zip(g, self.params)]
+                # Summing the per-batch gradients ties all graphs into one, so a product is a
+                # single backward call however many batches there are.
+                total = g if total is None else [a + b for a, b in zip(total, g)]
+        self.loss = loss_sum
+        assert total is not None
+        return total
+
+    def gradient(self) -> list[torch.Tensor]:
+        """The gradient ``dL/dtheta`` (detached), one tensor per parameter."""
+        if self._grad is not None:
+            return [g.detach() for g in self._grad]
+        return [g.detach() for g in self._gradient(create_graph=False)]
+
+    # -- products ---------------------------------------------------------------------------
+
+    def matvec(self, vector: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """``H v`` for ``v`` given as one tensor per parameter; returns the same layout.
+
+        Raises:
+            ValueError: ``vector`` does not match the parameters or holds NaN/inf.
+        """
+        v = check_vector(vector, self.params)
+        self.n_hvp += 1
+        if self.backend == "forward_over_reverse":
+            return self._hvp_forward_over_reverse(v)
+        grad = self._grad if self._grad is not None else self._gradient(create_graph=True)
+        if not any(g.requires_grad for g in grad):
+            # The gradient does not depend on theta at all (e.g. a loss linear in theta).
+            return [torch.zeros_like(p) for p in self.params]
+        # grad_outputs=v computes sum_i v_i * d g_i / d theta = H v in one backward pass.
+        outs = [g for g in grad if g.requires_grad]
+        vs = [vi for g, vi in zip(grad, v) if g.requires_grad]
+        hv = torch.autograd.grad(outs, self.params, grad_outputs=vs,
+                                 retain_graph=self._grad is not None, allow_unused=True)
+        return [torch.zeros_like(p) if h is None else h.detach() for h, p in zip(hv, self.params)]
+
+    __call__ = matvec
+
+    def _hvp_forward_over_reverse(self, v: list[torch.Tensor]) -> list[torch.Tensor]:
+        from torch.func import functional_call, grad, jvp
+
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        keys = [names[id(p)] for p in self.params]
+        primals = tuple(p.detach() for p in self.params)
+        total = [torch.zeros_like(p) for p in self.params]
+        with eval_mode(self.model):
+            for i, ((x, y), w) in enumerate(zip(self.batches, self.weights)):
+                def loss_of(*theta, x=x, y=y, i=i):
+                    out = functional_call(self.model, dict(zip(keys, theta)), (x,),
+                                          strict=False, tie_weights=True)
+                    loss = self.loss_fn(out, y)
+                    if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+                        raise ValueError("loss_fn must return a scalar tensor (the mean loss "
+                                         f"of the batch), on batches[{i}]")
+                    return loss
+
+                argnums = tuple(range(len(primals)))
+                _, hv = jvp(grad(loss_of, argnums=argnums), primals, tuple(v))
+                total = [t + w * h for t, h in zip(total, hv)]
+        if not all(torch.isfinite(t).all() for t in total):
+            raise ValueError("the Hessian-vector product is not finite (non-finite loss?)")
+        return [t.detach() for t in total]
+
+    def release(self) -> None:
+        """Free the kept gradient graph; later products rebuild it each time."""
+        self._grad = None
+        self.reuse_graph = False
+
+    def dense(self) -> torch.Tensor:
+        """The explicit ``dim x dim`` Hessian, one product per column: for tests, tiny models."""
+        if self.dim > 20000:
+            raise ValueError(f"dense() builds a {self.dim} x {self.dim} matrix; refusing above "
+                             "20000 parameters")
+        cols = []
+        offsets = [0]
+        for p in self.params:
+            offsets.append(offsets[-1] + p.numel())
+        for j in range(self.dim):
+            e = torch.zeros(self.dim, dtype=self.params[0].dtype, device=self.device)
+            e[j] = 1
+            hv = self.matvec(unflatten(e, self.params))
+            cols.append(flatten(hv))
+        return torch.stack(cols, dim=1)
+
+
+def flatten(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Concatenate tensors into one flat vector."""
+    return torch.cat([t.reshape(-1) for t in tensors])
+
+
+def unflatten(flat: torch.Tensor, like: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Split a flat vector into tensors shaped (and typed) like ``like``."""
+    out, i = [], 0
+    for p in like:
+        n = p.numel()
+        out.append(flat[i:i + n].view(p.shape).to(p.dtype))
+        i += n
+    return out
+
+
+def hessian_vector_product(model: nn.Module, loss_fn: LossFn, batches: Sequence[Batch],
+                           vector: Sequence[torch.Tensor], *,
+                           params: Sequence[torch.Tensor] | None = None,
+                           backend: str = "double_backprop") -> list[torch.Tensor]:
+    """One exact Hessian-vector product ``H v`` of the mean loss over ``batches``.
+
+    ``H = d^2/dtheta^2 sum_b (n_b/N) loss_fn(model(x_b), y_b)``; for several products of the
+    same Hessian build a :class:`HessianOperator` once instead (it keeps the gradient graph).
+
+    Args:
+        model, loss_fn, batches, params, backend: as for :class:`HessianOperator`.
+        vector: one tensor per parameter in ``params`` (or per parameter requiring grad).
+
+    Returns:
+        ``H v`` as a list of detached tensors shaped like the parameters.
+
+    Raises:
+        TypeError, ValueError: as :class:`HessianOperator`, or a mismatched/non-finite vector.
+
+    Example:
+        >>> import torch
+        >>> model = torch.nn.Linear(2, 1, bias=False)
+        >>> x = torch.eye(2); y = torch.zeros(2, 1)
+        >>> mse = torch.nn.functional.mse_loss        # L = |x w|^2 / 2, H = x^T x = I
+        >>> hessian_vector_product(model, mse, [(x, y)], [torch.tensor([[1.0, 2.0]])])
+        [tensor([[1., 2.]])]
+    """
+    op = HessianOperator(model, loss_fn, batches, params=params, backend=backend,
+                         reuse_graph=False)
+    return op.matvec(vector)
