@@ -331,11 +331,9 @@ class Trainer:
         from . import fgsm, random_sign
         if self.adversary == "fgsm":
             return fgsm(self.model, self.loss_fn, x, y, eps, clip=self.input_range)
-        # The noise is drawn on the CPU from the trainer's generator, so it is reproducible
-        # and saved in checkpoints whatever the device.
-        noise_seed = int(torch.randint(2 ** 62, (1,), generator=self.generator))
-        gen = torch.Generator(device=x.device).manual_seed(noise_seed)
-        return random_sign(x, eps, clip=self.input_range, generator=gen)
+        # The signs come from the trainer's CPU generator, so they are reproducible and saved
+        # in checkpoints whatever the device.
+        return random_sign(x, eps, clip=self.input_range, generator=self.generator)
 
     def _set_lr(self, lr: float) -> float:
         for group in self.optimizer.param_groups:
@@ -395,7 +393,15 @@ class Trainer:
         t0 = time.perf_counter()
         batches = self._hessian_batches(d.micro_batch_size)
         seed = int(torch.randint(2 ** 31 - 1, (1,), generator=self.generator))
-        result = self.eigenvalue_fn(self.model, self.loss_fn, batches, seed=seed)
+        try:
+            result = self.eigenvalue_fn(self.model, self.loss_fn, batches, seed=seed)
+        except ValueError as exc:
+            # A diverged run (non-finite weights or loss) has no eigenvalue: skip the check
+            # like a non-finite value. Any other error is a real one.
+            diverged = any(not bool(torch.isfinite(p).all()) for p in self.model.parameters())
+            if not (diverged or "finite" in str(exc)):
+                raise
+            result = math.nan
         value = getattr(result, "value", result)
         acc.hvps += int(getattr(result, "n_hvp", 0) or 0)
         try:
@@ -429,7 +435,8 @@ class Trainer:
         if dataset is None:
             raise ValueError("evaluate needs a dataset: none given and the trainer has no "
                              "test_data")
-        was_training = self.model.training
+        # each module's own flag is restored (a user may keep a frozen BatchNorm in eval mode)
+        modes = [(m, m.training) for m in self.model.modules()]
         self.model.eval()
         loss_sum, correct, n = 0.0, 0, len(dataset)  # type: ignore[arg-type]
         try:
@@ -441,7 +448,8 @@ class Trainer:
                     loss_sum += float(self.loss_fn(out, y)) * len(idx)
                     correct += int((out.argmax(dim=1) == y).sum())
         finally:
-            self.model.train(was_training)
+            for module, flag in modes:
+                module.training = flag
         return loss_sum / n, correct / n
 
     def train_epoch(self, on_update: Callable[["Trainer", Decision], None] | None = None
