@@ -125,16 +125,30 @@ def _sample_slope(z, target, kind):
     return z - target
 
 
+@numba.njit(cache=True, inline="always")
+def _row_dot(indptr, indices, values, theta, i):
+    """x_i . theta over row i's non-zeros, with two accumulators: half the length of the
+    floating point dependency chain, and a fixed order, so the result is the same anywhere."""
+    lo, hi = indptr[i], indptr[i + 1]
+    z0 = 0.0
+    z1 = 0.0
+    p = lo
+    while p + 2 <= hi:
+        z0 += values[p] * theta[indices[p]]
+        z1 += values[p + 1] * theta[indices[p + 1]]
+        p += 2
+    if p < hi:
+        z0 += values[p] * theta[indices[p]]
+    return z0 + z1
+
+
 @numba.njit(cache=True)
 def _full_loss(data, lam, kind, theta):
     indptr, indices, values, y = data
     n = y.shape[0]
     total = 0.0
     for i in range(n):
-        z = 0.0
-        for p in range(indptr[i], indptr[i + 1]):
-            z += values[p] * theta[indices[p]]
-        total += _sample_loss(z, y[i], kind)
+        total += _sample_loss(_row_dot(indptr, indices, values, theta, i), y[i], kind)
     sq = 0.0
     for k in range(theta.shape[0]):
         sq += theta[k] * theta[k]
@@ -159,18 +173,26 @@ def _one_run(data, lam, kind, theta0, schedule, key, losses, theta):
     while c < n_check and checkpoints[c] == 0:
         losses[c] = _full_loss(data, lam, kind, theta)
         c += 1
+    widest = 1
+    for t in range(batch.shape[0]):
+        widest = max(widest, batch[t])
+    rows = np.empty(widest, np.int64)
+    slopes = np.empty(widest)
     for t in range(batch.shape[0]):
         b = batch[t]
-        for k in range(d):
-            grad[k] = 0.0
-        for _ in range(b):
+        # two passes over the batch: the b dot products are independent of each other (the
+        # CPU overlaps them), and only then the scatter-adds into the gradient
+        for j in range(b):
             counter += _ONE
             u = _mix(key + counter * _GOLDEN)
             i = int(np.float64(u >> _S11) * _TWO_M53 * n)
-            z = 0.0
-            for p in range(indptr[i], indptr[i + 1]):
-                z += values[p] * theta[indices[p]]
-            g = _sample_slope(z, y[i], kind)
+            rows[j] = i
+            slopes[j] = _sample_slope(_row_dot(indptr, indices, values, theta, i), y[i], kind)
+        for k in range(d):
+            grad[k] = 0.0
+        for j in range(b):
+            i = rows[j]
+            g = slopes[j]
             for p in range(indptr[i], indptr[i + 1]):
                 grad[indices[p]] += g * values[p]
         a = step[t]
@@ -354,7 +376,7 @@ def sgd_runs(X, y, *, batch_sizes: Sequence[int], step_sizes: Sequence[float], l
     if not np.all(np.isfinite(step)) or (step.size and step.min() < 0):
         raise ValueError("step_sizes must be finite and >= 0")
     T = batch.size
-    check = np.array([0, T]) if checkpoints is None else _int_array("checkpoints",
+    check = np.unique([0, T]) if checkpoints is None else _int_array("checkpoints",
                                                                     checkpoints, 0)
     if check.size == 0 or check.max() > T or np.any(np.diff(check) <= 0):
         raise ValueError(f"checkpoints must be a non-empty, strictly increasing list of update "
@@ -375,7 +397,7 @@ def sgd_runs(X, y, *, batch_sizes: Sequence[int], step_sizes: Sequence[float], l
         mask = X != 0
         indptr = np.concatenate(([0], np.cumsum(mask.sum(axis=1)))).astype(np.int64)
         rows, cols = np.nonzero(mask)
-        data = (indptr, cols.astype(np.int64), X[rows, cols], y)
+        data = (indptr, cols.astype(np.int32), X[rows, cols], y)
         fn = _runs_parallel if backend == "numba" else _runs_serial
         old = numba.get_num_threads()
         if threads is not None:
