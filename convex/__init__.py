@@ -16,6 +16,7 @@ from ._data import (MUSHROOM_LICENSE, MUSHROOM_SHA256, Dataset, check_arrays, lo
                     load_svmlight, split_dataset)
 from ._eigen import EigenResult, top_eigenvalue
 from ._model import Constants, LogisticRegression, NewtonResult
+from ._driver import SAMPLINGS, RunResult, full_batch_config, make_eigenvalue_fn, train
 
 __all__ = [
     # data
@@ -25,4 +26,6 @@ __all__ = [
     "EigenResult", "top_eigenvalue",
     # model
     "Constants", "LogisticRegression", "NewtonResult",
+    # drivers
+    "SAMPLINGS", "RunResult", "full_batch_config", "make_eigenvalue_fn", "train",
 ]

@@ -112,7 +112,7 @@ class LogisticRegression:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.backend = backend
-        self._k = get_kernels(backend)
+        self._k = get_kernels(backend, self.X)
         d = self.X.shape[1]
         if feature_range is None:
             lo, hi = self.X.min(axis=0), self.X.max(axis=0)
