@@ -306,7 +306,7 @@ def _int_array(name: str, value, low: int) -> np.ndarray:
 def sgd_runs(X, y, *, batch_sizes: Sequence[int], step_sizes: Sequence[float], lam: float,
              kind: str = "logistic", runs: int = 1000, seed: int = 0, theta0=None,
              checkpoints: Sequence[int] | None = None, backend: str = "numba",
-             threads: int | None = None) -> MonteCarloResult:
+             threads: int | None = None, first_run: int = 0) -> MonteCarloResult:
     """``runs`` independent runs of mini-batch SGD with i.i.d. sampling, full loss at checkpoints.
 
     Every run follows the same schedule: update ``t`` draws ``b_t`` indices uniformly with
@@ -328,6 +328,8 @@ def sgd_runs(X, y, *, batch_sizes: Sequence[int], step_sizes: Sequence[float], l
         checkpoints: strictly increasing update counts in ``[0, T]`` (default ``[0, T]``).
         backend: ``"numba"`` (parallel over runs), ``"numba-serial"`` or ``"numpy"``.
         threads: Numba threads for ``"numba"`` (default: Numba's setting).
+        first_run: index of the first run; ``runs=100, first_run=100`` computes exactly runs
+            100..199 of a larger experiment with the same seed (for progress in chunks).
 
     Returns:
         :class:`MonteCarloResult`.
@@ -388,7 +390,10 @@ def sgd_runs(X, y, *, batch_sizes: Sequence[int], step_sizes: Sequence[float], l
     theta0 = np.zeros(d) if theta0 is None else np.asarray(theta0, dtype=np.float64)
     if theta0.shape != (d,) or not np.all(np.isfinite(theta0)):
         raise ValueError(f"theta0 must be a finite array of shape ({d},), got {theta0.shape}")
-    keys = run_keys(seed, int(runs))
+    if isinstance(first_run, bool) or not isinstance(first_run, (int, np.integer)) or \
+            first_run < 0:
+        raise ValueError(f"first_run must be an int >= 0, got {first_run!r}")
+    keys = run_keys(seed, int(runs), int(first_run))
     losses = np.empty((int(runs), check.size))
     thetas = np.empty((int(runs), d))
     if backend == "numpy":
