@@ -29,3 +29,15 @@ __all__ = [
     # drivers
     "SAMPLINGS", "RunResult", "full_batch_config", "make_eigenvalue_fn", "train",
 ]
+
+# Theorem 1 checks (theory engineer): exact least squares, many SGD runs in parallel, and the
+# checks behind `hessbatch theory` (docs/theory.md).
+from ._leastsq import LeastSquares, make_least_squares
+from ._montecarlo import MonteCarloResult, confidence_band, sgd_runs
+from ._cli_theory import TheoryReport, least_squares_check, mushroom_check
+
+__all__ += [
+    "LeastSquares", "make_least_squares",
+    "MonteCarloResult", "confidence_band", "sgd_runs",
+    "TheoryReport", "least_squares_check", "mushroom_check",
+]
