@@ -1,0 +1,90 @@
+"""ABS epoch overhead against BL: the cost of one top-eigenvalue computation per epoch.
+
+Both methods train the same model on the same data at the same batch size; ABS is configured so
+that it never grows the batch (alpha and patience out of reach), so the only difference is the
+eigenvalue it computes once per epoch (Hessian batch of 128 fresh samples, at most 10
+Hessian-vector products, the paper's setting). Epochs are timed without the test-set evaluation
+(the same for both), alternating BL and ABS so that background load hits both alike; the
+figure is the ratio of the medians.
+
+The overhead is, to first order, ``max_hvp * c * H / N``: ``c`` the cost of one HVP relative to
+a gradient on the same samples, ``H`` the Hessian batch and ``N`` the samples per epoch. So it
+is reported at the paper's CIFAR-10 scale (N = 50,000 per epoch, synthetic 28x28 images) and at
+the MNIST-5k scale (N = 4,000) used in docs/results.md.
+
+Run:  python benchmarks/bench_deep_trainer.py [--repeats 3] [--sizes 50000,4000] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+
+import torch
+from torch.nn import functional as F
+
+from hessbatch import SchedulerConfig
+from hessbatch._cli_common import format_table
+from hessbatch.deep import SmallCNN, Trainer, synthetic_classification
+
+
+def make_trainer(method: str, n: int, epochs: int, batch: int, hessian: int, max_hvp: int,
+                 seed: int = 0) -> Trainer:
+    """A trainer on ``n`` synthetic 28x28 samples; ABS never grows (alpha, patience huge)."""
+    data = synthetic_classification(n, (1, 28, 28), 10, seed=seed)
+    torch.manual_seed(seed)
+    model = SmallCNN((1, 28, 28), 10)
+    opt = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
+    cfg = SchedulerConfig(method=method, lr=0.02, batch_size=batch, max_batch_size=16 * batch,
+                          samples_per_epoch=n, epochs=epochs, alpha=1e12, patience=10 ** 9)
+    return Trainer(model, opt, F.cross_entropy, data, cfg, hessian_batch_size=hessian,
+                   max_hvp=max_hvp, eig_tol=1e-2, seed=seed)
+
+
+def timed_epoch(trainer: Trainer) -> float:
+    t0 = time.perf_counter()
+    trainer.train_epoch()
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--repeats", type=int, default=3, help="timed epochs per method")
+    p.add_argument("--sizes", default="50000,4000", help="samples per epoch, comma-separated")
+    p.add_argument("--batch", type=int, default=128, help="logical batch of both methods")
+    p.add_argument("--hessian-batch", type=int, default=128, help="samples per eigenvalue")
+    p.add_argument("--max-hvp", type=int, default=10, help="HVPs per eigenvalue at most")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+          f"{args.threads} thread(s); small CNN (114k parameters), B = {args.batch}, Hessian "
+          f"batch {args.hessian_batch}, <= {args.max_hvp} HVPs, one eigenvalue per epoch")
+    rows = []
+    # warm-up (allocator, first-call dispatch) on a small run of each method
+    for method in ("bl", "abs"):
+        make_trainer(method, 2 * args.batch, 1, args.batch, args.hessian_batch,
+                     args.max_hvp).run()
+    for n in (int(s) for s in args.sizes.split(",")):
+        runs = {m: make_trainer(m, n, args.repeats, args.batch, args.hessian_batch,
+                                args.max_hvp) for m in ("bl", "abs")}
+        bl, abs_ = [], []
+        for _ in range(args.repeats):  # alternate so that background load hits both alike
+            bl.append(timed_epoch(runs["bl"]))
+            abs_.append(timed_epoch(runs["abs"]))
+        eig = [m.time_eigenvalue for m in runs["abs"].history]
+        hvps = [m.hvps for m in runs["abs"].history]
+        m_bl, m_abs = statistics.median(bl), statistics.median(abs_)
+        rows.append((n, round(m_bl, 3), round(m_abs, 3), round(statistics.median(eig), 3),
+                     statistics.median(hvps), f"{100 * (m_abs / m_bl - 1):+.1f}%"))
+        print(format_table(("N per epoch", "BL epoch s", "ABS epoch s", "eigenvalue s",
+                            "HVPs", "overhead"), rows[-1:]), flush=True)
+    print()
+    print(format_table(("N per epoch", "BL epoch s", "ABS epoch s", "eigenvalue s", "HVPs",
+                        "overhead"), rows))
+
+
+if __name__ == "__main__":
+    main()
