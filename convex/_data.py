@@ -120,12 +120,12 @@ def check_arrays(X: Any, y: Any, *, name: str = "X") -> tuple[np.ndarray, np.nda
     bad = ~np.isfinite(X)
     if bad.any():
         r, c = np.argwhere(bad)[0]
-        raise ValueError(f"{name} must be finite, got {X[r, c]!r} at row {r}, column {c} "
+        raise ValueError(f"{name} must be finite, got {float(X[r, c])!r} at row {r}, column {c} "
                          f"({int(bad.sum())} non-finite entries)")
     wrong = (y != 0) & (y != 1)
     if wrong.any():
         i = int(np.flatnonzero(wrong)[0])
-        raise ValueError(f"{yname} must hold labels 0 or 1, got {y[i]!r} at index {i} "
+        raise ValueError(f"{yname} must hold labels 0 or 1, got {float(y[i])!r} at index {i} "
                          f"({int(wrong.sum())} such labels; map binary labels to 0/1 first)")
     return np.ascontiguousarray(X, dtype=np.float64).copy(), y.astype(np.float64, copy=True)
 

@@ -30,6 +30,7 @@ shifts the batches that follow; the same seed gives the same numbers, bit for bi
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -264,6 +265,7 @@ def train(model: LogisticRegression, config: SchedulerConfig, *, seed: int = 0,
     diverged = not math.isfinite(loss0)
     perm, pos = None, 0            # shuffle: the epoch's permutation and the next row in it
     epoch_mark = n                 # iid: the epoch ends once samples_seen reaches this
+    pending, shown = 0, 0.0        # epochs not yet shown on the progress line, last redraw
     d = sch.decision
     while not d.finished and not diverged:
         big = d.batch_size
@@ -307,8 +309,11 @@ def train(model: LogisticRegression, config: SchedulerConfig, *, seed: int = 0,
             d = sch.end_epoch()
             epoch_mark += n
             pos = 0
-            if progress is not None:
-                progress.update(1, f"{label or config.method}: F={loss:.6g} B={d.batch_size}")
+            pending += 1
+            if progress is not None and (time.perf_counter() - shown > 0.2 or d.finished):
+                # redraw at most five times a second: GD has one epoch per update
+                progress.update(pending, f"F={loss:.6g} B={d.batch_size}")
+                pending, shown = 0, time.perf_counter()
         for k, v in (("batch_size", count), ("lr", lr), ("adv_count", adv), ("loss", loss),
                      ("eigenvalue", lam_k), ("hvps", hv), ("epoch_end", ended),
                      ("samples", d.samples_seen)):

@@ -1,0 +1,345 @@
+"""``hessbatch mushroom``: GD, SGD, ABS and ABSA on the UCI mushroom data (paper, Appendix A).
+
+Every stochastic method shares one eta0 that satisfies Theorem 1's condition
+eta0 <= 1 / (L (M_G + B_max)), so SGD runs at lr = eta0 * B0 and ABS/ABSA start there and keep
+lr = eta0 * B as the core grows the batch. Gradient descent runs at several steps, given in
+units of 1/L (1/L is what Theorem 1 allows a full batch; larger steps are a better-tuned GD).
+The table reports, for each run, the updates and samples needed to reach each target gap
+F(theta) - F* (absolute, F* from Newton's method), the final gap, the validation accuracy and
+the largest batch. docs/convex.md explains every choice; docs/results.md reports the outcome.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+from hessbatch import SchedulerConfig, __version__
+from hessbatch._cli_common import Progress, add_scheduler_arguments, format_table
+
+from ._data import Dataset, load_mushroom, load_svmlight, split_dataset
+from ._driver import SAMPLINGS, RunResult, full_batch_config, train
+from ._model import LogisticRegression
+
+DESCRIPTION = __doc__.split("\n\n", 1)[1] if __doc__ else None
+
+_KNOWN = ("gd", "sgd", "bl", "fb", "gg", "abs", "absa")
+_QUICK = dict(epochs=12, gd_updates=150, max_batch_size=400, gd_steps="1,8")
+
+
+def _float_list(text: str) -> tuple[float, ...]:
+    text = text.strip()
+    if not text:
+        return ()
+    try:
+        return tuple(float(t) for t in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers such as 1,4,16, got {text!r}") from None
+
+
+def _methods(text: str) -> tuple[str, ...]:
+    out = tuple(t.strip().lower() for t in text.split(",") if t.strip())
+    bad = [m for m in out if m not in _KNOWN]
+    if bad or not out:
+        raise argparse.ArgumentTypeError(
+            f"methods must be a comma-separated subset of {','.join(_KNOWN)}, got {text!r}")
+    return out
+
+
+def build_parser(parser: argparse.ArgumentParser) -> None:
+    """Add every option of ``hessbatch mushroom``."""
+    g = parser.add_argument_group("problem")
+    g.add_argument("--seed", type=int, default=0,
+                   help="seed of the train/validation split and of every run (default %(default)s)")
+    g.add_argument("--lam", type=float, default=1e-3,
+                   help="L2 strength lam > 0; the strong convexity c of Theorem 1 "
+                        "(default %(default)s)")
+    g.add_argument("--n-train", type=int, default=None,
+                   help="training rows (default 6905 for mushroom, 85%% of the rows for --data)")
+    g.add_argument("--data", default=None, metavar="FILE",
+                   help="a LIBSVM/svmlight file to use instead of the shipped mushroom data "
+                        "(binary labels, mapped to 0/1)")
+
+    r = parser.add_argument_group("runs")
+    r.add_argument("--methods", type=_methods, default=("gd", "sgd", "abs", "absa"),
+                   help="comma-separated runs among gd (one per --gd-steps), sgd (fixed batch "
+                        "B0 at eta0 * B0), bl, fb, gg, abs, absa (default gd,sgd,abs,absa)")
+    r.add_argument("--epochs", type=int, default=None,
+                   help="epochs (passes' worth of samples) of every stochastic run "
+                        "(default 500; 12 with --quick)")
+    r.add_argument("--sampling", choices=SAMPLINGS, default="iid",
+                   help="iid: batches drawn with replacement (Theorem 1's assumption); shuffle: "
+                        "a fresh permutation per epoch (default %(default)s)")
+    r.add_argument("--eta0-scale", type=float, default=1.0,
+                   help="eta0 = SCALE / (L (M_G + B_max)); above 1 leaves Theorem 1's condition "
+                        "(default %(default)s)")
+    r.add_argument("--gd-steps", type=_float_list, default=None,
+                   help="gradient-descent steps in units of 1/L, comma-separated "
+                        "(default 1,2,4,8,16; 1,8 with --quick)")
+    r.add_argument("--gd-updates", type=int, default=None,
+                   help="updates of each GD run (default 4000; 150 with --quick)")
+    r.add_argument("--targets", type=_float_list, default=(1e-3, 1e-4),
+                   help="optimality gaps F - F* to report the updates for (default 1e-3,1e-4)")
+    r.add_argument("--quick", action="store_true",
+                   help="a small version for tests and smoke checks (seconds): fewer epochs and "
+                        "GD updates, B_max 400; explicit options still win")
+
+    e = parser.add_argument_group("eigenvalue checks")
+    e.add_argument("--hessian-batch", type=int, default=None,
+                   help="rows of a fresh random Hessian batch per check (default: the full "
+                        "training set, deterministic)")
+    e.add_argument("--eig-method", choices=("power", "lanczos"), default="power",
+                   help="eigen-solver (default %(default)s)")
+    e.add_argument("--eig-tol", type=float, default=1e-3,
+                   help="relative tolerance of the eigen-solver (default %(default)s)")
+    e.add_argument("--eig-max-iter", type=int, default=100,
+                   help="most HVPs per eigenvalue (default %(default)s)")
+
+    add_scheduler_arguments(parser, method="abs", lr=0.0, batch_size=100, max_batch_size=800,
+                            decay_epochs="", decay_factor=0.2)
+    # The shared group's --method/--lr mean one training run elsewhere; here the comparison
+    # picks its methods (--methods) and the lr comes from Theorem 1 unless given.
+    for action in parser._actions:
+        if action.dest == "method":
+            action.default = None
+            action.help = "run only this scheduler method (same as --methods METHOD)"
+        elif action.dest == "lr":
+            action.default = None
+            action.help = ("eta at B0 for every stochastic run (default: Theorem 1's largest, "
+                           "B0 / (L (M_G + B_max)) times --eta0-scale)")
+        elif action.dest == "max_batch_size":
+            action.default = None
+            action.help = "B_max, the largest batch of abs/absa/gg/fb (default 800; 400 with --quick)"
+
+    o = parser.add_argument_group("output")
+    o.add_argument("--out", default=None, metavar="DIR",
+                   help="write results.json, curves.csv and (with matplotlib) gap.png here")
+    o.add_argument("--backend", choices=("numba", "numpy"), default="numba",
+                   help="kernels: compiled Numba (default) or the plain NumPy path")
+    o.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def _resolve(args: argparse.Namespace) -> None:
+    for name, value in _QUICK.items():
+        if getattr(args, name, None) is None and args.quick:
+            setattr(args, name, _float_list(value) if name == "gd_steps" else value)
+    defaults = dict(epochs=500, gd_updates=4000, max_batch_size=800, gd_steps=(1, 2, 4, 8, 16))
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.method is not None:
+        args.methods = ("sgd",) if args.method == "bl" else (args.method,)
+    for name in ("epochs", "gd_updates"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if not (math.isfinite(args.eta0_scale) and args.eta0_scale > 0):
+        raise ValueError(f"--eta0-scale must be finite and > 0, got {args.eta0_scale}")
+    if any(not (math.isfinite(s) and s > 0) for s in args.gd_steps):
+        raise ValueError(f"--gd-steps must be finite and > 0, got {args.gd_steps}")
+    if any(not (math.isfinite(t) and t > 0) for t in args.targets):
+        raise ValueError(f"--targets must be finite and > 0, got {args.targets}")
+
+
+def _dataset(args: argparse.Namespace) -> Dataset:
+    if args.data is None:
+        return load_mushroom(seed=args.seed, n_train=6905 if args.n_train is None else args.n_train)
+    X, y = load_svmlight(args.data)
+    return split_dataset(X, y, n_train=args.n_train, seed=args.seed, source=args.data)
+
+
+def _config(args, method: str, n: int, lr: float) -> SchedulerConfig:
+    return SchedulerConfig(
+        method=method, lr=lr, batch_size=args.batch_size,
+        max_batch_size=args.batch_size if method == "bl" else args.max_batch_size,
+        micro_batch_size=args.micro_batch_size, samples_per_epoch=n, epochs=args.epochs,
+        lr_decay_epochs=tuple(args.decay_epochs), lr_decay_factor=args.decay_factor,
+        alpha=args.alpha, beta=args.beta, check_every=args.check_every, patience=args.patience,
+        adv_eps=args.adv_eps, adv_fraction=args.adv_fraction, adv_decay=args.adv_decay,
+        adv_stop=args.adv_stop, warmup_epochs=args.warmup_epochs)
+
+
+def _row(run: RunResult, step: float, f_star: float, targets, ds: Dataset,
+         model: LogisticRegression, seconds: float) -> dict[str, Any]:
+    val = (model.accuracy(run.theta, ds.X_val, ds.y_val)
+           if len(ds.y_val) and not run.diverged else None)
+    row: dict[str, Any] = {"method": run.label, "scheduler_method": run.method, "lr_start": step,
+                           "updates": run.updates}
+    for t in targets:
+        row[f"updates_to_{t:g}"] = run.updates_to_gap(f_star, t)
+        row[f"samples_to_{t:g}"] = run.samples_to_gap(f_star, t)
+    row.update(samples_seen=run.samples_seen,
+               final_gap=float(run.loss[-1] - f_star) if not run.diverged else None,
+               diverged=run.diverged,
+               val_accuracy=val,
+               train_accuracy=None if run.diverged else model.accuracy(run.theta),
+               largest_batch=run.max_batch, eigenvalue_checks=run.eigenvalue_checks,
+               hvps=run.total_hvps, seconds=round(seconds, 3))
+    return row
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the comparison, print the table, write the files; returns the exit code."""
+    _resolve(args)
+    ds = _dataset(args)
+    model = LogisticRegression(ds.X_train, ds.y_train, args.lam, backend=args.backend)
+    n = model.n_samples
+    if args.max_batch_size > n:
+        raise ValueError(f"--max-batch must not exceed the training rows ({n}): a batch larger "
+                         f"than the data, got {args.max_batch_size}")
+    consts = model.constants()
+    opt = model.solve()
+    f_star = opt.f_star
+    eta0 = args.eta0_scale * consts.max_eta0(args.max_batch_size)
+    lr0 = eta0 * args.batch_size if args.lr is None else args.lr
+    eta0 = lr0 / args.batch_size
+    within = eta0 <= consts.max_eta0(args.max_batch_size) * (1 + 1e-12)
+    out = sys.stdout
+    print(f"hessbatch mushroom {__version__}: {ds!r}", file=out)
+    print(f"lam = {args.lam:g}; Theorem 1 constants L = {consts.L:.6g}, c = {consts.c:.6g}, "
+          f"M = {consts.M:.6g}, M_G = {consts.M_G:g}; F* = {f_star:.12g} "
+          f"(Newton, {opt.iterations} steps, ||grad|| = {opt.grad_norm:.1e})", file=out)
+    print(f"eta0 = {eta0:.6g} (lr {lr0:.6g} at B0 = {args.batch_size}, B_max = "
+          f"{args.max_batch_size}): Theorem 1's condition eta0 <= 1/(L (M_G + B_max)) = "
+          f"{consts.max_eta0(args.max_batch_size):.6g} is "
+          f"{'met' if within else 'NOT met'}; gaps are absolute, F - F*", file=out)
+    out.flush()
+
+    jobs: list[tuple[str, SchedulerConfig, str, float]] = []
+    for m in args.methods:
+        if m == "gd":
+            for s in args.gd_steps:
+                jobs.append((f"gd {s:g}/L", full_batch_config(n, s / consts.L, args.gd_updates),
+                             "shuffle", s / consts.L))
+        else:
+            method = "bl" if m == "sgd" else m
+            label = f"sgd B={args.batch_size}" if m == "sgd" else m
+            jobs.append((label, _config(args, method, n, lr0), args.sampling, lr0))
+
+    runs, rows = [], []
+    for label, cfg, sampling, step in jobs:
+        progress = Progress(cfg.epochs, f"{label:>12}", enabled=not args.no_progress)
+        t0 = time.perf_counter()
+        res = train(model, cfg, seed=args.seed, sampling=sampling, label=label,
+                    hessian_batch=args.hessian_batch, eig_method=args.eig_method,
+                    eig_tol=args.eig_tol, eig_max_iter=args.eig_max_iter, progress=progress)
+        progress.close()
+        runs.append(res)
+        rows.append(_row(res, step, f_star, args.targets, ds, model, time.perf_counter() - t0))
+
+    headers = ["method", "lr at B0", "updates"]
+    for t in args.targets:
+        headers += [f"upd to {t:g}", f"samples to {t:g}"]
+    headers += ["samples seen", "final gap", "val acc", "max B", "HVPs"]
+    table = []
+    for row in rows:
+        cells = [row["method"], row["lr_start"], row["updates"]]
+        for t in args.targets:
+            u = row[f"updates_to_{t:g}"]
+            s = row[f"samples_to_{t:g}"]
+            cells += ["-" if u is None else u, "-" if s is None else s]
+        cells += [row["samples_seen"], "diverged" if row["diverged"] else row["final_gap"],
+                  "-" if row["val_accuracy"] is None else f"{100 * row['val_accuracy']:.2f}%",
+                  row["largest_batch"], row["hvps"]]
+        table.append(cells)
+    print(format_table(headers, table), file=out)
+    print("('-': target not reached within the run's budget)", file=out)
+
+    if args.out:
+        _write_outputs(args, ds, consts, opt, eta0, lr0, within, runs, rows, f_star)
+    return 0
+
+
+def _write_outputs(args, ds, consts, opt, eta0, lr0, within, runs, rows, f_star) -> None:
+    os.makedirs(args.out, exist_ok=True)
+    options = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()
+               if k not in ("func",)}
+    result = {
+        "format": "hessbatch.mushroom", "version": 1, "hessbatch": __version__,
+        "seed": args.seed, "lam": args.lam, "f_star": f_star,
+        "newton": {"iterations": opt.iterations, "grad_norm": opt.grad_norm},
+        "constants": consts.to_dict(), "eta0": eta0, "lr_at_b0": lr0,
+        "theorem1_condition_met": within,
+        "data": {"source": ds.source, "n_train": len(ds.y_train), "n_val": len(ds.y_val),
+                 "n_features": ds.n_features, "split_seed": ds.seed, **ds.info},
+        "gap": "absolute: F(theta) - F*, F the regularised training loss",
+        "options": options,
+        "runs": [dict(row, config=run.config.to_dict(), sampling=run.sampling)
+                 for row, run in zip(rows, runs)],
+    }
+    with open(os.path.join(args.out, "results.json"), "w", encoding="utf-8") as fh:
+        json.dump(result, fh, indent=2, allow_nan=False, default=_json_default)
+        fh.write("\n")
+    with open(os.path.join(args.out, "curves.csv"), "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        names = list(runs[0].curves()) if runs else []
+        w.writerow(["method"] + names + ["gap"])
+        for run in runs:
+            cols = list(run.curves().values())
+            gap = run.gap(f_star)
+            for i in range(len(run.update)):
+                w.writerow([run.label] + [_cell(c[i]) for c in cols] + [_cell(gap[i])])
+    print(f"wrote {os.path.join(args.out, 'results.json')} and curves.csv", file=sys.stdout)
+    _plot(args, runs, f_star)
+
+
+def _cell(v) -> str:
+    if isinstance(v, (float, np.floating)):
+        return "" if math.isnan(v) else repr(float(v))
+    return str(v)
+
+
+def _json_default(o):
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
+
+
+def _plot(args, runs, f_star) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: pip install 'hessbatch[plot]' to get the plot "
+              "(gap.png)", file=sys.stdout)
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for run in runs:
+        gap = run.gap(f_star)
+        ok = gap > 0
+        style = "--" if run.label.startswith("gd") else "-"
+        axes[0].loglog(np.maximum(run.update[ok], 1), gap[ok], style, label=run.label, lw=1.2)
+        axes[1].semilogy(run.samples[ok] / 1e6, gap[ok],
+                         style, label=run.label, lw=1.2)
+    for t in args.targets:
+        for ax in axes:
+            ax.axhline(t, color="grey", lw=0.6, ls=":")
+    axes[0].set_xlabel("parameter updates")
+    axes[1].set_xlabel("samples (millions)")
+    for ax in axes:
+        ax.set_ylabel("F(theta) - F*")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"mushroom, L2 logistic regression (lam={args.lam:g}): gap against updates "
+                 f"and samples")
+    fig.tight_layout()
+    path = os.path.join(args.out, "gap.png")
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    print(f"wrote {path}", file=sys.stdout)
