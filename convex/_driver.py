@@ -281,9 +281,7 @@ def train(model: LogisticRegression, config: SchedulerConfig, *, seed: int = 0,
                 idx = perm[pos:pos + big]
             count = len(idx)
             pos += count
-        adv = d.adv_count if count == big else sch.state.adversarial_count(count)
-        if d.method != "absa":
-            adv = 0
+        adv = d.adv_count if count == big else d.adversarial_count(count)
         lr = d.lr if count == big else d.lr * count / big
         _, grad = model._k.loss_grad(model.X, model.y, idx, theta, model.lam, adv,
                                      d.adv_eps, model.lo, model.hi)

@@ -260,10 +260,11 @@ class LogisticRegression:
     # ----------------------------------------------------------------------------------------
     def constants(self) -> Constants:
         """Theorem 1's L, c, M, M_G for this problem (module docstring)."""
-        n = self.n_samples
-        top = float(np.linalg.eigvalsh(self.X.T @ self.X / n)[-1])
+        # H(0) = X^T X / (4 n) + lam I exactly (p = 1/2 for every row), so its top eigenvalue
+        # is L itself
+        L = float(np.linalg.eigvalsh(self.hessian(np.zeros(self.n_features)))[-1])
         M = float(np.max(np.einsum("ij,ij->i", self.X, self.X)))
-        return Constants(L=top / 4.0 + self.lam, c=self.lam, M=M, M_G=0.0)
+        return Constants(L=L, c=self.lam, M=M, M_G=0.0)
 
     def solve(self, *, tol: float = 1e-10, max_iter: int = 100) -> NewtonResult:
         """theta* and F* by damped Newton's method on the full data.
