@@ -320,18 +320,21 @@ def _plot(args, runs, f_star) -> None:
               "(gap.png)", file=sys.stdout)
         return
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    styles = {"abs": "-", "absa": ":", "sgd": "-.", "gd": "--"}
     for run in runs:
         gap = run.gap(f_star)
-        ok = gap > 0
-        style = "--" if run.label.startswith("gd") else "-"
-        axes[0].loglog(np.maximum(run.update[ok], 1), gap[ok], style, label=run.label, lw=1.2)
-        axes[1].semilogy(run.samples[ok] / 1e6, gap[ok],
-                         style, label=run.label, lw=1.2)
+        ok = (gap > 0) & (run.update > 0)          # log axes: the start row is off-scale
+        style = styles.get(run.label.split()[0], "-")
+        axes[0].loglog(run.update[ok], gap[ok], style, label=run.label, lw=1.3)
+        axes[1].loglog(run.samples[ok], gap[ok], style, label=run.label, lw=1.3)
     for t in args.targets:
         for ax in axes:
             ax.axhline(t, color="grey", lw=0.6, ls=":")
+    floor = min(args.targets) / 100 if args.targets else 1e-8
+    for ax in axes:
+        ax.set_ylim(bottom=floor)
     axes[0].set_xlabel("parameter updates")
-    axes[1].set_xlabel("samples (millions)")
+    axes[1].set_xlabel("samples")
     for ax in axes:
         ax.set_ylabel("F(theta) - F*")
         ax.grid(True, which="both", alpha=0.3)
