@@ -226,16 +226,18 @@ def plot_curves(history: list[EpochMetrics], path: Path, title: str) -> bool:
     ax[0, 1].plot(ep, [m.train_loss for m in history], marker=".")
     ax[0, 1].set_ylabel("train loss")
     ax[0, 1].set_yscale("log")
-    eig = [(m.epoch, m.eigenvalue) for m in history if m.eigenvalue is not None]
+    # every eigenvalue of an epoch, spread evenly over it (checks are evenly spaced in samples)
+    eig = [(m.epoch - 1 + (i + 1) / len(m.eigenvalues), v) for m in history
+           for i, v in enumerate(m.eigenvalues) if v > 0]
     if eig:
-        ax[1, 0].plot(*zip(*eig), marker="o")
+        ax[1, 0].plot(*zip(*eig), marker="o", markersize=3)
         ax[1, 0].set_yscale("log")
     ax[1, 0].set_ylabel("top Hessian eigenvalue")
     ax[1, 1].step(ep, [m.batch_size for m in history], where="post", label="B")
     ax[1, 1].set_yscale("log", base=2)
     ax[1, 1].set_ylabel("batch size B")
     lr_ax = ax[1, 1].twinx()
-    lr_ax.plot(ep, [m.lr for m in history], color="tab:red", linestyle="--", label="lr")
+    lr_ax.step(ep, [m.lr for m in history], where="post", color="tab:red", linestyle="--")
     lr_ax.set_ylabel("lr", color="tab:red")
     for a in ax.flat:
         a.set_xlabel("epoch")
