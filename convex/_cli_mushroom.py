@@ -150,6 +150,10 @@ def _resolve(args: argparse.Namespace) -> None:
         raise ValueError(f"--gd-steps must be finite and > 0, got {args.gd_steps}")
     if any(not (math.isfinite(t) and t > 0) for t in args.targets):
         raise ValueError(f"--targets must be finite and > 0, got {args.targets}")
+    if not (math.isfinite(args.eig_tol) and args.eig_tol > 0):
+        raise ValueError(f"--eig-tol must be finite and > 0, got {args.eig_tol}")
+    if args.eig_max_iter < 1:
+        raise ValueError(f"--eig-max-iter must be >= 1, got {args.eig_max_iter}")
 
 
 def _dataset(args: argparse.Namespace) -> Dataset:
@@ -198,6 +202,9 @@ def run(args: argparse.Namespace) -> int:
     if args.max_batch_size > n:
         raise ValueError(f"--max-batch must not exceed the training rows ({n}): a batch larger "
                          f"than the data, got {args.max_batch_size}")
+    if args.hessian_batch is not None and not 1 <= args.hessian_batch <= n:
+        raise ValueError(f"--hessian-batch (hessian_batch) must be in [1, {n}] (the training "
+                         f"rows), got {args.hessian_batch}")
     consts = model.constants()
     opt = model.solve()
     f_star = opt.f_star

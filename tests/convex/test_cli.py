@@ -108,6 +108,10 @@ def test_help_explains_every_option(capsys):
     (["--gd-steps", "0"], "--gd-steps"),
     (["--hessian-batch", "0"], "hessian_batch"),
     (["--n-train", "9000"], "n_train"),
+    (["--eig-tol", "0"], "--eig-tol"),
+    (["--eig-max-iter", "0"], "--eig-max-iter"),
+    (["--targets", "1e-3,-1"], "--targets"),
+    (["--batch-size", "7", "--max-batch", "800"], "micro_batch_size must divide"),
 ])
 def test_bad_options_give_clear_errors(argv, match, capsys):
     code = main(["mushroom", "--no-progress", "--epochs", "1", "--gd-updates", "2", *argv])
