@@ -133,11 +133,12 @@ def absa_adversary_decay_and_stop() -> Trace:
                 samples_per_epoch=40, epochs=6, adv_fraction=0.1, adv_decay=4.0, adv_stop=0.5,
                 adv_eps=0.03),
         covers=["adversarial count floor", "adversarial decay", "adversarial vanishing",
-                "adversary stop at tau", "growth by drop"])
+                "adversary stop at tau", "growth by drop", "save/load"])
     _epoch(rec, [8.0], notes=["first: reference; 0.1 * 20 = 2 adversarial samples"])
     _epoch(rec, [2.0], notes=["drop: B = 40, gamma = 0.025, 0.025 * 40 = 1: one sample"])
     _epoch(rec, [0.5], notes=["drop: B = 80, gamma = 0.00625, 0.00625 * 80 = 0.5 < 1: none"],
            end_note="epoch 3 >= 0.5 * 6: the adversary stops (gamma = 0)")
+    rec.save_load(note="state saved and loaded between epochs")
     _epoch(rec, [0.2], notes=["drop: B = 160, gamma stays 0"])
     _epoch(rec, [0.15], notes=["no drop: d = 1"])
     _epoch(rec, [0.1], notes=["drop: B = 320"], end_note="finished")

@@ -1,0 +1,30 @@
+"""Suite-wide pytest set-up: the hypothesis settings profiles.
+
+``HYPOTHESIS_PROFILE`` picks one (default ``ci``):
+
+* ``ci``: derandomized (the same examples on every run and machine, so a red CI is
+  reproducible and never flaky), no example database, no deadline (the CI machine is shared
+  and slow: speed belongs to benchmarks/, not to tests), a modest number of examples.
+* ``dev``: random, ten times the examples, the local example database, for hunting bugs:
+  ``HYPOTHESIS_PROFILE=dev pytest tests/properties``.
+
+A test that needs another budget says so with its own ``@settings``; the profile stays the
+default for every other one.
+"""
+
+from __future__ import annotations
+
+import os
+
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "ci", max_examples=100, derandomize=True, database=None, deadline=None,
+    print_blob=True, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile(
+    "dev", max_examples=1000, derandomize=False, deadline=None, print_blob=True)
+
+_PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "ci")
+if _PROFILE not in ("ci", "dev"):
+    raise ValueError(f"HYPOTHESIS_PROFILE must be 'ci' or 'dev', got {_PROFILE!r}")
+settings.load_profile(_PROFILE)
