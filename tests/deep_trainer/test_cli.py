@@ -45,9 +45,9 @@ def test_train_writes_metrics_curves_checkpoint_and_prints_the_tables(tmp_path, 
 
 def test_resume_through_the_cli_continues_the_same_trajectory(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
-    assert _train(tmp_path, "--method", "abs", "--epochs", "3", "--out", str(a)) == 0
+    assert _train(tmp_path, "--method", "abs", "--epochs", "2", "--out", str(a)) == 0
     assert _train(tmp_path, "--method", "abs", "--epochs", "1", "--out", str(b)) == 0
-    assert main(["train", "--resume", str(b / "checkpoint.pt"), "--epochs", "3", "--out",
+    assert main(["train", "--resume", str(b / "checkpoint.pt"), "--epochs", "2", "--out",
                  str(b), "--quiet"]) == 0
     ha = json.loads((a / "metrics.json").read_text())["history"]
     hb = json.loads((b / "metrics.json").read_text())["history"]
