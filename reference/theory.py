@@ -62,9 +62,9 @@ __all__ = [
 
 def _real(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        # numpy scalars are not int/float subclasses everywhere; accept anything float() takes
-        # exactly, but refuse strings and containers that float() would also take or choke on.
-        if isinstance(value, (str, bytes)) or not hasattr(value, "__float__"):
+        # NumPy scalars are not int/float subclasses everywhere: accept what has __float__,
+        # but refuse booleans and strings (float("1.0") would pass silently).
+        if isinstance(value, (bool, str, bytes)) or not hasattr(value, "__float__"):
             raise TypeError(f"{name} must be a real number, got {value!r} "
                             f"({type(value).__name__})")
     value = float(value)
@@ -357,7 +357,8 @@ def scheduler_batches(config: SchedulerConfig,
     With i.i.d. sampling an epoch is a sample budget, not a pass over the data, so every update
     takes the full decided batch ``B`` and an epoch ends at the first update whose cumulative
     samples reach ``epoch * samples_per_epoch`` (no short last batch: the schedule stays
-    non-decreasing for ``abs`` and the core's lr equals ``eta0 * B`` at every update).
+    non-decreasing for ``abs`` and the core's lr equals ``eta0 * B`` at every update). Every
+    epoch has at least one update, so with ``B > samples_per_epoch`` an epoch is one update.
 
     Args:
         config: the schedule (``bl`` for plain SGD, ``abs`` for ABS, ...). For Theorem 1 the lr
@@ -392,7 +393,9 @@ def scheduler_batches(config: SchedulerConfig,
     eigs: list[tuple[int, float]] = []
     n = config.samples_per_epoch
     for epoch in range(1, config.epochs + 1):
-        while sch.decision.samples_seen < epoch * n:
+        # at least one update per epoch (the core requires it), then up to the sample budget
+        start = len(batches)
+        while len(batches) == start or sch.decision.samples_seen < epoch * n:
             d = sch.decision
             batches.append(d.batch_size)
             lrs.append(d.lr)
