@@ -178,6 +178,24 @@ def rounding_and_check_period() -> Trace:
     return rec.trace()
 
 
+def growth_rounding_tolerance() -> Trace:
+    rec = TraceRecorder(
+        "growth_rounding_tolerance",
+        "ABS with beta = 1.1 and micro-batch 10, patience 1 (every check after the first "
+        "grows): 1.1 * 100 / 10 is 11.000000000000002 in binary, and the 1e-9 tolerance of "
+        "round_up makes it 110, not 120; then 121 -> 130, 143 -> 150, 165 -> 170, 187 -> 190, "
+        "209 -> min(210, 200) = B_max.",
+        _config("abs", micro_batch_size=10, max_batch_size=200, beta=1.1, patience=1,
+                samples_per_epoch=200, epochs=8),
+        covers=["growth rounding tolerance", "growth by patience", "B_max cap (min)"])
+    _epoch(rec, [8.0], notes=["first: reference"])
+    for b in (110, 130, 150, 170, 190):
+        _epoch(rec, [8.0], notes=[f"patience 1: grow to B = {b}"])
+    _epoch(rec, [8.0], notes=["patience 1: grow to B = min(210, 200) = 200"])
+    _epoch(rec, [], end_note="at B_max: finished")
+    return rec.trace()
+
+
 def lr_decay_epochs() -> Trace:
     rec = TraceRecorder(
         "lr_decay_epochs",
@@ -350,7 +368,8 @@ def config_errors() -> Trace:
 
 SCRIPTS: tuple[Callable[[], Trace], ...] = (
     abs_growth_by_drop, abs_growth_by_patience, absa_cap_at_max_batch,
-    absa_adversary_decay_and_stop, rounding_and_check_period, lr_decay_epochs, bl_fixed,
+    absa_adversary_decay_and_stop, rounding_and_check_period, growth_rounding_tolerance,
+    lr_decay_epochs, bl_fixed,
     fb_warmup, gg_schedule, errors_and_skips, defaults, config_errors)
 
 

@@ -39,6 +39,7 @@ from hessbatch.traces import (
 EXPECTED_FILES = {
     "abs_growth_by_drop.json", "abs_growth_by_patience.json", "absa_cap_at_max_batch.json",
     "absa_adversary_decay_and_stop.json", "rounding_and_check_period.json",
+    "growth_rounding_tolerance.json",
     "lr_decay_epochs.json", "bl_fixed.json", "fb_warmup.json", "gg_schedule.json",
     "errors_and_skips.json", "defaults.json", "config_errors.json"}
 TRACES = {p.name[:-5]: load_trace(p) for p in builtin_traces()}
@@ -301,6 +302,20 @@ def test_hand_rounding_and_check_period():
     assert (d["batch_size"], d["accumulation_steps"], d["adv_count"]) == (360, 18, 0)
 
 
+def test_hand_growth_rounding_tolerance():
+    t = TRACES["growth_rounding_tolerance"]
+    grown = [e["decision"]["batch_size"] for e in t.events
+             if e["event"] == "eigenvalue" and "grow" in e["decision"]["reason"]]
+    # smallest multiple of 10 >= 1.1 * B, computed exactly: 110, 121 -> 130, 143 -> 150, ...
+    want, b = [], 100
+    for _ in range(6):
+        b = min(-(-(11 * b) // 100) * 10, 200)
+        want.append(b)
+    assert grown == want == [110, 130, 150, 170, 190, 200]
+    d = t.events[-1]["decision"]
+    assert d["lr"] == pytest.approx(0.2, **approx) and d["finished"]
+
+
 def test_hand_lr_decay_epochs():
     t = TRACES["lr_decay_epochs"]
     assert after(t, "epoch 1 in A")["decision"]["lr"] == pytest.approx(0.02, **approx)
@@ -420,6 +435,10 @@ class _LosesDueOnLoad(Scheduler):
         self._state = dataclasses.replace(self.state, eigenvalue_due=False)
 
 
+def _round_up_without_tolerance(x, multiple):
+    return multiple * math.ceil(x / multiple)
+
+
 class _AcceptsNaN(Scheduler):
     """A wrong port: a NaN eigenvalue is taken as 'no drop'."""
 
@@ -441,6 +460,13 @@ def test_replay_catches_wrong_implementations(wrong, trace, first_field):
     assert found, f"{wrong.__name__} passed {trace}"
     assert found[0].field == first_field
     assert isinstance(found[0], Mismatch) and str(found[0]).startswith(f"event {found[0].index}")
+
+
+def test_replay_catches_rounding_without_the_tolerance(monkeypatch):
+    monkeypatch.setattr(_scheduler, "_round_up", _round_up_without_tolerance)
+    found = replay(TRACES["growth_rounding_tolerance"])
+    assert found and found[0].field == "decision.accumulation_steps"
+    assert (found[1].field, found[1].expected, found[1].got) == ("decision.batch_size", 110, 120)
 
 
 def test_float_comparison_is_exact_by_repr():
