@@ -61,7 +61,6 @@ import importlib.resources
 import json
 import math
 import os
-import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
 

@@ -31,8 +31,9 @@ def _epoch(sch: Scheduler) -> None:
     sch.end_epoch()
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="core: 'epoch >= tau * epochs' has no rounding "
-                   "tolerance; 0.07 * 100 is 7.000000000000001 in binary")
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="core: 'epoch >= tau * epochs' has no rounding tolerance; "
+                   "e.g. 0.07 * 100 is 7.000000000000001 in binary")
 @pytest.mark.parametrize("tau, epochs, stop", [(0.07, 100, 7), (0.55, 100, 55),
                                                (0.07, 200, 14)])
 def test_adversary_stops_at_tau_times_epochs_despite_binary_rounding(tau, epochs, stop):
@@ -58,9 +59,9 @@ def test_adversary_stop_is_right_where_the_product_is_exact():
     assert sch.decision.adv_fraction == 0.0
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="core: a valid config can decay lr to 0.0 (underflow);"
-                   " the state then breaks the 'lr > 0' invariant and its checkpoint cannot "
-                   "be loaded")
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="core: a valid config can decay lr to 0.0 (underflow); the state "
+                   "then breaks the 'lr > 0' invariant and its checkpoint cannot be loaded")
 def test_a_valid_config_never_produces_a_checkpoint_that_cannot_be_loaded():
     # lr = 1e-300 and rho = 1e-5 are each accepted; five decays give 1e-325, which is 0.0.
     # Fix: refuse such configs in SchedulerConfig (e.g. require
@@ -80,8 +81,9 @@ def test_a_valid_config_never_produces_a_checkpoint_that_cannot_be_loaded():
     Scheduler.from_state_dict(json.loads(json.dumps(sch.state_dict())))
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="core: fb with a huge (valid) lr overflows "
-                   "eta * B_max / B0 to inf and the warm-up lr is NaN")
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="core: fb with a huge (valid) lr overflows eta * B_max / B0 to inf "
+                   "and the warm-up lr is NaN")
 def test_fb_lr_is_finite_for_every_accepted_config():
     cfg = dict(method="fb", lr=1e307, batch_size=10, max_batch_size=1000,
                samples_per_epoch=10, epochs=2)

@@ -20,6 +20,7 @@ Settings come from the profile in tests/conftest.py (derandomized in CI).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections import Counter
@@ -531,8 +532,8 @@ def _grow_without_lr_scaling(cfg, st, factor):
 
 def _skip_counting_patience(cfg, st):
     out = ORIGINAL["on_skip_eigenvalue"](cfg, st)
-    return _scheduler.dataclasses.replace(out, patience_count=min(st.patience_count + 1,
-                                                                  max(cfg.patience - 1, 1)))
+    return dataclasses.replace(out, patience_count=min(st.patience_count + 1,
+                                                       max(cfg.patience - 1, 1)))
 
 
 def _checks_even_at_max(cfg, st):
