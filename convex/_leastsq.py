@@ -207,14 +207,15 @@ class LeastSquares:
 
         Args:
             M_G: the multiplicative variance constant; ``M`` is then the smallest valid value
-                (:meth:`M_for`). Default: ``2 * w_max`` (0 when ``S = 0``, e.g. ``N = 1``).
+                (:meth:`M_for`). Default: ``2 * w_max`` (0 when ``S = 0``).
 
         Returns:
             :class:`hessbatch.theory.Constants`.
         """
-        w_max = self.min_M_G
         if M_G is None:
-            M_G = 2.0 * w_max if w_max > 1e-14 * float(self.hessian_eigenvalues[-1]) ** 2 else 0.0
+            # twice the critical value: M stays moderate, and a w_max that is rounding noise
+            # (S = 0 exactly when N = 1) still gets a valid, tiny M_G
+            M_G = 2.0 * self.min_M_G
         eig = self.hessian_eigenvalues
         return Constants(L=float(eig[-1]), c=float(eig[0]), M=self.M_for(M_G), M_G=float(M_G))
 
