@@ -363,7 +363,7 @@ def sgd_runs(X, y, *, batch_sizes: Sequence[int], step_sizes: Sequence[float], l
     if not np.all(np.isfinite(y)):
         raise ValueError("y must be finite; it holds NaN or infinity")
     if kind == "logistic" and not np.all((y == 0) | (y == 1)):
-        bad = y[(y != 0) & (y != 1)][0]
+        bad = float(y[(y != 0) & (y != 1)][0])
         raise ValueError(f"y must be 0 or 1 for kind='logistic', got {bad!r}")
     if isinstance(lam, bool) or not isinstance(lam, (int, float, np.floating, np.integer)):
         raise TypeError(f"lam must be a real number, got {lam!r}")
