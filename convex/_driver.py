@@ -228,8 +228,8 @@ def train(model: LogisticRegression, config: SchedulerConfig, *, seed: int = 0,
         >>> cfg = SchedulerConfig(method="abs", lr=0.05, batch_size=100, max_batch_size=800,
         ...                       samples_per_epoch=model.n_samples, epochs=3)
         >>> run = train(model, cfg, seed=0)
-        >>> run.loss[-1] < run.loss[0]
-        True
+        >>> bool(run.loss[-1] < run.loss[0]), run.updates == len(run.loss) - 1
+        (True, True)
     """
     if not isinstance(model, LogisticRegression):
         raise TypeError(f"model must be a LogisticRegression, got {type(model).__name__}")
