@@ -1,0 +1,139 @@
+"""``hessbatch theory`` and the checks behind it, in a small version (CI budget)."""
+
+from __future__ import annotations
+
+import builtins
+import json
+
+import numpy as np
+import pytest
+
+from hessbatch import theory as thm
+from hessbatch.cli import main
+from hessbatch.convex import least_squares_check, mushroom_check
+
+
+@pytest.fixture(scope="module")
+def mushroom_report():
+    # two epochs, 120 runs per schedule: the small version of the default full check
+    return mushroom_check(runs=120, epochs=2, seed=0)
+
+
+def test_mushroom_bound_holds_with_confidence(mushroom_report):
+    rep = mushroom_report
+    assert rep.passed and rep.condition_holds
+    k = rep.constants
+    assert k.c == 0.1 and k.M == 22.0 and k.M_G == 0.0      # one-hot rows: ||x||^2 = 22
+    assert rep.eta0 == pytest.approx(thm.max_eta0(k, 1600))
+    for sc in rep.schedules.values():
+        assert sc.rows[0]["update"] == 0 and sc.rows[0]["mean_gap"] == pytest.approx(rep.gap0)
+        for r in sc.rows:
+            assert r["lower"] <= r["mean_gap"] <= r["upper"]
+            assert r["status"] == "PASS" and r["lower"] <= r["bound"]
+            assert r["bound"] == pytest.approx(sc.bounds[r["update"]])
+        # the bound is a real upper bound here but a loose one: tightness grows over training
+        assert sc.rows[-1]["tightness"] > 2
+
+
+def test_mushroom_abs_schedule_grows_and_beats_sgd_per_update(mushroom_report):
+    rep = mushroom_report
+    abs_, sgd = rep.schedules["abs"].schedule, rep.schedules["sgd"].schedule
+    assert set(sgd.batch_sizes) == {100}
+    assert max(abs_.batch_sizes) > 100 and list(abs_.batch_sizes) == sorted(abs_.batch_sizes)
+    assert abs_.updates < sgd.updates
+    last = rep.comparison[-1]
+    # equal updates: ABS's gap and bound are below SGD's
+    assert last["abs_gap"] < last["sgd_same_updates_gap"]
+    assert last["abs_bound"] < last["sgd_same_updates_bound"]
+    # equal samples: about the same (within 25 % for the gap, 5 % for the bound)
+    assert last["abs_gap"] == pytest.approx(last["sgd_same_samples_gap"], rel=0.25)
+    assert last["abs_bound"] == pytest.approx(last["sgd_same_samples_bound"], rel=0.05)
+
+
+def test_least_squares_exact_check_passes_and_the_monte_carlo_agrees():
+    rep = least_squares_check(epochs=4, runs=2000, seed=1)
+    assert rep.passed
+    for sc in rep.schedules.values():
+        assert sc.first_violation is None
+        assert len(sc.exact) == sc.schedule.updates + 1
+        assert all(r["mc_agrees"] for r in sc.rows)
+
+
+def test_least_squares_check_fails_past_the_condition():
+    with pytest.raises(ValueError, match="eta0 must be <="):
+        least_squares_check(epochs=2, eta0_scale=5.0)
+    # sufficient, not necessary: 6 times past it, SGD at B0 = 4 still stays within the bound
+    # (alpha L = 6 * 4 / (M_G + 64) < 2), but ABS diverges once its batch nears B_max = 64
+    rep = least_squares_check(epochs=8, eta0_scale=6.0, ignore_condition=True)
+    assert not rep.condition_holds and not rep.passed
+    assert rep.schedules["sgd"].first_violation is None
+    assert rep.schedules["abs"].first_violation is not None
+
+
+def test_command_prints_a_table_and_writes_json_and_png(tmp_path, capsys):
+    code = main(["theory", "--problem", "mushroom", "--runs", "40", "--epochs", "1",
+                 "--quiet", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "RESULT: PASS" in out and "bound/mean" in out and "SGD against ABS" in out
+    data = json.loads((tmp_path / "theory.json").read_text())
+    assert data["passed"] is True and data["problem"] == "mushroom"
+    assert data["settings"]["runs"] == 40 and data["constants"]["M"] == 22.0
+    rows = data["schedules"]["sgd"]["rows"]
+    assert rows and all(r["status"] == "PASS" for r in rows)
+    assert (tmp_path / "theory.png").stat().st_size > 10_000
+
+
+def test_command_exits_1_when_a_check_fails(capsys):
+    code = main(["theory", "--problem", "least-squares", "--runs", "0", "--epochs", "8",
+                 "--eta0-scale", "6", "--ignore-condition", "--quiet"])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "FAIL" in out and "FIRST VIOLATION" in out and "VIOLATED" in out
+
+
+def test_command_bad_options_exit_2_with_a_message(capsys):
+    assert main(["theory", "--problem", "least-squares", "--eta0-scale", "3", "--quiet"]) == 2
+    assert "eta0 must be <=" in capsys.readouterr().err
+    assert main(["theory", "--runs", "1", "--quiet"]) == 2
+    assert "runs must be >= 2" in capsys.readouterr().err
+    assert main(["theory", "--problem", "least-squares", "--confidence", "1.5"]) == 2
+    assert "confidence must be in" in capsys.readouterr().err
+
+
+def test_help_explains_every_option(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["theory", "--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    for opt in ("--problem", "--runs", "--epochs", "--lam", "--seed", "--batch-size",
+                "--max-batch", "--alpha", "--beta", "--check-every", "--checks-per-epoch",
+                "--patience", "--eta0", "--eta0-scale", "--ignore-condition", "--confidence",
+                "--checkpoints-per-epoch", "--n-samples", "--dim", "--cond", "--noise",
+                "--out", "--threads", "--quiet"):
+        assert opt in text
+
+
+def test_without_matplotlib_one_line_says_how_to_get_the_plot(tmp_path, monkeypatch, capsys):
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name == "matplotlib" or name.startswith("matplotlib."):
+            raise ImportError("no matplotlib")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    code = main(["theory", "--problem", "least-squares", "--runs", "0", "--epochs", "2",
+                 "--quiet", "--out", str(tmp_path)])
+    assert code == 0
+    assert (tmp_path / "theory.json").exists() and not (tmp_path / "theory.png").exists()
+    assert "pip install 'hessbatch[plot]'" in capsys.readouterr().err
+
+
+def test_same_seed_same_report():
+    a = least_squares_check(epochs=2, runs=50, seed=3).to_dict()
+    b = least_squares_check(epochs=2, runs=50, seed=3).to_dict()
+    assert a == b
+    c = least_squares_check(epochs=2, runs=50, seed=4).to_dict()
+    assert c["f_star"] != a["f_star"]
+    assert np.isfinite(a["eta0"])
