@@ -139,3 +139,20 @@ def test_svmlight_data_option(tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 0
     assert "n_train=102" in out and "n_features=4" in out       # 85% of 120
+
+
+def test_same_seed_same_files(tmp_path, capsys):
+    outs = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        assert main(["mushroom", *SMALL, "--methods", "sgd,absa", "--epochs", "2",
+                     "--out", str(out)]) == 0
+        outs.append(out)
+    capsys.readouterr()
+    assert (outs[0] / "curves.csv").read_bytes() == (outs[1] / "curves.csv").read_bytes()
+    a, b = (json.loads((o / "results.json").read_text()) for o in outs)
+    for res in (a, b):
+        res["options"].pop("out")
+        for r in res["runs"]:
+            r.pop("seconds")                      # wall time: the only field allowed to differ
+    assert a == b

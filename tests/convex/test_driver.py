@@ -252,3 +252,27 @@ def test_driver_errors(small):
     # a negative eigenvalue is refused by the core, not swallowed
     with pytest.raises(ValueError, match="eigenvalue must be >= 0"):
         train(small, _cfg("abs", n), eigenvalue_fn=Script([-1.0]))
+
+
+def test_abs_needs_fewer_updates_than_sgd_for_the_same_gap_and_samples():
+    # The paper's convex claim, in small (Theorem 1's shared eta0, B0 = 50, B_max = 400):
+    # ABS reaches the gap with a fraction of SGD's updates and the same samples.
+    ds = load_mushroom(seed=0, n_train=2000)
+    model = LogisticRegression(ds.X_train, ds.y_train, lam=1e-3)
+    f_star = model.solve().f_star
+    eta0 = model.constants().max_eta0(400)
+    runs = {}
+    for method, b_max in (("bl", 50), ("abs", 400)):
+        cfg = SchedulerConfig(method=method, lr=50 * eta0, batch_size=50, max_batch_size=b_max,
+                              samples_per_epoch=model.n_samples, epochs=80, patience=2)
+        runs[method] = train(model, cfg, seed=0)
+    sgd, abs_ = runs["bl"], runs["abs"]
+    assert abs_.max_batch == 400
+    k_sgd, k_abs = sgd.updates_to_gap(f_star, 0.02), abs_.updates_to_gap(f_star, 0.02)
+    assert k_sgd is not None and k_abs is not None
+    assert k_abs < k_sgd / 3
+    s_sgd, s_abs = sgd.samples_to_gap(f_star, 0.02), abs_.samples_to_gap(f_star, 0.02)
+    assert abs(s_abs - s_sgd) <= 0.02 * s_sgd
+    # and after the same samples the two gaps agree (the noise floor does not depend on B)
+    assert abs_.samples_seen == sgd.samples_seen
+    assert abs(abs_.loss[-1] - sgd.loss[-1]) <= 0.05 * (sgd.loss[-1] - f_star)
