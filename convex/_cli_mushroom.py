@@ -123,6 +123,8 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     o = parser.add_argument_group("output")
     o.add_argument("--out", default=None, metavar="DIR",
                    help="write results.json, curves.csv and (with matplotlib) gap.png here")
+    o.add_argument("--no-plot", action="store_true",
+                   help="with --out, skip gap.png (no matplotlib import)")
     o.add_argument("--backend", choices=("numba", "numpy"), default="numba",
                    help="kernels: compiled Numba (default) or the plain NumPy path")
     o.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
@@ -298,7 +300,8 @@ def _write_outputs(args, ds, consts, opt, eta0, lr0, within, runs, rows, f_star)
             for i in range(len(run.update)):
                 w.writerow([run.label] + [_cell(c[i]) for c in cols] + [_cell(gap[i])])
     print(f"wrote {os.path.join(args.out, 'results.json')} and curves.csv", file=sys.stdout)
-    _plot(args, runs, f_star)
+    if not args.no_plot:
+        _plot(args, runs, f_star)
 
 
 def _cell(v) -> str:

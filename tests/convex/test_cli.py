@@ -96,7 +96,7 @@ def test_help_explains_every_option(capsys):
                 "--quick", "--hessian-batch", "--eig-method", "--eig-tol", "--eig-max-iter",
                 "--batch-size", "--max-batch", "--alpha", "--beta", "--patience",
                 "--check-every", "--adv-eps", "--adv-fraction", "--adv-decay", "--adv-stop",
-                "--out", "--backend", "--no-progress"):
+                "--out", "--no-plot", "--backend", "--no-progress"):
         assert opt in text, opt
 
 
@@ -146,7 +146,8 @@ def test_same_seed_same_files(tmp_path, capsys):
     for name in ("a", "b"):
         out = tmp_path / name
         assert main(["mushroom", *SMALL, "--methods", "sgd,absa", "--epochs", "2",
-                     "--out", str(out)]) == 0
+                     "--no-plot", "--out", str(out)]) == 0
+        assert not (out / "gap.png").exists()
         outs.append(out)
     capsys.readouterr()
     assert (outs[0] / "curves.csv").read_bytes() == (outs[1] / "curves.csv").read_bytes()
