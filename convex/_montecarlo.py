@@ -22,8 +22,9 @@ numbers, on any machine.
 
 Backends:
 
-* ``"numba"``: the compiled kernel, ``prange`` over runs. Rows are stored as CSR (the mushroom
-  data has 22 non-zeros in 117 columns per row), and one run's whole trajectory stays in cache.
+* ``"numba"``: the compiled kernel, ``prange`` over runs. Rows are stored as fixed-width lists
+  of their non-zeros (``_pack``: the mushroom data has 22 non-zeros, all ones, in 117 columns
+  per row, so a row is 22 two-byte column numbers and the whole data set fits in L2 cache).
 * ``"numba-serial"``: the same kernel compiled without ``parallel`` (one thread).
 * ``"numpy"``: the reference, vectorised over runs (a loop over updates; the runs' mini-batches
   are gathered into one array per update, in chunks that bound memory). The tests check the
@@ -126,58 +127,81 @@ def _sample_slope(z, target, kind):
 
 
 @numba.njit(cache=True, inline="always")
-def _row_dot(indptr, indices, values, theta, i):
-    """x_i . theta over row i's non-zeros, with two accumulators: half the length of the
-    floating point dependency chain, and a fixed order, so the result is the same anywhere."""
-    lo, hi = indptr[i], indptr[i + 1]
+def _row_dot(idx, val, theta, i):
+    """x_i . theta over row i's stored entries. Two accumulators halve the floating point
+    dependency chain; their order is fixed, so the result is the same on every machine. An
+    empty ``val`` means binary data: every stored entry is 1."""
+    w = idx.shape[1]
     z0 = 0.0
     z1 = 0.0
-    p = lo
-    while p + 2 <= hi:
-        z0 += values[p] * theta[indices[p]]
-        z1 += values[p + 1] * theta[indices[p + 1]]
-        p += 2
-    if p < hi:
-        z0 += values[p] * theta[indices[p]]
+    p = 0
+    if val.shape[0] == 0:
+        while p + 2 <= w:
+            z0 += theta[idx[i, p]]
+            z1 += theta[idx[i, p + 1]]
+            p += 2
+        if p < w:
+            z0 += theta[idx[i, p]]
+    else:
+        while p + 2 <= w:
+            z0 += val[i, p] * theta[idx[i, p]]
+            z1 += val[i, p + 1] * theta[idx[i, p + 1]]
+            p += 2
+        if p < w:
+            z0 += val[i, p] * theta[idx[i, p]]
     return z0 + z1
 
 
+@numba.njit(cache=True, inline="always")
+def _row_scatter(idx, val, grad, i, g):
+    """grad += g * x_i over row i's stored entries."""
+    w = idx.shape[1]
+    if val.shape[0] == 0:
+        for p in range(w):
+            grad[idx[i, p]] += g
+    else:
+        for p in range(w):
+            grad[idx[i, p]] += g * val[i, p]
+
+
 @numba.njit(cache=True)
-def _full_loss(data, lam, kind, theta):
-    indptr, indices, values, y = data
+def _full_loss(data, lam, kind, theta, d):
+    idx, val, y = data
     n = y.shape[0]
     total = 0.0
     for i in range(n):
-        total += _sample_loss(_row_dot(indptr, indices, values, theta, i), y[i], kind)
+        total += _sample_loss(_row_dot(idx, val, theta, i), y[i], kind)
     sq = 0.0
-    for k in range(theta.shape[0]):
+    for k in range(d):
         sq += theta[k] * theta[k]
     return total / n + 0.5 * lam * sq
 
 
 @numba.njit(cache=True)
-def _one_run(data, lam, kind, theta0, schedule, key, losses, theta):
+def _one_run(data, lam, kind, theta0, schedule, key, losses, theta_out):
     """One SGD run; writes the loss at every checkpoint into ``losses`` and the final
-    parameters into ``theta``. data = (indptr, indices, values, y): CSR rows and targets;
-    schedule = (batch sizes, step sizes, checkpoints as sorted update counts)."""
-    indptr, indices, values, y = data
+    parameters into ``theta_out``. data = (idx, val, y): padded rows (see ``_pack``) and
+    targets; schedule = (batch sizes, step sizes, checkpoints as sorted update counts)."""
+    idx, val, y = data
     batch, step, checkpoints = schedule
     n = y.shape[0]
     d = theta0.shape[0]
     n_check = checkpoints.shape[0]
-    grad = np.zeros(d)
+    # one extra slot, always 0, that padding entries of short rows point to
+    theta = np.zeros(d + 1)
+    grad = np.zeros(d + 1)
     for k in range(d):
         theta[k] = theta0[k]
-    counter = np.uint64(0)
-    c = 0
-    while c < n_check and checkpoints[c] == 0:
-        losses[c] = _full_loss(data, lam, kind, theta)
-        c += 1
     widest = 1
     for t in range(batch.shape[0]):
         widest = max(widest, batch[t])
     rows = np.empty(widest, np.int64)
     slopes = np.empty(widest)
+    counter = np.uint64(0)
+    c = 0
+    while c < n_check and checkpoints[c] == 0:
+        losses[c] = _full_loss(data, lam, kind, theta, d)
+        c += 1
     for t in range(batch.shape[0]):
         b = batch[t]
         # two passes over the batch: the b dot products are independent of each other (the
@@ -187,21 +211,20 @@ def _one_run(data, lam, kind, theta0, schedule, key, losses, theta):
             u = _mix(key + counter * _GOLDEN)
             i = int(np.float64(u >> _S11) * _TWO_M53 * n)
             rows[j] = i
-            slopes[j] = _sample_slope(_row_dot(indptr, indices, values, theta, i), y[i], kind)
+            slopes[j] = _sample_slope(_row_dot(idx, val, theta, i), y[i], kind)
         for k in range(d):
             grad[k] = 0.0
         for j in range(b):
-            i = rows[j]
-            g = slopes[j]
-            for p in range(indptr[i], indptr[i + 1]):
-                grad[indices[p]] += g * values[p]
+            _row_scatter(idx, val, grad, rows[j], slopes[j])
         a = step[t]
         inv_b = 1.0 / b
         for k in range(d):
             theta[k] -= a * (grad[k] * inv_b + lam * theta[k])
         while c < n_check and checkpoints[c] == t + 1:
-            losses[c] = _full_loss(data, lam, kind, theta)
+            losses[c] = _full_loss(data, lam, kind, theta, d)
             c += 1
+    for k in range(d):
+        theta_out[k] = theta[k]
 
 
 @numba.njit(cache=True, parallel=True)
@@ -214,6 +237,30 @@ def _runs_parallel(data, lam, kind, theta0, schedule, keys, losses, thetas):
 def _runs_serial(data, lam, kind, theta0, schedule, keys, losses, thetas):
     for r in range(keys.shape[0]):
         _one_run(data, lam, kind, theta0, schedule, keys[r], losses[r], thetas[r])
+
+
+def _pack(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows as fixed-width lists of (column, value) of their non-zeros (ELL format).
+
+    Every row is padded to the widest row with column ``d`` (a slot the kernel keeps at 0) and
+    value 0. Columns are ``uint16`` when ``d < 65535`` (the mushroom rows, 22 columns of 2
+    bytes, then fit in a core's L2 cache), else ``int32``. When every non-zero is 1 (one-hot
+    data) the values are not stored at all: an empty ``(0, w)`` array says so.
+    """
+    n, d = X.shape
+    mask = X != 0
+    counts = mask.sum(axis=1)
+    w = max(int(counts.max(initial=0)), 1)
+    dtype = np.uint16 if d < 65535 else np.int32
+    idx = np.full((n, w), d, dtype=dtype)
+    val = np.zeros((n, w))
+    rows, cols = np.nonzero(mask)
+    slot = np.arange(rows.size) - np.repeat(np.cumsum(counts) - counts, counts)
+    idx[rows, slot] = cols
+    val[rows, slot] = X[rows, cols]
+    if np.all(X[mask] == 1.0):
+        val = np.zeros((0, w))
+    return idx, val
 
 
 # --------------------------------------------------------------------------------------------
@@ -399,10 +446,8 @@ def sgd_runs(X, y, *, batch_sizes: Sequence[int], step_sizes: Sequence[float], l
     if backend == "numpy":
         _runs_numpy(X, y, lam, KINDS[kind], theta0, batch, step, check, keys, losses, thetas)
     else:
-        mask = X != 0
-        indptr = np.concatenate(([0], np.cumsum(mask.sum(axis=1)))).astype(np.int64)
-        rows, cols = np.nonzero(mask)
-        data = (indptr, cols.astype(np.int32), X[rows, cols], y)
+        idx, val = _pack(X)
+        data = (idx, val, y)
         fn = _runs_parallel if backend == "numba" else _runs_serial
         old = numba.get_num_threads()
         if threads is not None:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from hessbatch.convex import confidence_band, sgd_runs
-from hessbatch.convex._montecarlo import draw_indices, run_keys
+from hessbatch.convex._montecarlo import _pack, draw_indices, run_keys
 
 
 def small_logistic(seed=0, n=120, d=9, density=0.4):
@@ -37,6 +37,30 @@ def test_compiled_kernel_agrees_with_numpy(kind):
         np.testing.assert_allclose(res.losses, ref.losses, rtol=1e-12, atol=1e-14)
         np.testing.assert_allclose(res.thetas, ref.thetas, rtol=1e-10, atol=1e-13)
     np.testing.assert_array_equal(ref.samples, np.concatenate(([0], np.cumsum(b)))[[0, 3, 17, 40]])
+
+
+def test_binary_rows_take_the_value_free_path_and_agree_with_numpy():
+    rng = np.random.default_rng(8)
+    X = (rng.random((80, 12)) < 0.3).astype(float)   # 0/1 data, rows of different lengths
+    X[5] = 0.0                                       # and an empty row
+    y = (rng.random(80) < 0.5).astype(float)
+    idx, val = _pack(X)
+    assert val.shape[0] == 0 and idx.dtype == np.uint16
+    b, a = schedule(30)
+    kw = dict(batch_sizes=b, step_sizes=a, lam=0.05, runs=20, seed=2, checkpoints=[0, 7, 30])
+    np.testing.assert_allclose(sgd_runs(X, y, **kw).losses,
+                               sgd_runs(X, y, backend="numpy", **kw).losses, rtol=1e-12)
+
+
+def test_packed_rows_rebuild_the_matrix():
+    X, _ = small_logistic(3)
+    idx, val = _pack(X)
+    n, d = X.shape
+    rebuilt = np.zeros((n, d + 1))
+    np.add.at(rebuilt, (np.repeat(np.arange(n), idx.shape[1]), idx.ravel().astype(int)),
+              val.ravel())
+    np.testing.assert_array_equal(rebuilt[:, :d], X)
+    assert np.all(rebuilt[:, d] == 0)      # padding points at the zero slot with value 0
 
 
 def test_same_seed_same_numbers_on_any_thread_count_and_chunking():
