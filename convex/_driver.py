@@ -18,8 +18,8 @@ Sampling (docs/convex.md, "Drivers"):
   Batches are never cut short; an epoch ends at the first update that brings the samples seen
   to a multiple of n or past it.
 * ``"shuffle"``: each epoch is a fresh permutation cut into batches of ``B``; the last batch of
-  an epoch holds the remaining ``r < B`` rows and takes the step ``d.lr * r / B`` (**rebuilt**:
-  the per-sample step lr / B that the core keeps constant stays constant). A batch that covers
+  an epoch holds the remaining ``r < B`` rows and steps with the decided ``d.lr`` on their mean
+  gradient (the core's rule for a short batch, as PyTorch loaders do). A batch that covers
   the whole epoch is the full data in row order, so ``B = n`` is gradient descent.
 
 Randomness: ``numpy.random.SeedSequence(seed)`` is split into independent streams for the
@@ -282,7 +282,7 @@ def train(model: LogisticRegression, config: SchedulerConfig, *, seed: int = 0,
             count = len(idx)
             pos += count
         adv = d.adv_count if count == big else d.adversarial_count(count)
-        lr = d.lr if count == big else d.lr * count / big
+        lr = d.lr  # the decided lr, for a short last batch too (the core's rule)
         _, grad = model._k.loss_grad(model.X, model.y, idx, theta, model.lam, adv,
                                      d.adv_eps, model.lo, model.hi)
         theta -= lr * grad

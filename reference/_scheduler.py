@@ -385,7 +385,11 @@ def _refuse_if_done_or_due(cfg: SchedulerConfig, st: SchedulerState, event: str)
 
 
 def on_step(cfg: SchedulerConfig, st: SchedulerState, samples: int | None = None) -> SchedulerState:
-    """Step 2-3: one parameter update was made on ``samples`` samples (default B)."""
+    """Step 2-3: one parameter update was made on ``samples`` samples (default B).
+
+    A short last batch of an epoch (``samples < B``) is allowed; it is stepped with the decided
+    lr on the mean gradient of its samples (as PyTorch's loaders do), in every backend.
+    """
     _refuse_if_done_or_due(cfg, st, "step")
     n = st.batch_size if samples is None else samples
     if not _is_int(n):
