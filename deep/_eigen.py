@@ -55,6 +55,9 @@ class EigenResult:
             quotient; Lanczos: the Ritz residual): some eigenvalue of H lies within it of value.
         history: the estimate after each product.
         residuals: the residual after each product.
+        ritz_values: Lanczos only: every eigenvalue of the final tridiagonal ``T_k``, largest
+            first (the second one estimates ``lambda_2`` from below, for the gap); ``()`` for
+            power iteration.
     """
 
     value: float
@@ -65,6 +68,7 @@ class EigenResult:
     residual: float
     history: tuple = ()
     residuals: tuple = ()
+    ritz_values: tuple = ()
 
     def __float__(self) -> float:
         return self.value
@@ -200,7 +204,8 @@ def lanczos(op: HessianOperator, *, max_hvp: int = 10, tol: float = 1e-2,
     y = y / y.norm()
     return EigenResult(value=theta, vector=[t.detach() for t in unflatten(y, op.params)],
                        n_hvp=len(history), converged=converged, method="lanczos", residual=res,
-                       history=tuple(history), residuals=tuple(residuals))
+                       history=tuple(history), residuals=tuple(residuals),
+                       ritz_values=tuple(sorted(evals.tolist(), reverse=True)))
 
 
 def top_eigenvalue(model: nn.Module, loss_fn: LossFn, batches: Sequence[Batch], *,

@@ -34,6 +34,12 @@ def test_known_spectrum(method):
     r = top_eigenvalue(model, F.mse_loss, [(x, y)], method=method, max_hvp=budget, tol=1e-12)
     assert abs(r.value - 5.0) <= 1e-9
     assert r.converged and r.n_hvp <= budget
+    if method == "lanczos" and r.n_hvp == len(eigs):
+        # A full Krylov space: the Ritz values are the whole spectrum.
+        torch.testing.assert_close(torch.tensor(r.ritz_values), torch.tensor(sorted(eigs)[::-1]),
+                                   rtol=1e-9, atol=1e-9)
+    if method == "power":
+        assert r.ritz_values == ()
 
 
 def _tiny_mlp(seed=0):
@@ -50,6 +56,7 @@ def test_lanczos_with_full_budget_is_exact(exact_hessian, ce):
     dim = ev.numel()
     r = top_eigenvalue(model, ce, [(x, y)], method="lanczos", max_hvp=dim, tol=0.0)
     assert abs(r.value - ev[-1].item()) <= 1e-9 * ev[-1].item()
+    assert abs(r.ritz_values[1] - ev[-2].item()) <= 1e-8 * ev[-1].item()
 
 
 # The requirement: on small models whose top two eigenvalues lie within 10% of each
