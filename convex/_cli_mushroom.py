@@ -104,21 +104,16 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     e.add_argument("--eig-max-iter", type=int, default=100,
                    help="most HVPs per eigenvalue (default %(default)s)")
 
-    add_scheduler_arguments(parser, method="abs", lr=0.0, batch_size=100, max_batch_size=800,
-                            decay_epochs="", decay_factor=0.2)
     # The shared group's --method/--lr mean one training run elsewhere; here the comparison
     # picks its methods (--methods) and the lr comes from Theorem 1 unless given.
-    for action in parser._actions:
-        if action.dest == "method":
-            action.default = None
-            action.help = "run only this scheduler method (same as --methods METHOD)"
-        elif action.dest == "lr":
-            action.default = None
-            action.help = ("eta at B0 for every stochastic run (default: Theorem 1's largest, "
-                           "B0 / (L (M_G + B_max)) times --eta0-scale)")
-        elif action.dest == "max_batch_size":
-            action.default = None
-            action.help = "B_max, the largest batch of abs/absa/gg/fb (default 800; 400 with --quick)"
+    add_scheduler_arguments(
+        parser, method=None, lr=None, batch_size=100, max_batch_size=None, decay_epochs="",
+        decay_factor=0.2, help={
+            "method": "run only this scheduler method (same as --methods METHOD)",
+            "lr": ("eta at B0 for every stochastic run (default: Theorem 1's largest, "
+                   "B0 / (L (M_G + B_max)) times --eta0-scale)"),
+            "max_batch_size": ("B_max, the largest batch of abs/absa/gg/fb "
+                               "(default 800; 400 with --quick)")})
 
     o = parser.add_argument_group("output")
     o.add_argument("--out", default=None, metavar="DIR",

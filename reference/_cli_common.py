@@ -25,52 +25,68 @@ def int_list(text: str) -> tuple[int, ...]:
             f"expected comma-separated integers such as 30,60,80, got {text!r}") from None
 
 
-def add_scheduler_arguments(parser: argparse.ArgumentParser, *, method: str = "abs",
-                            lr: float = 0.1, batch_size: int = 128,
-                            max_batch_size: int = 16384, decay_epochs: str = "",
-                            decay_factor: float = 0.2) -> argparse._ArgumentGroup:
-    """Add Algorithm 1's hyper-parameters as options (defaults: the paper's, ALGORITHM.md s.2)."""
+def add_scheduler_arguments(parser: argparse.ArgumentParser, *, method: str | None = "abs",
+                            lr: float | None = 0.1, batch_size: int = 128,
+                            max_batch_size: int | None = 16384, decay_epochs: str = "",
+                            decay_factor: float = 0.2,
+                            help: dict[str, str] | None = None) -> argparse._ArgumentGroup:
+    """Add Algorithm 1's hyper-parameters as options (defaults: the paper's, ALGORITHM.md s.2).
+
+    Args:
+        method, lr, max_batch_size: defaults; ``None`` leaves the option unset, for a command
+            that derives the value itself (say so in ``help``).
+        help: replacement help texts, keyed by option destination (``"method"``, ``"lr"``,
+            ``"max_batch_size"``, ...), for a command where an option means something narrower.
+    """
     g = parser.add_argument_group("schedule (Algorithm 1 and the baselines)")
-    g.add_argument("--method", choices=METHODS, default=method,
-                   help="bl: fixed batch; fb: fixed B_max with scaled lr and warm-up; gg: grow "
-                        "the batch instead of decaying the lr; abs: grow the batch when the "
-                        "Hessian's top eigenvalue drops; absa: abs plus FGSM (default %(default)s)")
-    g.add_argument("--lr", type=float, default=lr,
-                   help="eta, the base learning rate at the initial batch (default %(default)s)")
-    g.add_argument("--batch-size", type=int, default=batch_size,
-                   help="B0, the initial logical batch (bl: the fixed batch) (default %(default)s)")
-    g.add_argument("--max-batch", "--max-batch-size", dest="max_batch_size", type=int,
-                   default=max_batch_size,
-                   help="B_max, the largest logical batch (fb trains at it) (default %(default)s)")
-    g.add_argument("--micro-batch", dest="micro_batch_size", type=int, default=None,
-                   help="samples per forward/backward pass; B is accumulated from micro-batches "
-                        "(default: B0)")
-    g.add_argument("--decay-epochs", type=int_list, default=int_list(decay_epochs),
-                   help="A: epochs after which lr *= rho (gg: B /= rho), comma-separated "
-                        "(default %r)" % decay_epochs)
-    g.add_argument("--decay-factor", type=float, default=decay_factor,
-                   help="rho, the lr decay factor (default %(default)s)")
-    g.add_argument("--alpha", type=float, default=2.0,
-                   help="grow when the eigenvalue dropped by this ratio (default %(default)s)")
-    g.add_argument("--beta", type=float, default=2.0,
-                   help="batch growth factor (default %(default)s)")
-    g.add_argument("--check-every", type=int, default=None,
-                   help="n, samples between eigenvalue checks (default: one epoch)")
-    g.add_argument("--patience", type=int, default=10,
-                   help="kappa: grow anyway after this many checks without a drop "
-                        "(default %(default)s)")
-    g.add_argument("--adv-eps", type=float, default=0.005,
-                   help="FGSM step on inputs scaled to [0, 1] (absa) (default %(default)s)")
-    g.add_argument("--adv-fraction", type=float, default=0.2,
-                   help="gamma, fraction of each batch replaced by FGSM examples (absa) "
-                        "(default %(default)s)")
-    g.add_argument("--adv-decay", type=float, default=2.0,
-                   help="omega: gamma is divided by it at every growth (default %(default)s)")
-    g.add_argument("--adv-stop", type=float, default=0.5,
-                   help="tau: adversarial training stops after this fraction of the epochs "
-                        "(default %(default)s)")
-    g.add_argument("--warmup-epochs", type=float, default=5.0,
-                   help="fb: epochs of linear lr warm-up (default %(default)s)")
+    overrides = dict(help or {})
+
+    def add(*flags, **kw):
+        action = g.add_argument(*flags, **kw)
+        action.help = overrides.pop(action.dest, action.help)
+
+    add("--method", choices=METHODS, default=method,
+        help="bl: fixed batch; fb: fixed B_max with scaled lr and warm-up; gg: grow "
+             "the batch instead of decaying the lr; abs: grow the batch when the "
+             "Hessian's top eigenvalue drops; absa: abs plus FGSM (default %(default)s)")
+    add("--lr", type=float, default=lr,
+        help="eta, the base learning rate at the initial batch (default %(default)s)")
+    add("--batch-size", type=int, default=batch_size,
+        help="B0, the initial logical batch (bl: the fixed batch) (default %(default)s)")
+    add("--max-batch", "--max-batch-size", dest="max_batch_size", type=int,
+        default=max_batch_size,
+        help="B_max, the largest logical batch (fb trains at it) (default %(default)s)")
+    add("--micro-batch", dest="micro_batch_size", type=int, default=None,
+        help="samples per forward/backward pass; B is accumulated from micro-batches "
+             "(default: B0)")
+    add("--decay-epochs", type=int_list, default=int_list(decay_epochs),
+        help="A: epochs after which lr *= rho (gg: B /= rho), comma-separated "
+             "(default %r)" % decay_epochs)
+    add("--decay-factor", type=float, default=decay_factor,
+        help="rho, the lr decay factor (default %(default)s)")
+    add("--alpha", type=float, default=2.0,
+        help="grow when the eigenvalue dropped by this ratio (default %(default)s)")
+    add("--beta", type=float, default=2.0,
+        help="batch growth factor (default %(default)s)")
+    add("--check-every", type=int, default=None,
+        help="n, samples between eigenvalue checks (default: one epoch)")
+    add("--patience", type=int, default=10,
+        help="kappa: grow anyway after this many checks without a drop "
+             "(default %(default)s)")
+    add("--adv-eps", type=float, default=0.005,
+        help="FGSM step on inputs scaled to [0, 1] (absa) (default %(default)s)")
+    add("--adv-fraction", type=float, default=0.2,
+        help="gamma, fraction of each batch replaced by FGSM examples (absa) "
+             "(default %(default)s)")
+    add("--adv-decay", type=float, default=2.0,
+        help="omega: gamma is divided by it at every growth (default %(default)s)")
+    add("--adv-stop", type=float, default=0.5,
+        help="tau: adversarial training stops after this fraction of the epochs "
+             "(default %(default)s)")
+    add("--warmup-epochs", type=float, default=5.0,
+        help="fb: epochs of linear lr warm-up (default %(default)s)")
+    if overrides:
+        raise ValueError(f"help given for unknown scheduler options {sorted(overrides)}")
     return g
 
 
