@@ -5,6 +5,9 @@ computation pays per product) against one gradient on the same batch, side by si
 interleaved repeats; also the other ways of computing a product (graph rebuilt each time,
 forward-over-reverse) and the cost of a 10-product eigenvalue with and without graph reuse.
 
+Part ``stop``: why Lanczos stops on a residual of ``tol^2 |theta|``: 10-product runs on many
+small models with exact spectra, and what each stopping rule would have returned.
+
 Part ``eig``: the top eigenvalue at a fixed budget of k Hessian-vector products, our Lanczos and
 power iteration against ``pyhessian`` 0.1 (PyPI) power iteration, side by side, over several
 start vectors: relative error against the exact value (small CNN: the dense float64 Hessian and
@@ -17,6 +20,7 @@ Usage::
     python benchmarks/bench_deep_curvature.py                 # both parts (~15 min on 2 cores)
     python benchmarks/bench_deep_curvature.py --part hvp --repeats 7
     python benchmarks/bench_deep_curvature.py --part eig --seeds 5 --json out.json
+    python benchmarks/bench_deep_curvature.py --part stop --models 60
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from hessbatch._cli_common import format_table
-from hessbatch.deep import (HessianOperator, SmallCNN, load_mnist5k, make_model,
+from hessbatch.deep import (MLP, HessianOperator, SmallCNN, load_mnist5k, make_model,
                             synthetic_classification, top_eigenvalue)
 
 try:  # benchmark-only dependency, never imported by the package or the tests
@@ -210,10 +214,79 @@ def bench_eig(seeds: int, budgets: tuple[int, ...], resnet_ref_hvp: int) -> list
     return rows
 
 
+# ------------------------------------------------------------------------------------------
+# part 3: the Lanczos stopping rule and the accuracy requirement, over many small models
+
+def _small_case(kind: int, seed: int):
+    torch.manual_seed(seed)
+    if kind == 0:
+        m = MLP((6,), 4, hidden=(10,), activation="softplus").double()
+        x, y = torch.randn(64, 6, dtype=torch.float64), torch.randint(4, (64,))
+    elif kind == 1:
+        m = SmallCNN((1, 8, 8), 3, width=2, hidden=8, activation="softplus").double()
+        x, y = torch.rand(32, 1, 8, 8, dtype=torch.float64), torch.randint(3, (32,))
+    else:
+        m = MLP((8,), 3, hidden=(12, 6), activation="elu").double()
+        x, y = torch.randn(48, 8, dtype=torch.float64), torch.randint(3, (48,))
+    return m, x, y
+
+
+def bench_stop(models: int, starts: int, tol: float = 1e-2) -> dict:
+    """Full 10-product Lanczos and power runs on many small models with exact spectra; then
+    what each stopping rule would have returned."""
+    runs = []
+    for i in range(models):
+        kind = i % 3
+        model, x, y = _small_case(kind, i)
+        dense = HessianOperator(model, F.cross_entropy, [(x, y)]).dense()
+        ev = torch.linalg.eigvalsh((dense + dense.T) / 2)
+        lam1, lam2 = ev[-1].item(), ev[-2].item()
+        for s in range(starts):
+            lz = top_eigenvalue(model, F.cross_entropy, [(x, y)], tol=0.0, max_hvp=10, seed=s)
+            pw = top_eigenvalue(model, F.cross_entropy, [(x, y)], tol=0.0, max_hvp=10, seed=s,
+                                method="power")
+            runs.append((kind, lam1, lam2, lz.history, lz.residuals, pw.history))
+        _log(f"stop: model {i + 1}/{models}")
+
+    def stop_at(hist, res, factor):
+        for k in range(len(hist)):
+            if res[k] <= factor * abs(hist[k]):
+                return k
+        return len(hist) - 1
+
+    rules = {"residual <= tol |theta|": tol, "residual <= tol^2 |theta| (ours)": tol * tol,
+             "full budget (10)": 0.0}
+    table = []
+    for name, factor in rules.items():
+        errs, hvps, spoiled = [], [], 0
+        for kind, lam1, lam2, hist, res, _ in runs:
+            k = stop_at(hist, res, factor) if factor > 0 else len(hist) - 1
+            e = abs(hist[k] - lam1) / lam1
+            errs.append(e)
+            hvps.append(k + 1)
+            spoiled += e > tol and abs(hist[-1] - lam1) / lam1 <= tol
+        close = [e for e, r in zip(errs, runs) if r[2] >= 0.9 * r[1]]
+        table.append({"rule": name, "mean_hvp": statistics.mean(hvps),
+                      "within_tol": sum(e <= tol for e in errs) / len(errs),
+                      "spoiled": spoiled, "close_within_tol":
+                          (sum(e <= tol for e in close), len(close)),
+                      "max_err": max(errs)})
+    perr = [abs(r[5][-1] - r[1]) / r[1] for r in runs]
+    close_p = [e for e, r in zip(perr, runs) if r[2] >= 0.9 * r[1]]
+    table.append({"rule": "power, 10 products", "mean_hvp": 10.0,
+                  "within_tol": sum(e <= tol for e in perr) / len(perr), "spoiled": 0,
+                  "close_within_tol": (sum(e <= tol for e in close_p), len(close_p)),
+                  "max_err": max(perr)})
+    return {"runs": len(runs), "models": models, "starts": starts, "table": table}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--part", choices=("hvp", "eig", "all"), default="all",
-                   help="which benchmark to run (default %(default)s)")
+    p.add_argument("--part", choices=("hvp", "eig", "stop", "all"), default="all",
+                   help="hvp: HVP cost; eig: accuracy vs pyhessian; stop: Lanczos stopping rule "
+                        "over many small models (default %(default)s: all three)")
+    p.add_argument("--models", type=int, default=60,
+                   help="small models in the stopping-rule study (default %(default)s)")
     p.add_argument("--repeats", type=int, default=5,
                    help="timed rounds per HVP measurement (default %(default)s)")
     p.add_argument("--seeds", type=int, default=5,
@@ -226,7 +299,7 @@ def main(argv=None) -> int:
                    help="torch threads (default %(default)s: steadier on a shared machine)")
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = p.parse_args(argv)
-    for name in ("repeats", "seeds", "resnet_ref_hvp", "threads"):
+    for name in ("repeats", "seeds", "resnet_ref_hvp", "threads", "models"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     try:
@@ -261,6 +334,19 @@ def main(argv=None) -> int:
               f"{r['median_time_s']:.2f}") for r in rows]))
         for note in sorted({r["reference"] for r in rows}):
             print(f"reference: {note}")
+    if args.part in ("stop", "all"):
+        res = bench_stop(args.models, 8)
+        out["stop"] = res
+        print(f"\nLanczos stopping rule: {res['models']} small models (softplus MLP, softplus CNN,"
+              f" ELU MLP) x {res['starts']} start vectors = {res['runs']} runs, tol 1e-2, "
+              "exact spectra")
+        print(format_table(
+            ("rule", "mean HVPs", "within 1e-2", "spoiled", "top-2 within 10%: ok/runs",
+             "max rel err"),
+            [(r["rule"], f"{r['mean_hvp']:.2f}", f"{100 * r['within_tol']:.1f}%", r["spoiled"],
+              f"{r['close_within_tol'][0]}/{r['close_within_tol'][1]}", f"{r['max_err']:.1e}")
+             for r in res["table"]]))
+        print("spoiled: runs that the full budget gets within 1e-2 but the rule stops outside it")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)
