@@ -65,6 +65,19 @@ def train(out: Path, name: str, seed: int) -> tuple[str, int, float, int]:
     path = folder(out, name, seed)
     if finished(path):
         return name, seed, 0.0, 0
+    path.mkdir(parents=True, exist_ok=True)
+    lock = path / ".running"
+    try:  # another regeneration already runs it (delete a stale .running after a crash)
+        lock.touch(exist_ok=False)
+    except FileExistsError:
+        return name, seed, 0.0, -1
+    try:
+        return _train(path, name, seed)
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _train(path: Path, name: str, seed: int) -> tuple[str, int, float, int]:
     # later options win in argparse, so a run's own options override the common ones
     cmd = [sys.executable, "-m", "hessbatch.cli", "train", *COMMON, *RUNS[name],
            "--seed", str(seed), "--out", str(path)]
@@ -129,12 +142,16 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     names = args.only.split(",") if args.only else list(RUNS)
     if not args.table_only:
-        # seeds outermost: a partial regeneration gives whole rows of the table early
-        jobs = [(name, s) for s in seeds for name in names]
+        # the main table first, seeds outermost: a partial regeneration gives whole rows early
+        order = [n for n in MAIN if n in names] + [n for n in names if n not in MAIN]
+        main_part = [n for n in order if n in MAIN]
+        jobs = ([(n, s) for s in seeds for n in main_part]
+                + [(n, s) for s in seeds for n in order if n not in MAIN])
         started = time.perf_counter()
         with ThreadPoolExecutor(args.jobs) as pool:
             for name, seed, wall, rc in pool.map(lambda j: train(args.out, *j), jobs):
-                status = "ok" if rc == 0 else f"FAILED (exit {rc}, see log.txt)"
+                status = {0: "ok", -1: "skipped: running elsewhere"}.get(
+                    rc, f"FAILED (exit {rc}, see log.txt)")
                 print(f"{name:16s} seed {seed}: {wall:6.1f} s {status}", file=sys.stderr,
                       flush=True)
         print(f"all runs: {time.perf_counter() - started:.0f} s", file=sys.stderr)
