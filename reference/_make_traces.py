@@ -354,6 +354,9 @@ def config_errors() -> Trace:
         ({"adv_decay": 0.5}, ("value", "adv_decay", ">= 1")),
         ({"adv_stop": 1.5}, ("value", "adv_stop", "[0, 1]")),
         ({"warmup_epochs": -1.0}, ("value", "warmup_epochs", ">= 0")),
+        ({"lr": 1e308}, ("value", "lr = 1e+308", "overflows")),
+        ({"lr": 1e-300, "lr_decay_factor": 1e-5},
+         ("value", "lr = 1e-300", "lr_decay_factor = 1e-05", "underflows")),
         ({"alpha": "2"}, ("type", "alpha", "real number")),
         ({"colour": "red"}, ("value", "unknown config field", "colour")),
     ]

@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -228,6 +229,19 @@ class SchedulerConfig:
         _need_real("adv_decay", self.adv_decay, ">= 1", lambda v: v >= 1)
         _need_real("adv_stop", self.adv_stop, "in [0, 1]", lambda v: 0 <= v <= 1)
         _need_real("warmup_epochs", self.warmup_epochs, "finite and >= 0", lambda v: v >= 0)
+        # Every lr the schedule can reach must stay a positive, finite, normal double: growths
+        # multiply it by at most B_max / B0, decays by rho once per epoch in A.
+        highest = self.lr * (self.max_batch_size / self.batch_size)
+        lowest = self.lr * self.lr_decay_factor ** len(self.lr_decay_epochs)
+        if not math.isfinite(highest):
+            raise ValueError(
+                f"lr = {self.lr!r} overflows when scaled by max_batch_size / batch_size = "
+                f"{self.max_batch_size / self.batch_size!r}; use a smaller lr")
+        if lowest < sys.float_info.min:
+            raise ValueError(
+                f"lr = {self.lr!r} decayed by lr_decay_factor = {self.lr_decay_factor!r} at "
+                f"{len(self.lr_decay_epochs)} epochs underflows to {lowest!r}; use a larger lr "
+                "or lr_decay_factor, or fewer lr_decay_epochs")
 
     @property
     def uses_eigenvalues(self) -> bool:
@@ -358,6 +372,12 @@ def _finished(cfg: SchedulerConfig, st: SchedulerState) -> bool:
     return st.epoch >= cfg.epochs
 
 
+def _adversary_over(cfg: SchedulerConfig, epoch: int) -> bool:
+    # Step 5: epoch >= tau * epochs, with the same tolerance as the other float-to-integer
+    # rules (0.07 * 100 is 7.000000000000001 in binary; the adversary stops after epoch 7).
+    return epoch >= cfg.adv_stop * cfg.epochs - _ROUND_TOL
+
+
 def init(cfg: SchedulerConfig) -> SchedulerState:
     """The state before the first step."""
     if cfg.method == "fb":
@@ -365,8 +385,8 @@ def init(cfg: SchedulerConfig) -> SchedulerState:
     else:
         batch, lr = cfg.batch_size, cfg.lr
     gamma = cfg.adv_fraction if cfg.method == "absa" else 0.0
-    if batch >= cfg.max_batch_size or cfg.adv_stop == 0:
-        gamma = 0.0  # at B_max, and from epoch 0 when tau = 0, there is no adversary
+    if batch >= cfg.max_batch_size or _adversary_over(cfg, 0):
+        gamma = 0.0  # at B_max, and from epoch 0 when tau * epochs rounds to 0, no adversary
     return SchedulerState(
         batch_size=batch, lr=float(lr), lam_ref=None, patience_count=0, samples_seen=0,
         adv_fraction=float(gamma), epoch=0, updates=0, eigenvalue_due=False,
@@ -408,7 +428,10 @@ def on_step(cfg: SchedulerConfig, st: SchedulerState, samples: int | None = None
 
 def _grow(cfg: SchedulerConfig, st: SchedulerState, factor: float) -> tuple[int, float, float]:
     """Step 4: the new batch, lr (lr / B kept) and gamma after a growth by ``factor``."""
-    new_b = min(_round_up(factor * st.batch_size, cfg.micro_batch_size), cfg.max_batch_size)
+    target = factor * st.batch_size
+    # Compare before rounding: a huge factor (gg with a tiny rho) must not reach math.ceil.
+    new_b = (cfg.max_batch_size if target >= cfg.max_batch_size
+             else min(_round_up(target, cfg.micro_batch_size), cfg.max_batch_size))
     lr = st.lr * new_b / st.batch_size
     gamma = 0.0 if new_b >= cfg.max_batch_size else st.adv_fraction / cfg.adv_decay
     return new_b, lr, gamma
@@ -480,7 +503,7 @@ def on_epoch_end(cfg: SchedulerConfig, st: SchedulerState) -> SchedulerState:
         else:
             lr = st.lr * cfg.lr_decay_factor
             reasons.append("lr decays")
-    if gamma > 0 and epoch >= cfg.adv_stop * cfg.epochs:
+    if gamma > 0 and _adversary_over(cfg, epoch):
         gamma = 0.0
         reasons.append("adversary stops")
     return dataclasses.replace(
@@ -558,7 +581,7 @@ def _invariant_problems(cfg: SchedulerConfig, st: SchedulerState) -> list[str]:
     if not 0 <= st.adv_fraction <= cfg.adv_fraction:
         out.append(f"adv_fraction {st.adv_fraction} outside [0, {cfg.adv_fraction}]")
     if st.adv_fraction and (cfg.method != "absa" or st.batch_size >= cfg.max_batch_size
-                            or st.epoch >= cfg.adv_stop * cfg.epochs):
+                            or _adversary_over(cfg, st.epoch)):
         out.append(f"adv_fraction {st.adv_fraction} should be 0 here")
     if st.eigenvalue_due and not _checks_active(cfg, st):
         out.append("an eigenvalue is due where none may be asked for")

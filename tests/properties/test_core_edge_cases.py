@@ -1,10 +1,8 @@
-"""Problems in the scheduler core found while writing the property tests, pinned as strict
-expected failures until the core's owner fixes them (reported with the fix in the final
-report of the conformance work). When a fix lands, the test passes, ``strict=True`` turns that
-into a failure, and the marker must be removed: the test then guards the fix.
+"""Edge cases of the scheduler core found while writing the property tests, and now fixed:
+these tests guard the fixes (tau with a rounding tolerance; configs whose lr would overflow or
+underflow refused at construction, naming the field).
 
-The property tests keep their random configs inside realistic ranges so that these known
-problems do not mask the others.
+The property tests keep their random configs inside realistic ranges; these cover the extremes.
 """
 
 from __future__ import annotations
@@ -31,9 +29,6 @@ def _epoch(sch: Scheduler) -> None:
     sch.end_epoch()
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="core: 'epoch >= tau * epochs' has no rounding tolerance; "
-                   "e.g. 0.07 * 100 is 7.000000000000001 in binary")
 @pytest.mark.parametrize("tau, epochs, stop", [(0.07, 100, 7), (0.55, 100, 55),
                                                (0.07, 200, 14)])
 def test_adversary_stops_at_tau_times_epochs_despite_binary_rounding(tau, epochs, stop):
@@ -59,9 +54,6 @@ def test_adversary_stop_is_right_where_the_product_is_exact():
     assert sch.decision.adv_fraction == 0.0
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="core: a valid config can decay lr to 0.0 (underflow); the state "
-                   "then breaks the 'lr > 0' invariant and its checkpoint cannot be loaded")
 def test_a_valid_config_never_produces_a_checkpoint_that_cannot_be_loaded():
     # lr = 1e-300 and rho = 1e-5 are each accepted; five decays give 1e-325, which is 0.0.
     # Fix: refuse such configs in SchedulerConfig (e.g. require
@@ -69,45 +61,41 @@ def test_a_valid_config_never_produces_a_checkpoint_that_cannot_be_loaded():
     # lr * max_batch_size / batch_size finite), naming lr and lr_decay_factor.
     cfg = dict(method="bl", lr=1e-300, batch_size=10, samples_per_epoch=10, epochs=5,
                lr_decay_epochs=(1, 2, 3, 4, 5), lr_decay_factor=1e-5)
-    try:
-        sch = Scheduler(SchedulerConfig(**cfg))
-    except ValueError as exc:              # refusing the config is a fix too
-        assert "lr" in str(exc)
-        return
+    with pytest.raises(ValueError, match=r"lr = 1e-300 decayed by lr_decay_factor = 1e-05 .* "
+                                         r"underflows"):
+        SchedulerConfig(**cfg)
+    # a larger lr stays a normal double after all five decays: the state stays loadable
+    cfg.update(lr=1e-280)
+    sch = Scheduler(SchedulerConfig(**cfg))
     for _ in range(5):
         sch.step()
         sch.end_epoch()
     sch.check_invariants()
+    assert sch.decision.lr > 0
     Scheduler.from_state_dict(json.loads(json.dumps(sch.state_dict())))
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="core: fb with a huge (valid) lr overflows eta * B_max / B0 to inf "
-                   "and the warm-up lr is NaN")
 def test_fb_lr_is_finite_for_every_accepted_config():
     cfg = dict(method="fb", lr=1e307, batch_size=10, max_batch_size=1000,
                samples_per_epoch=10, epochs=2)
-    try:
-        sch = Scheduler(SchedulerConfig(**cfg))
-    except ValueError as exc:
-        assert "lr" in str(exc)
-        return
+    with pytest.raises(ValueError, match=r"lr = 1e\+307 overflows"):
+        SchedulerConfig(**cfg)
+    cfg.update(lr=1e300)
+    sch = Scheduler(SchedulerConfig(**cfg))
     assert math.isfinite(sch.decision.lr)
     sch.check_invariants()
 
 
-@pytest.mark.xfail(strict=True, raises=OverflowError, reason="core: gg with a subnormal "
-                   "lr_decay_factor computes 1 / rho = inf and math.ceil raises OverflowError "
-                   "at the epoch end instead of the config being refused")
 def test_gg_with_a_tiny_decay_factor_fails_at_construction_not_mid_run():
-    # rho = 5e-324 passes the check 'in (0, 1]'. Fix: require 1 / lr_decay_factor finite
-    # (or rho >= a sane floor) in SchedulerConfig, with a ValueError naming the field.
-    try:
-        sch = Scheduler(SchedulerConfig(method="gg", lr=0.1, batch_size=10, max_batch_size=1000,
-                                        samples_per_epoch=10, epochs=2, lr_decay_epochs=(1,),
-                                        lr_decay_factor=5e-324))
-    except ValueError as exc:
-        assert "lr_decay_factor" in str(exc)
-        return
+    # rho = 5e-324 passes the check 'in (0, 1]' but the lr it decays to underflows.
+    with pytest.raises(ValueError, match="lr_decay_factor = 5e-324"):
+        SchedulerConfig(method="gg", lr=0.1, batch_size=10, max_batch_size=1000,
+                        samples_per_epoch=10, epochs=2, lr_decay_epochs=(1,),
+                        lr_decay_factor=5e-324)
+    # a tiny but representable rho: 1 / rho * B is huge, the batch goes straight to B_max
+    sch = Scheduler(SchedulerConfig(method="gg", lr=0.1, batch_size=10, max_batch_size=1000,
+                                    samples_per_epoch=10, epochs=2, lr_decay_epochs=(1,),
+                                    lr_decay_factor=1e-300))
     sch.step()
-    sch.end_epoch()
+    d = sch.end_epoch()
+    assert d.batch_size == 1000 and d.lr == pytest.approx(0.1 * 1e-300 * 100)
