@@ -108,13 +108,15 @@ def fmt_mean(values: list[float], digits: int = 2) -> str:
 
 
 def table(out: Path, names: list[str], seeds: list[int]) -> str:
-    lines = ["| run | test accuracy % (mean ± sd) | per seed | updates | largest B | "
-             "eigenvalues | time train / eig / adv s |",
-             "|---|---|---|---|---|---|---|"]
+    base = load(out, "BL B0", seeds)
+    base_updates = statistics.mean(d["summary"]["updates"] for d in base) if base else None
+    lines = ["| run | test accuracy % (mean ± sd) | per seed | updates | fewer than BL B0 | "
+             "largest B | eigenvalues | time train / eig / adv s |",
+             "|---|---|---|---|---|---|---|---|"]
     for name in names:
         docs = load(out, name, seeds)
         if not docs:
-            lines.append(f"| {name} | (not run) | | | | | |")
+            lines.append(f"| {name} | (not run) | | | | | | |")
             continue
         acc = [100 * d["summary"]["test_accuracy"] for d in docs]
         upd = [d["summary"]["updates"] for d in docs]
@@ -126,7 +128,9 @@ def table(out: Path, names: list[str], seeds: list[int]) -> str:
         times = " / ".join(f"{statistics.mean(tt[i * n:(i + 1) * n]):.0f}" for i in range(3))
         lines.append(
             f"| {name} | {fmt_mean(acc)} | {', '.join(f'{a:.1f}' for a in acc)} | "
-            f"{statistics.mean(upd):.0f} | {', '.join(map(str, big))} | "
+            f"{statistics.mean(upd):.0f} | "
+            f"{'-' if base_updates is None else f'{base_updates / statistics.mean(upd):.2f}x'}"
+            f" | {', '.join(map(str, big))} | "
             f"{statistics.mean(eig):.0f} | {times} |")
     return "\n".join(lines)
 
