@@ -14,8 +14,10 @@ script checks that):
 * ``numpy-loop``   the direct NumPy loop: for each run, for each update, gather the batch,
                    one gradient, one step (what one writes without a kernel).
 
-Each repetition runs every contestant once, in turn (side by side); the report gives medians
-and the ratios of the medians. Usage::
+Each repetition runs every contestant once, in turn (side by side); the report gives medians of
+wall time and of CPU time (all threads of the process, ``time.process_time``) and their ratios.
+On a shared machine the CPU time is the steadier measure of the work done; the wall time is what
+threads can shorten. Usage::
 
     python benchmarks/bench_montecarlo.py                   # the full workload, 3 repetitions
     python benchmarks/bench_montecarlo.py --runs 100 --repeats 2     # a quick look
@@ -98,15 +100,18 @@ def main(argv=None) -> int:
     sgd_runs(X, y, **{**kw, "runs": 2, "backend": "numba"})
     sgd_runs(X, y, **{**kw, "runs": 2, "backend": "numba-serial"})
 
+    load0 = f"{os.getloadavg()[0]:.2f}"
     times = {name: [] for name in contestants}
+    cpu = {name: [] for name in contestants}
     results = {}
     for rep in range(args.repeats):
         for name, fn in contestants.items():
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             results[name] = fn()
             times[name].append(time.perf_counter() - t0)
-            print(f"repeat {rep + 1}/{args.repeats} {name:>12}: {times[name][-1]:8.3f} s",
-                  file=sys.stderr)
+            cpu[name].append(time.process_time() - c0)
+            print(f"repeat {rep + 1}/{args.repeats} {name:>12}: wall {times[name][-1]:8.3f} s, "
+                  f"cpu {cpu[name][-1]:8.3f} s", file=sys.stderr)
 
     ref = results.get("numba")
     import numba
@@ -116,14 +121,19 @@ def main(argv=None) -> int:
           f"{np.__version__}, python {platform.python_version()}")
     print(f"workload: {args.runs} runs x {cfg_epochs} epochs of SGD, batch {b0}, {T} updates "
           f"and {len(checkpoints)} full-loss checkpoints per run, mushroom {n} x {X.shape[1]}")
-    print(f"{'contestant':>12}  {'median s':>9}  {'min s':>8}  {'max s':>8}  "
-          f"{'numba is x faster':>17}  {'max |loss diff|':>15}")
+    print(f"load average before/after: {load0} / {os.getloadavg()[0]:.2f}")
+    print(f"{'contestant':>12}  {'wall s':>8}  {'(min-max)':>17}  {'cpu s':>8}  "
+          f"{'wall / numba':>12}  {'cpu / numba-serial':>18}  {'max |loss diff|':>15}")
     med = {name: statistics.median(t) for name, t in times.items()}
+    cmed = {name: statistics.median(t) for name, t in cpu.items()}
     for name, t in times.items():
         ratio = med[name] / med["numba"] if "numba" in med else float("nan")
+        cratio = (cmed[name] / cmed["numba-serial"] if "numba-serial" in cmed
+                  else float("nan"))
         diff = float(np.max(np.abs(results[name] - ref))) if ref is not None else float("nan")
-        print(f"{name:>12}  {med[name]:9.3f}  {min(t):8.3f}  {max(t):8.3f}  {ratio:17.1f}  "
-              f"{diff:15.2e}")
+        span = f"{min(t):.2f}-{max(t):.2f}"
+        print(f"{name:>12}  {med[name]:8.3f}  {span:>17}  {cmed[name]:8.3f}  {ratio:12.1f}  "
+              f"{cratio:18.1f}  {diff:15.2e}")
     if "numba-serial" in med and "numba" in med:
         print(f"threads alone: numba-serial / numba = {med['numba-serial'] / med['numba']:.2f}")
     return 0
