@@ -34,10 +34,10 @@ Backends:
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from typing import Sequence
 
+import numba
 import numpy as np
 
 __all__ = ["MonteCarloResult", "sgd_runs", "confidence_band", "run_keys", "draw_indices"]
@@ -95,8 +95,6 @@ def draw_indices(keys: np.ndarray, start: int, count: int, n: int) -> np.ndarray
 # --------------------------------------------------------------------------------------------
 # the compiled kernel: plain functions compiled in one place, a parallel driver and a serial
 # twin over the same per-run function (so the two cannot drift apart)
-
-import numba  # noqa: E402  (after the NumPy helpers, which need no compiler)
 
 
 @numba.njit(cache=True, inline="always")
