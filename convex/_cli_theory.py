@@ -579,8 +579,8 @@ def save_report(rep: TheoryReport, out: str | Path) -> list[Path]:
         ax.set_ylabel("E[F(theta)] - F*")
         ax.grid(True, which="both", alpha=0.3)
     axes[0].legend(fontsize=8)
-    axes[0].set_title("equal updates: ABS below SGD")
-    axes[1].set_title("equal samples: about the same")
+    axes[0].set_title("per parameter update")
+    axes[1].set_title("per sample drawn")
     fig.suptitle(f"Theorem 1 on {rep.problem}: eta0={rep.eta0:.3g}, G={rep.noise_floor:.3g}")
     fig.tight_layout()
     png = out / "theory.png"
