@@ -51,8 +51,10 @@ class EigenResult:
         converged: whether the stopping test passed within ``max_hvp`` products (power: relative
             change of the estimate <= tol; Lanczos: residual <= tol**2 * |value|).
         method: ``"power"`` or ``"lanczos"``.
-        residual: ``|H v - value v|`` for the returned pair (power: of the last Rayleigh
-            quotient; Lanczos: the Ritz residual): some eigenvalue of H lies within it of value.
+        residual: ``|H v - value v|`` for the returned pair (power: computed from the last
+            product; Lanczos: the Ritz estimate ``beta_{k+1} |s_k|``, equal to it in exact
+            arithmetic, but it can fall below the rounding floor of the true residual, about
+            1e-7 |H| in float32): some eigenvalue of H lies within it of value.
         history: the estimate after each product.
         residuals: the residual after each product.
         ritz_values: Lanczos only: every eigenvalue of the final tridiagonal ``T_k``, largest
