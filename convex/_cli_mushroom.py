@@ -24,6 +24,7 @@ import numpy as np
 
 from hessbatch import SchedulerConfig, __version__
 from hessbatch._cli_common import Progress, add_scheduler_arguments, format_table
+from hessbatch.theory import max_eta0
 
 from ._data import Dataset, load_mushroom, load_svmlight, split_dataset
 from ._driver import SAMPLINGS, RunResult, full_batch_config, train
@@ -205,10 +206,10 @@ def run(args: argparse.Namespace) -> int:
     consts = model.constants()
     opt = model.solve()
     f_star = opt.f_star
-    eta0 = args.eta0_scale * consts.max_eta0(args.max_batch_size)
+    eta0 = args.eta0_scale * max_eta0(consts, args.max_batch_size)
     lr0 = eta0 * args.batch_size if args.lr is None else args.lr
     eta0 = lr0 / args.batch_size
-    within = eta0 <= consts.max_eta0(args.max_batch_size) * (1 + 1e-12)
+    within = eta0 <= max_eta0(consts, args.max_batch_size) * (1 + 1e-12)
     out = sys.stdout
     print(f"hessbatch mushroom {__version__}: {ds!r}", file=out)
     print(f"lam = {args.lam:g}; Theorem 1 constants L = {consts.L:.6g}, c = {consts.c:.6g}, "
@@ -216,7 +217,7 @@ def run(args: argparse.Namespace) -> int:
           f"(Newton, {opt.iterations} steps, ||grad|| = {opt.grad_norm:.1e})", file=out)
     print(f"eta0 = {eta0:.6g} (lr {lr0:.6g} at B0 = {args.batch_size}, B_max = "
           f"{args.max_batch_size}): Theorem 1's condition eta0 <= 1/(L (M_G + B_max)) = "
-          f"{consts.max_eta0(args.max_batch_size):.6g} is "
+          f"{max_eta0(consts, args.max_batch_size):.6g} is "
           f"{'met' if within else 'NOT met'}; gaps are absolute, F - F*", file=out)
     out.flush()
 

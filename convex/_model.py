@@ -22,36 +22,14 @@ from typing import Any
 
 import numpy as np
 
+# Theorem 1's constants are one record for every problem: the core's (re-exported here).
+from hessbatch.theory import Constants
+
 from ._data import check_arrays
 from ._eigen import EigenResult, top_eigenvalue
 from ._kernels import BACKENDS, get_kernels
 
 __all__ = ["Constants", "LogisticRegression", "NewtonResult"]
-
-
-@dataclass(frozen=True)
-class Constants:
-    """Theorem 1's constants of a finite sum (ALGORITHM.md section 3).
-
-    Fields:
-        L: Lipschitz constant of grad F.
-        c: strong convexity modulus of F.
-        M, M_G: the per-sample gradient variance is at most M + M_G ||grad F||^2.
-    """
-
-    L: float
-    c: float
-    M: float
-    M_G: float
-
-    def max_eta0(self, b_max: int) -> float:
-        """The largest eta0 that Theorem 1 allows: 1 / (L (M_G + b_max))."""
-        if not isinstance(b_max, (int, np.integer)) or b_max < 1:
-            raise ValueError(f"b_max must be an int >= 1, got {b_max!r}")
-        return 1.0 / (self.L * (self.M_G + b_max))
-
-    def to_dict(self) -> dict[str, float]:
-        return {"L": self.L, "c": self.c, "M": self.M, "M_G": self.M_G}
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from hessbatch import Scheduler, SchedulerConfig
+from hessbatch.theory import max_eta0
 from hessbatch.convex import (EigenResult, LogisticRegression, RunResult, full_batch_config,
                               load_mushroom, make_eigenvalue_fn, train)
 
@@ -259,7 +260,7 @@ def test_abs_needs_fewer_updates_than_sgd_for_the_same_gap_and_samples():
     ds = load_mushroom(seed=0, n_train=2000)
     model = LogisticRegression(ds.X_train, ds.y_train, lam=1e-3)
     f_star = model.solve().f_star
-    eta0 = model.constants().max_eta0(400)
+    eta0 = max_eta0(model.constants(), 400)
     runs = {}
     for method, b_max in (("bl", 50), ("abs", 400)):
         cfg = SchedulerConfig(method=method, lr=50 * eta0, batch_size=50, max_batch_size=b_max,

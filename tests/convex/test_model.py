@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 
+from hessbatch.theory import max_eta0
 from hessbatch.convex import LogisticRegression, load_mushroom, top_eigenvalue
 
 BACKENDS = ("numba", "numpy")
@@ -177,9 +178,9 @@ def test_constants_are_exact_for_this_model(models, ds, optimum):
         G = ds.X_train * r[:, None] + 1e-3 * th
         var = np.mean(np.sum((G - G.mean(axis=0)) ** 2, axis=1))
         assert var <= C.M + C.M_G * np.sum(G.mean(axis=0) ** 2)
-    assert C.max_eta0(800) == pytest.approx(1 / (C.L * 800))
+    assert max_eta0(C, 800) == pytest.approx(1 / (C.L * 800))
     with pytest.raises(ValueError, match="b_max"):
-        C.max_eta0(0)
+        max_eta0(C, 0)
 
 
 def test_newton_optimum(models, optimum):
