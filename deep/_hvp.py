@@ -63,43 +63,6 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
             m.training = flag
 
 
-def _affine_batchnorm_hook(module: nn.modules.batchnorm._BatchNorm, inputs: tuple,
-                           output: torch.Tensor) -> torch.Tensor:
-    """Eval-mode BatchNorm re-expressed as ``x * s + t`` with ``s = gamma / sqrt(var + eps)``,
-    ``t = beta - mean * s`` (per channel): the same function of ``x``, ``gamma``, ``beta``."""
-    x = inputs[0]
-    scale = torch.rsqrt(module.running_var + module.eps)
-    if module.weight is not None:
-        scale = module.weight * scale
-    shift = -module.running_mean * scale
-    if module.bias is not None:
-        shift = module.bias + shift
-    shape = (1, -1) + (1,) * (x.dim() - 2)
-    return x * scale.view(shape) + shift.view(shape)
-
-
-@contextmanager
-def affine_batchnorm(model: nn.Module) -> Iterator[None]:
-    """While active, BatchNorm layers in eval mode compute their output as an explicit affine map.
-
-    Why: the double backward of ``torch.batch_norm`` is a generic composite that redoes the
-    training-mode algebra over whole activations (about 30% of a ResNet18 HVP); in eval mode the
-    layer is just ``x * s + t`` per channel, whose double backward is two multiplications. The
-    forward hook replaces the layer's output by that expression, so the gradient graph (and
-    every product through it) uses it; the layer's own output is discarded. Layers without
-    running statistics (they normalise with batch statistics even in eval mode) are left alone.
-    """
-    handles = [m.register_forward_hook(_affine_batchnorm_hook)
-               for m in model.modules()
-               if isinstance(m, nn.modules.batchnorm._BatchNorm) and not m.training
-               and m.running_mean is not None and m.running_var is not None]
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
-
-
 def check_model(model: object) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -281,7 +244,7 @@ class HessianOperator:
         """``dL/dtheta`` summed over the batches, with its graph when ``create_graph``."""
         total: list[torch.Tensor] | None = None
         loss_sum = 0.0
-        with eval_mode(self.model), affine_batchnorm(self.model), torch.enable_grad():
+        with eval_mode(self.model), torch.enable_grad():
             for i, ((x, y), w) in enumerate(zip(self.batches, self.weights)):
                 loss = batch_loss(self.model, self.loss_fn, x, y, i)
                 loss_sum += w * float(loss.detach())
