@@ -133,22 +133,32 @@ def _looks_numeric(text: str) -> bool:
 
 
 class Progress:
-    """A one-line progress display on stderr, redrawn in place; silent when disabled."""
+    """Progress on stderr: one line redrawn in place on a terminal; in a log (not a terminal)
+    a plain line at every tenth of the way, so files and CI logs stay readable."""
 
     def __init__(self, total: int, label: str, enabled: bool = True, stream=None):
         self.total, self.label, self.enabled = max(int(total), 1), label, enabled
         self.stream = stream or sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self.done = 0
+        self._tenths = -1
 
     def update(self, n: int = 1, info: str = "") -> None:
         self.done += n
-        if self.enabled:
-            frac = min(self.done / self.total, 1.0)
+        if not self.enabled:
+            return
+        frac = min(self.done / self.total, 1.0)
+        if self.tty:
             bar = "#" * int(24 * frac)
             self.stream.write(f"\r{self.label} [{bar:<24}] {100 * frac:5.1f}% {info}\033[K")
-            self.stream.flush()
+        elif int(10 * frac) > self._tenths:
+            self._tenths = int(10 * frac)
+            self.stream.write(f"{self.label} {100 * frac:5.1f}% {info}\n")
+        else:
+            return
+        self.stream.flush()
 
     def close(self) -> None:
-        if self.enabled:
+        if self.enabled and self.tty:
             self.stream.write("\n")
             self.stream.flush()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import io
 import json
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from hessbatch import SchedulerConfig
+from hessbatch._cli_common import Progress
 from hessbatch._cli_schedule import demo_trace, load_eigenvalues, replay_schedule
 from hessbatch.cli import main
 
@@ -148,3 +150,28 @@ def test_schedule_rejects_out_of_range_options(capsys):
 def test_demo_trace_is_valid_and_deterministic():
     a, b = demo_trace(), demo_trace()
     assert a == b and all(v >= 0 for v in a) and len(a) == 60
+
+
+class _Stream(io.StringIO):
+    def __init__(self, tty: bool):
+        super().__init__()
+        self._tty = tty
+
+    def isatty(self) -> bool:
+        return self._tty
+
+
+def test_progress_redraws_on_a_terminal_and_writes_tenths_to_a_log():
+    term, log = _Stream(True), _Stream(False)
+    for stream in (term, log):
+        bar = Progress(200, "run", stream=stream)
+        for _ in range(200):
+            bar.update(1, "x")
+        bar.close()
+    assert term.getvalue().count("\r") == 200 and term.getvalue().endswith("\n")
+    lines = log.getvalue().splitlines()
+    assert "\r" not in log.getvalue() and len(lines) == 11
+    assert lines[0].startswith("run   0.5%") and lines[-1].startswith("run 100.0%")
+    quiet = _Stream(True)
+    Progress(5, "q", enabled=False, stream=quiet).update(5)
+    assert quiet.getvalue() == ""
