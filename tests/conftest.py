@@ -1,4 +1,4 @@
-"""Suite-wide pytest set-up: the hypothesis settings profiles.
+"""Suite-wide pytest set-up: the hypothesis settings profiles, and torch on one thread.
 
 ``HYPOTHESIS_PROFILE`` picks one (default ``ci``):
 
@@ -15,7 +15,9 @@ default for every other one.
 from __future__ import annotations
 
 import os
+import sys
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 settings.register_profile(
@@ -28,3 +30,18 @@ _PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "ci")
 if _PROFILE not in ("ci", "dev"):
     raise ValueError(f"HYPOTHESIS_PROFILE must be 'ci' or 'dev', got {_PROFILE!r}")
 settings.load_profile(_PROFILE)
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tests that use torch run it on one thread: the models are tiny, one thread is faster,
+    and OpenMP threads spin-waiting for each other stall when other jobs share the two cores.
+    torch is never imported here, so the core's tests run without it."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

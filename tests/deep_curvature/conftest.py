@@ -6,15 +6,6 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    # Tiny models: one thread is faster and does not fight other jobs for the two cores.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _exact_hessian(model, loss_fn, x, y, params=None):
     """Dense Hessian of loss_fn(model(x), y) w.r.t. params (default: all), by
     torch.autograd.functional.hessian over a flat vector, the model in eval mode.
