@@ -35,7 +35,8 @@ for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 import numpy as np  # noqa: E402  (after the thread settings)
 import torch  # noqa: E402
 
-from hessbatch import SchedulerConfig  # noqa: E402
+from hessbatch import SchedulerConfig
+from hessbatch.theory import max_eta0  # noqa: E402
 from hessbatch.convex import LogisticRegression, load_mushroom, train  # noqa: E402
 
 torch.set_num_threads(ARGS.threads)
@@ -129,7 +130,7 @@ def main() -> int:
         rows.append((name, t))
 
     # a whole ABS run: the driver, the core, the eigenvalue checks and the per-update full loss
-    eta0 = nb.constants().max_eta0(800)
+    eta0 = max_eta0(nb.constants(), 800)
     cfg = SchedulerConfig(method="abs", lr=100 * eta0, batch_size=100, max_batch_size=800,
                           samples_per_epoch=nb.n_samples, epochs=ARGS.epochs, patience=2)
     tmodel = nb.with_backend("numpy")

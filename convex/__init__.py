@@ -33,11 +33,11 @@ __all__ = [
 # Theorem 1 checks (theory engineer): exact least squares, many SGD runs in parallel, and the
 # checks behind `hessbatch theory` (docs/theory.md).
 from ._leastsq import LeastSquares, make_least_squares
-from ._montecarlo import MonteCarloResult, confidence_band, sgd_runs
-from ._cli_theory import TheoryReport, least_squares_check, mushroom_check
+from ._montecarlo import MonteCarloResult, confidence_band, one_sided_limits, sgd_runs
+from ._theory_check import TheoryReport, least_squares_check, mushroom_check
 
 __all__ += [
     "LeastSquares", "make_least_squares",
-    "MonteCarloResult", "confidence_band", "sgd_runs",
+    "MonteCarloResult", "confidence_band", "one_sided_limits", "sgd_runs",
     "TheoryReport", "least_squares_check", "mushroom_check",
 ]

@@ -17,10 +17,11 @@ Constants of Theorem 1, exactly: ``L = lambda_max(H)``, ``c = lambda_min(H)``. W
     Var(e) = (1/N) sum_i ||D_i e + r_i||^2 = e^T S e + 2 u^T e + m0,
     S = (1/N) sum_i D_i^2,   u = (1/N) sum_i D_i r_i,   m0 = (1/N) sum_i ||r_i||^2,
 
-and ``||grad F||^2 = e^T H^2 e``. For a given ``M_G`` the smallest ``M`` with
-``Var <= M + M_G ||grad F||^2`` everywhere is ``M = m0 + u^T (M_G H^2 - S)^{-1} u``, finite exactly
-when ``M_G > w_max = lambda_max(H^{-1} S H^{-1})``; the supremum is attained at
-``e = (M_G H^2 - S)^{-1} u``, so this ``M`` is tight.
+and ``||grad F||^2 = e^T H^2 e``. For a given ``M_V`` the smallest ``M`` with
+``Var <= M + M_V ||grad F||^2`` everywhere is ``M = m0 + u^T (M_V H^2 - S)^{-1} u``, finite exactly
+when ``M_V > w_max = lambda_max(H^{-1} S H^{-1})``; the supremum is attained at
+``e = (M_V H^2 - S)^{-1} u``, so this ``M`` is tight. (The paper's second-moment constant is
+``M_G = M_V + 1``.)
 
 The moment recursions, for an update on ``b`` i.i.d. samples with step ``alpha``
 (``m = E[e]``, ``P = E[e e^T]``, ``Q = I - alpha H``, ``rbar = grad F(theta*)``, zero up to
@@ -174,50 +175,50 @@ class LeastSquares:
         return np.maximum(w, 0.0), Q.T @ (Hinv @ u)
 
     @property
-    def min_M_G(self) -> float:
-        """``w_max = lambda_max(H^{-1} S H^{-1})``: ``M`` is finite only for ``M_G`` above it."""
+    def min_M_V(self) -> float:
+        """``w_max = lambda_max(H^{-1} S H^{-1})``: ``M`` is finite only for ``M_V`` above it."""
         return float(self._whitened()[0][-1])
 
-    def M_for(self, M_G: float) -> float:
-        """The smallest ``M`` with ``Var <= M + M_G ||grad F||^2`` for every ``theta``.
+    def M_for(self, M_V: float) -> float:
+        """The smallest ``M`` with ``Var <= M + M_V ||grad F||^2`` for every ``theta``.
 
-        ``M = m0 + u^T (M_G H^2 - S)^{-1} u``.
+        ``M = m0 + u^T (M_V H^2 - S)^{-1} u``.
 
         Raises:
-            ValueError: ``M_G <= w_max`` (:attr:`min_M_G`), where no finite ``M`` exists
+            ValueError: ``M_V <= w_max`` (:attr:`min_M_V`), where no finite ``M`` exists
                 (unless the variance has no part along the critical directions).
         """
-        M_G = float(M_G)
-        if not math.isfinite(M_G) or M_G < 0:
-            raise ValueError(f"M_G must be finite and >= 0, got {M_G!r}")
+        M_V = float(M_V)
+        if not math.isfinite(M_V) or M_V < 0:
+            raise ValueError(f"M_V must be finite and >= 0, got {M_V!r}")
         w, z = self._whitened()
         _, _, m0 = self.variance_quadratic()
-        gap = M_G - w
+        gap = M_V - w
         scale = max(float(w[-1]), 1e-300)
         for k in range(len(w)):
             if gap[k] <= 1e-12 * scale and (gap[k] < 0 or z[k] ** 2 > 1e-24 * (1 + m0)):
                 raise ValueError(
-                    f"M_G must be > {w[-1]:.6g} = lambda_max(H^-1 S H^-1) for a finite M, "
-                    f"got {M_G!r}")
+                    f"M_V must be > {w[-1]:.6g} = lambda_max(H^-1 S H^-1) for a finite M, "
+                    f"got {M_V!r}")
         safe = np.where(gap > 1e-12 * scale, gap, np.inf)
         return float(m0 + np.sum(z * z / safe))
 
-    def constants(self, M_G: float | None = None) -> Constants:
-        """Theorem 1's ``L, c, M, M_G``, exactly.
+    def constants(self, M_V: float | None = None) -> Constants:
+        """Theorem 1's ``L, c, M, M_V``, exactly (``M_G = M_V + 1`` follows).
 
         Args:
-            M_G: the multiplicative variance constant; ``M`` is then the smallest valid value
+            M_V: the multiplicative variance constant; ``M`` is then the smallest valid value
                 (:meth:`M_for`). Default: ``2 * w_max`` (0 when ``S = 0``).
 
         Returns:
             :class:`hessbatch.theory.Constants`.
         """
-        if M_G is None:
+        if M_V is None:
             # twice the critical value: M stays moderate, and a w_max that is rounding noise
-            # (S = 0 exactly when N = 1) still gets a valid, tiny M_G
-            M_G = 2.0 * self.min_M_G
+            # (S = 0 exactly when N = 1) still gets a valid, tiny M_V
+            M_V = 2.0 * self.min_M_V
         eig = self.hessian_eigenvalues
-        return Constants(L=float(eig[-1]), c=float(eig[0]), M=self.M_for(M_G), M_G=float(M_G))
+        return Constants(L=float(eig[-1]), c=float(eig[0]), M=self.M_for(M_V), M_V=float(M_V))
 
     # ---- exact expectations of SGD ----------------------------------------------------------
 
@@ -281,6 +282,65 @@ class LeastSquares:
         if moments:
             return out, (m + self.theta_star, P)
         return out
+
+
+    def stationary_gap(self, batch_size: int, step: float) -> float:
+        """The limit of ``E[F(theta_t)] - F*`` under SGD at a constant batch and step.
+
+        The moment recursion of :meth:`expected_gaps` is affine in ``(m, P)``; its fixed point
+        is solved directly (a ``d^2 x d^2`` linear system), so the limit is exact up to
+        rounding and needs no long run.
+
+        Args:
+            batch_size: ``b >= 1``.
+            step: ``alpha > 0``.
+
+        Returns:
+            The stationary expected gap.
+
+        Raises:
+            ValueError: a step at which the recursion does not converge (spectral radius of its
+                linear part >= 1): SGD's second moment diverges, there is no limit.
+
+        Example:
+            >>> p = LeastSquares(np.array([[1.0], [2.0]]), np.array([1.0, 0.0]))
+            >>> g = p.expected_gaps([1] * 3000, [0.1] * 3000)[-1]
+            >>> bool(abs(p.stationary_gap(1, 0.1) / g - 1) < 1e-9)
+            True
+        """
+        b = int(batch_size)
+        alpha = float(step)
+        if b < 1 or not (math.isfinite(alpha) and alpha > 0):
+            raise ValueError(f"batch_size must be >= 1 and step finite and > 0, got {batch_size!r}"
+                             f" and {step!r}")
+        d, n = self.dim, self.n_samples
+        A, C, H = self.A, self._C, self.hessian
+        rbar, rc, Rc = self._rbar, self._rc, self._Rc
+        eye = np.eye(d)
+        Q = eye - alpha * H
+        # the mean's fixed point: m = Q m - alpha rbar  ->  m = -H^{-1} rbar
+        m = -np.linalg.solve(H, rbar)
+
+        def linear(P):
+            w = np.einsum("ij,jk,ik->i", A, P, A)
+            return Q @ P @ Q + (alpha * alpha / b) * ((A.T * w) @ A / n - C @ P @ C)
+
+        X1 = (A.T * (A @ m)) @ rc / n - np.outer(C @ m, rc.mean(axis=0))
+        cross = np.outer(Q @ m, rbar)
+        const = -alpha * (cross + cross.T) + alpha * alpha * np.outer(rbar, rbar) \
+            + (alpha * alpha / b) * (X1 + X1.T + Rc)
+        T = np.empty((d * d, d * d))
+        for j in range(d * d):
+            E = np.zeros(d * d)
+            E[j] = 1.0
+            T[:, j] = linear(E.reshape(d, d)).ravel()
+        radius = float(np.max(np.abs(np.linalg.eigvals(T))))
+        if radius >= 1.0:
+            raise ValueError(f"SGD's second moment diverges at batch {b}, step {alpha!r} "
+                             f"(spectral radius {radius:.6g} >= 1): no stationary gap")
+        P = np.linalg.solve(np.eye(d * d) - T, const.ravel()).reshape(d, d)
+        P = 0.5 * (P + P.T)
+        return float(rbar @ m + 0.5 * np.sum(H * P))
 
 
 def make_least_squares(n_samples: int = 200, dim: int = 10, cond: float = 100.0,

@@ -12,7 +12,8 @@ runs on the mini-batch S = idx, with 1/|S| in place of 1/n. Theorem 1's constant
 
 * c = lam (H >= lam I), L = lambda_max(X^T X) / (4 n) + lam (p (1 - p) <= 1/4, reached at
   theta = 0), M = max_i ||x_i||^2 (the per-sample gradient minus its mean lam theta is
-  (p_i - y_i) x_i with |p_i - y_i| <= 1, so its variance is at most M), M_G = 0.
+  (p_i - y_i) x_i with |p_i - y_i| <= 1, so its variance is at most M), M_V = 0 (so the
+  paper's M_G = M_V + 1 = 1).
 """
 
 from __future__ import annotations
@@ -240,12 +241,12 @@ class LogisticRegression:
 
     # ----------------------------------------------------------------------------------------
     def constants(self) -> Constants:
-        """Theorem 1's L, c, M, M_G for this problem (module docstring)."""
+        """Theorem 1's L, c, M, M_V for this problem (module docstring; M_G = M_V + 1 = 1)."""
         # H(0) = X^T X / (4 n) + lam I exactly (p = 1/2 for every row), so its top eigenvalue
         # is L itself
         L = float(np.linalg.eigvalsh(self.hessian(np.zeros(self.n_features)))[-1])
         M = float(np.max(np.einsum("ij,ij->i", self.X, self.X)))
-        return Constants(L=L, c=self.lam, M=M, M_G=0.0)
+        return Constants(L=L, c=self.lam, M=M, M_V=0.0)
 
     def solve(self, *, tol: float = 1e-10, max_iter: int = 100) -> NewtonResult:
         """theta* and F* by damped Newton's method on the full data.

@@ -40,7 +40,8 @@ from typing import Sequence
 import numba
 import numpy as np
 
-__all__ = ["MonteCarloResult", "sgd_runs", "confidence_band", "run_keys", "draw_indices"]
+__all__ = ["MonteCarloResult", "sgd_runs", "confidence_band", "one_sided_limits", "run_keys",
+           "draw_indices"]
 
 KINDS = {"logistic": 0, "least_squares": 1}
 BACKENDS = ("numba", "numba-serial", "numpy")
@@ -501,4 +502,40 @@ def confidence_band(values, confidence: float = 0.99):
     mean = values.mean(axis=0)
     sd = values.std(axis=0, ddof=1)
     half = z * sd / math.sqrt(values.shape[0])
+    return mean, mean - half, mean + half, sd
+
+
+def one_sided_limits(values, level: float = 0.999):
+    """Mean over runs with one-sided Student-t confidence limits at ``level``, per column.
+
+    ``lower = mean - t sd / sqrt(R)`` and ``upper = mean + t sd / sqrt(R)``, ``t`` the
+    ``level``-quantile of Student's t with ``R - 1`` degrees of freedom
+    (:func:`hessbatch.theory.t_quantile`). Each limit alone holds with probability ``level``
+    (for normal data exactly, otherwise by the central limit theorem): a one-sided test of
+    "the mean exceeds the bound" uses ``lower`` alone. A column with no spread (every run
+    equal, e.g. at the start) gets ``lower = upper = mean``.
+
+    Args:
+        values: ``(R, C)`` array, R >= 2, finite or not (a non-finite column gives NaN limits).
+        level: in (0, 1).
+
+    Returns:
+        ``(mean, lower, upper, sd)``, each of shape ``(C,)``.
+
+    Example:
+        >>> mean, lo, hi, sd = one_sided_limits(np.array([[0.0], [2.0]]), 0.95)
+        >>> float(mean[0]), round(float(hi[0] - mean[0]), 4)    # t(0.95, 1) = 6.3138
+        (1.0, 4.4645)
+    """
+    from hessbatch.theory import t_quantile
+
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim != 2 or values.shape[0] < 2:
+        raise ValueError(f"values must be (R, C) with R >= 2 runs, got shape {values.shape}")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level!r}")
+    t = t_quantile(level, values.shape[0] - 1)
+    mean = values.mean(axis=0)
+    sd = values.std(axis=0, ddof=1)
+    half = t * sd / math.sqrt(values.shape[0])
     return mean, mean - half, mean + half, sd

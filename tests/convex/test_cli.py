@@ -34,7 +34,7 @@ def test_mushroom_run_writes_table_json_csv(outdir, capsys):
         assert col in lines[head]
     labels = [line.split("  ")[0].strip() for line in lines[head + 2:head + 7]]
     assert labels == ["gd 1/L", "gd 40/L", "sgd B=100", "abs", "absa"]
-    assert "condition eta0 <= 1/(L (M_G + B_max))" in out and "is met" in out
+    assert "paper condition eta0 <= 1/(L (M_G + B_max))" in out and "is met" in out
 
     res = json.loads((outdir / "results.json").read_text())
     ds = load_mushroom(seed=0)
@@ -44,7 +44,8 @@ def test_mushroom_run_writes_table_json_csv(outdir, capsys):
     assert res["f_star"] == pytest.approx(f_star, rel=1e-12)
     C = model.constants()
     assert res["constants"] == pytest.approx(C.to_dict())
-    assert res["eta0"] == pytest.approx(1 / (C.L * 400))
+    # the paper's condition: M_G = M_V + 1 = 1
+    assert res["eta0"] == pytest.approx(1 / (C.L * 401), rel=1e-12)
     assert res["theorem1_condition_met"] is True
     runs = {r["method"]: r for r in res["runs"]}
     assert set(runs) == {"gd 1/L", "gd 40/L", "sgd B=100", "abs", "absa"}
@@ -54,7 +55,7 @@ def test_mushroom_run_writes_table_json_csv(outdir, capsys):
             assert key in r
     assert runs["sgd B=100"]["largest_batch"] == 100
     assert runs["abs"]["largest_batch"] > 100 and runs["abs"]["hvps"] > 0
-    assert runs["abs"]["config"]["lr"] == pytest.approx(100 / (C.L * 400))
+    assert runs["abs"]["config"]["lr"] == pytest.approx(100 / (C.L * 401))
     assert runs["gd 40/L"]["diverged"] is True or runs["gd 40/L"]["final_gap"] > 0
     assert runs["gd 1/L"]["updates"] == 15 and runs["gd 1/L"]["final_gap"] > 0
 

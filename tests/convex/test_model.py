@@ -167,7 +167,7 @@ def test_constants_are_exact_for_this_model(models, ds, optimum):
     assert C.L == pytest.approx(top0, rel=1e-12)
     for s in range(3):
         assert np.linalg.eigvalsh(m.hessian(_theta(20 + s, scale=2.0)))[-1] <= C.L * (1 + 1e-12)
-    assert C.c == 1e-3 and C.M_G == 0.0
+    assert C.c == 1e-3 and C.M_V == 0.0 and C.M_G == 1.0
     assert C.M == 22.0                                             # 22 ones per row
     # one-hot blocks are linearly dependent: the Hessian's smallest eigenvalue is lam itself
     assert np.linalg.eigvalsh(m.hessian(optimum.theta))[0] == pytest.approx(1e-3, rel=1e-9)
@@ -177,8 +177,9 @@ def test_constants_are_exact_for_this_model(models, ds, optimum):
         r = 1 / (1 + np.exp(-(ds.X_train @ th))) - ds.y_train
         G = ds.X_train * r[:, None] + 1e-3 * th
         var = np.mean(np.sum((G - G.mean(axis=0)) ** 2, axis=1))
-        assert var <= C.M + C.M_G * np.sum(G.mean(axis=0) ** 2)
-    assert max_eta0(C, 800) == pytest.approx(1 / (C.L * 800))
+        assert var <= C.M + C.M_V * np.sum(G.mean(axis=0) ** 2)
+    assert max_eta0(C, 800) == pytest.approx(1 / (C.L * 801))
+    assert max_eta0(C, 800, condition="variance") == pytest.approx(1 / (C.L * 800))
     with pytest.raises(ValueError, match="b_max"):
         max_eta0(C, 0)
 

@@ -15,8 +15,8 @@ from hessbatch import SchedulerConfig
 from hessbatch import theory as thm
 
 
-def consts(L=2.0, c=0.5, M=1.0, M_G=3.0):
-    return thm.Constants(L=L, c=c, M=M, M_G=M_G)
+def consts(L=2.0, c=0.5, M=1.0, M_V=3.0):
+    return thm.Constants(L=L, c=c, M=M, M_V=M_V)
 
 
 # ---- constants and their errors -------------------------------------------------------------
@@ -28,12 +28,12 @@ def consts(L=2.0, c=0.5, M=1.0, M_G=3.0):
     ("c", 0.0, "c must be > 0"),
     ("c", 3.0, "c must be <= L"),
     ("M", -0.1, "M must be >= 0"),
-    ("M_G", -2.0, "M_G must be >= 0"),
+    ("M_V", -2.0, "M_V must be >= 0"),
     ("M", math.nan, "M must be finite"),
     ("L", math.inf, "L must be finite"),
 ])
 def test_constants_out_of_range_are_named(field, value, match):
-    kw = dict(L=2.0, c=0.5, M=1.0, M_G=0.0)
+    kw = dict(L=2.0, c=0.5, M=1.0, M_V=0.0)
     kw[field] = value
     with pytest.raises(ValueError, match=match):
         thm.Constants(**kw)
@@ -42,12 +42,12 @@ def test_constants_out_of_range_are_named(field, value, match):
 @pytest.mark.parametrize("value", ["1.0", None, [1.0], True])
 def test_constants_of_the_wrong_type(value):
     with pytest.raises(TypeError, match="L must be a real number"):
-        thm.Constants(L=value, c=0.5, M=1.0, M_G=0.0)
+        thm.Constants(L=value, c=0.5, M=1.0, M_V=0.0)
 
 
 def test_any_record_with_the_four_constants_is_accepted_and_validated():
     class Record:
-        L, c, M, M_G = 2.0, 0.5, 1.0, 3.0
+        L, c, M, M_V = 2.0, 0.5, 1.0, 3.0
 
     assert thm.max_eta0(Record(), 5) == thm.max_eta0(consts(), 5)
 
@@ -64,8 +64,13 @@ def test_any_record_with_the_four_constants_is_accepted_and_validated():
 
 
 def test_max_eta0_and_noise_floor_by_hand():
-    k = consts(L=2.0, c=0.5, M=1.0, M_G=3.0)
-    assert thm.max_eta0(k, 5) == pytest.approx(1 / (2.0 * 8))
+    k = consts(L=2.0, c=0.5, M=1.0, M_V=3.0)
+    # the paper's reading: M_G = M_V + 1 = 4; the variance variant: M_V = 3
+    assert k.M_G == 4.0
+    assert thm.max_eta0(k, 5) == pytest.approx(1 / (2.0 * 9))
+    assert thm.max_eta0(k, 5, condition="variance") == pytest.approx(1 / (2.0 * 8))
+    with pytest.raises(ValueError, match="condition must be one of"):
+        thm.max_eta0(k, 5, condition="papers")
     assert thm.noise_floor(k, 0.1) == pytest.approx(0.1 * 2.0 * 1.0 / (2 * 0.5))
 
 
@@ -73,8 +78,14 @@ def test_check_eta0_accepts_the_limit_and_refuses_past_it():
     k = consts()
     limit = thm.max_eta0(k, 7)
     assert thm.check_eta0(k, limit, 7) == limit
-    with pytest.raises(ValueError, match=r"eta0 must be <= 1/\(L\*\(M_G\+b_max\)\).*1\.01 times"):
+    with pytest.raises(ValueError, match=r"eta0 must be <= 1/\(L\*\(M_G\+b_max\)\), paper "
+                       r"condition, M_G = M_V \+ 1 = 4 .*1\.01 times"):
         thm.check_eta0(k, 1.01 * limit, 7)
+    # the variance convention allows a little more, and the message names it
+    v_limit = thm.max_eta0(k, 7, condition="variance")
+    assert v_limit > limit and thm.check_eta0(k, v_limit, 7, condition="variance") == v_limit
+    with pytest.raises(ValueError, match=r"1/\(L\*\(M_V\+b_max\)\), variance condition"):
+        thm.check_eta0(k, 1.01 * v_limit, 7, condition="variance")
     with pytest.raises(ValueError, match="eta0 must be > 0"):
         thm.check_eta0(k, 0.0, 7)
     with pytest.raises(ValueError, match="b_max must be >= 1"):
@@ -83,12 +94,12 @@ def test_check_eta0_accepts_the_limit_and_refuses_past_it():
         thm.check_eta0(k, limit, 2.5)
 
 
-@given(L=st.floats(0.01, 100), ratio=st.floats(1e-4, 1.0), M_G=st.floats(0, 1e3),
-       b=st.integers(1, 10_000))
-def test_every_contraction_factor_is_in_0_1_under_the_condition(L, ratio, M_G, b):
-    # b eta0 c <= b c / (L (M_G + b)) <= 1: the recursion multiplies by a number in [0, 1)
-    k = thm.Constants(L=L, c=ratio * L, M=1.0, M_G=M_G)
-    eta0 = thm.max_eta0(k, b)
+@given(L=st.floats(0.01, 100), ratio=st.floats(1e-4, 1.0), M_V=st.floats(0, 1e3),
+       b=st.integers(1, 10_000), condition=st.sampled_from(thm.CONDITIONS))
+def test_every_contraction_factor_is_in_0_1_under_the_condition(L, ratio, M_V, b, condition):
+    # b eta0 c <= b c / (L (M_V + b)) <= 1: the recursion multiplies by a number in [0, 1)
+    k = thm.Constants(L=L, c=ratio * L, M=1.0, M_V=M_V)
+    eta0 = thm.max_eta0(k, b, condition)
     for f in thm.contraction_factors(k, eta0, [1, b]):
         assert -1e-12 <= f < 1
 
@@ -98,9 +109,9 @@ def test_every_contraction_factor_is_in_0_1_under_the_condition(L, ratio, M_G, b
 
 @given(batches=st.lists(st.integers(1, 64), max_size=60), scale=st.floats(0.01, 1.0),
        gap0=st.floats(0, 10), c_ratio=st.floats(1e-3, 1.0), M=st.floats(0, 10),
-       M_G=st.floats(0, 50))
-def test_bound_is_the_closed_form(batches, scale, gap0, c_ratio, M, M_G):
-    k = thm.Constants(L=3.0, c=3.0 * c_ratio, M=M, M_G=M_G)
+       M_V=st.floats(0, 50))
+def test_bound_is_the_closed_form(batches, scale, gap0, c_ratio, M, M_V):
+    k = thm.Constants(L=3.0, c=3.0 * c_ratio, M=M, M_V=M_V)
     eta0 = scale * thm.max_eta0(k, 64)
     out = thm.bound_sequence(k, eta0, gap0, batches, b_max=64)
     g = thm.noise_floor(k, eta0)
@@ -126,7 +137,7 @@ def test_noise_floor_does_not_depend_on_the_schedule_and_is_the_limit():
 def test_growing_batches_lower_the_bound_per_update_not_per_sample(b0, growth, steps, gap_ratio):
     # The paper's argument: with gap0 > G, a schedule that grows b contracts the bound faster per
     # update; per sample the two contractions agree to first order (exp(-eta0 c samples)).
-    k = consts(L=1.0, c=0.05, M=0.01, M_G=0.0)
+    k = consts(L=1.0, c=0.05, M=0.01, M_V=0.0)
     b_max = b0 * growth
     eta0 = thm.max_eta0(k, b_max)
     gap0 = gap_ratio * thm.noise_floor(k, eta0)

@@ -23,10 +23,18 @@ def test_mushroom_bound_holds_with_confidence(mushroom_report):
     rep = mushroom_report
     assert rep.passed and rep.condition_holds
     k = rep.constants
-    assert k.c == 0.1 and k.M == 22.0 and k.M_G == 0.0      # one-hot rows: ||x||^2 = 22
+    assert k.c == 0.1 and k.M == 22.0 and k.M_V == 0.0      # one-hot rows: ||x||^2 = 22
+    assert rep.condition == "paper" and k.M_G == 1.0
     assert rep.eta0 == pytest.approx(thm.max_eta0(k, 1600))
+    for regime in ("zero", "optimum", "flattest"):
+        for sc in rep.regimes[regime].values():
+            assert sc.passed and sc.first_violation is None
+            assert sc.rows[0]["update"] == 0 and sc.rows[0]["mean_gap"] == pytest.approx(
+                sc.gap0, abs=1e-9)
+            # the one-sided limits bracket the mean; the slack is measured on the upper one
+            assert all(r["lower"] <= r["mean_gap"] <= r["upper"] for r in sc.rows)
+            assert sc.min_slack["value"] >= 1.0
     for sc in rep.schedules.values():
-        assert sc.rows[0]["update"] == 0 and sc.rows[0]["mean_gap"] == pytest.approx(rep.gap0)
         for r in sc.rows:
             assert r["lower"] <= r["mean_gap"] <= r["upper"]
             assert r["status"] == "PASS" and r["lower"] <= r["bound"]
@@ -64,7 +72,8 @@ def test_least_squares_check_fails_past_the_condition():
         least_squares_check(epochs=2, eta0_scale=5.0)
     # sufficient, not necessary: 6 times past it, SGD at B0 = 4 still stays within the bound
     # (alpha L = 6 * 4 / (M_G + 64) < 2), but ABS diverges once its batch nears B_max = 64
-    rep = least_squares_check(epochs=8, eta0_scale=6.0, ignore_condition=True)
+    rep = least_squares_check(epochs=8, eta0_scale=6.0, ignore_condition=True,
+                              regimes=("zero",), controls=False)
     assert not rep.condition_holds and not rep.passed
     assert rep.schedules["sgd"].first_violation is None
     assert rep.schedules["abs"].first_violation is not None
@@ -76,10 +85,16 @@ def test_command_prints_a_table_and_writes_json_and_png(tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 0
     assert "RESULT: PASS" in out and "bound/mean" in out and "SGD against ABS" in out
+    assert "Negative controls" in out and "Sensitivity" in out and "CONTROLS: 2 of 4" in out
     data = json.loads((tmp_path / "theory.json").read_text())
     assert data["passed"] is True and data["problem"] == "mushroom"
     assert data["settings"]["runs"] == 40 and data["constants"]["M"] == 22.0
-    rows = data["schedules"]["sgd"]["rows"]
+    assert data["constants"]["M_G"] == 1.0 and data["condition"] == "paper"
+    names = {c["name"]: c for c in data["controls"]}
+    assert names["M=0"]["verdict"] == "FAIL" and names["M=0"]["first_violation_update"] >= 1
+    assert set(data["sensitivity"]) == {"M", "L", "c"}
+    assert set(data["min_slack"]) == {"zero", "optimum", "flattest"}
+    rows = data["regimes"]["zero"]["sgd"]["rows"]
     assert rows and all(r["status"] == "PASS" for r in rows)
     assert (tmp_path / "theory.png").stat().st_size > 10_000
 
@@ -89,7 +104,7 @@ def test_command_exits_1_when_a_check_fails(capsys):
                  "--eta0-scale", "6", "--ignore-condition", "--quiet"])
     out = capsys.readouterr().out
     assert code == 1
-    assert "FAIL" in out and "FIRST VIOLATION" in out and "VIOLATED" in out
+    assert "RESULT: FAIL" in out and "VIOLATED" in out
 
 
 def test_command_bad_options_exit_2_with_a_message(capsys):
@@ -110,7 +125,8 @@ def test_help_explains_every_option(capsys):
                 "--max-batch", "--alpha", "--beta", "--check-every", "--checks-per-epoch",
                 "--patience", "--eta0", "--eta0-scale", "--ignore-condition", "--confidence",
                 "--checkpoints-per-epoch", "--n-samples", "--dim", "--cond", "--noise",
-                "--out", "--threads", "--quiet"):
+                "--out", "--threads", "--quiet", "--condition", "--regimes", "--require-sharp",
+                "--no-controls"):
         assert opt in text
 
 

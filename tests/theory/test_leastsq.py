@@ -112,7 +112,7 @@ def test_constants_are_the_hessian_extremes_and_a_tight_variance_bound():
     eig = np.linalg.eigvalsh(p.A.T @ p.A / 12 + 0.05 * np.eye(3))
     k = p.constants()
     assert k.L == pytest.approx(eig[-1], rel=1e-12) and k.c == pytest.approx(eig[0], rel=1e-12)
-    assert k.M_G == pytest.approx(2 * p.min_M_G, rel=1e-12)
+    assert k.M_V == pytest.approx(2 * p.min_M_V, rel=1e-12) and k.M_G == k.M_V + 1
     rng = np.random.default_rng(0)
     S, u, m0 = p.variance_quadratic()
     H = p.hessian
@@ -121,19 +121,19 @@ def test_constants_are_the_hessian_extremes_and_a_tight_variance_bound():
         # the quadratic is the variance, exactly
         assert var == pytest.approx(e @ S @ e + 2 * u @ e + m0, rel=1e-9, abs=1e-12)
         # and the constants bound it everywhere
-        assert var <= k.M + k.M_G * np.sum((H @ e) ** 2) + 1e-9
-    # tight: the bound is attained at e* = (M_G H^2 - S)^-1 u
-    e_star = np.linalg.solve(k.M_G * H @ H - S, u)
+        assert var <= k.M + k.M_V * np.sum((H @ e) ** 2) + 1e-9
+    # tight: the bound is attained at e* = (M_V H^2 - S)^-1 u
+    e_star = np.linalg.solve(k.M_V * H @ H - S, u)
     assert p.gradient_variance(p.theta_star + e_star) == pytest.approx(
-        k.M + k.M_G * np.sum((H @ e_star) ** 2), rel=1e-9)
+        k.M + k.M_V * np.sum((H @ e_star) ** 2), rel=1e-9)
 
 
-def test_no_finite_M_at_or_below_the_critical_M_G():
+def test_no_finite_M_at_or_below_the_critical_M_V():
     p = random_problem(4, 10, 3, 0.5, 1.0, 0.1)
-    w = p.min_M_G
-    with pytest.raises(ValueError, match="M_G must be > .* for a finite M"):
+    w = p.min_M_V
+    with pytest.raises(ValueError, match="M_V must be > .* for a finite M"):
         p.M_for(0.5 * w)
-    # M decreases towards m0 as M_G grows
+    # M decreases towards m0 as M_V grows
     ms = [p.M_for(f * w) for f in (1.01, 2.0, 10.0, 1e6)]
     assert all(a > b for a, b in zip(ms, ms[1:]))
     assert ms[-1] == pytest.approx(p.variance_quadratic()[2], rel=1e-4)
@@ -142,7 +142,7 @@ def test_no_finite_M_at_or_below_the_critical_M_G():
 def test_one_sample_has_no_variance():
     p = LeastSquares(np.array([[1.0, 2.0]]), np.array([3.0]), lam=0.5)
     k = p.constants()
-    assert k.M_G <= 1e-12 and k.M == pytest.approx(0.0, abs=1e-20)
+    assert k.M_V <= 1e-12 and k.M == pytest.approx(0.0, abs=1e-20)
 
 
 def test_make_least_squares_hits_the_condition_number():
@@ -225,8 +225,8 @@ def schedules(draw):
 def test_theorem1_holds_at_every_update(problem, schedule, fraction, mg_factor, start):
     p = problem
     batches, b_max = schedule
-    M_G = None if mg_factor is None else mg_factor * p.min_M_G
-    k = p.constants(M_G)
+    M_V = None if mg_factor is None else mg_factor * p.min_M_V
+    k = p.constants(M_V)
     eta0 = fraction * thm.max_eta0(k, b_max)
     theta0 = p.theta_star + start * np.ones(p.dim)
     b = np.asarray(batches)
