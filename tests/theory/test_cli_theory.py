@@ -153,3 +153,20 @@ def test_same_seed_same_report():
     c = least_squares_check(epochs=2, runs=50, seed=4).to_dict()
     assert c["f_star"] != a["f_star"]
     assert np.isfinite(a["eta0"])
+
+
+def test_mushroom_controls_at_the_ci_run_count(mushroom_report):
+    # What the Monte-Carlo check can and cannot tell on mushroom, at 120 runs: M = 0 fails from
+    # theta* (the noise floor binds at once) and c * 2 along a null direction of the one-hot
+    # data (the rate binds); M / 2 and L / 2 pass, because M = max ||x||^2 = 22 assumes every
+    # residual |p - y| = 1 while near the runs the per-sample variance is ~100x smaller.
+    rep = mushroom_report
+    ctl = {c["name"]: c for c in rep.controls}
+    assert ctl["M=0"]["verdict"] == "FAIL" and ctl["M=0"]["first_violation"]["regime"] == "optimum"
+    assert ctl["c*2"]["verdict"] == "FAIL"
+    assert ctl["c*2"]["first_violation"]["regime"] == "flattest"
+    assert ctl["M/2"]["verdict"] == "PASS" and ctl["L/2"]["verdict"] == "PASS"
+    assert not rep.sharp
+    assert rep.sensitivity["M"]["factor"] is None or rep.sensitivity["M"]["factor"] > 10
+    assert rep.sensitivity["c"]["factor"] <= 2.0
+    assert rep.confidence["compared"] > 0 and rep.confidence["per_update"] > 0.999
