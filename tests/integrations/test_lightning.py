@@ -1,0 +1,180 @@
+"""The Lightning callback with a real lightning.Trainer on CPU, synthetic data, float64.
+
+B and lr follow the core event for event, the trajectory is the hessbatch Trainer's, a resumed
+fit matches an uninterrupted one, and setups the callback cannot drive are refused."""
+
+from __future__ import annotations
+
+import warnings
+
+import lightning.pytorch as L
+import pytest
+import torch
+from torch.nn import functional as F
+from torch.utils.data import DataLoader
+
+from hessbatch import Scheduler
+from hessbatch.deep.lightning import HessbatchCallback
+
+from .test_loop import N, _config, _data, _model, _optimizer, _trainer_run
+
+warnings.filterwarnings("ignore", ".*does not have many workers.*")
+warnings.filterwarnings("ignore", ".*GPU available but not used.*")
+
+
+class Net(L.LightningModule):
+    def __init__(self, loader_fn, init_seed=3, scheduler=False):
+        super().__init__()
+        self.net = _model() if init_seed == 3 else _reinit(_model(), init_seed)
+        self.loader_fn = loader_fn
+        self.with_scheduler = scheduler
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return F.cross_entropy(self(x), y)
+
+    def configure_optimizers(self):
+        opt = _optimizer(self)
+        if self.with_scheduler:
+            return [opt], [torch.optim.lr_scheduler.StepLR(opt, 1)]
+        return opt
+
+    def train_dataloader(self):
+        return self.loader_fn()
+
+
+def _reinit(model, seed):
+    torch.manual_seed(seed)
+    for p in model.parameters():
+        p.data.normal_()
+    return model
+
+
+class StepRecorder(L.Callback):
+    """What Lightning actually did, seen from outside: samples and lr at each optimizer step."""
+
+    def __init__(self):
+        self.samples, self.steps = 0, []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.samples += len(batch[1])
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self.steps.append((self.samples, optimizer.param_groups[0]["lr"]))
+        self.samples = 0
+
+
+def _fit(cfg, max_epochs, *, seed=5, ckpt_path=None, init_seed=3, num_workers=0, extra=(),
+         **trainer_kw):
+    cb = HessbatchCallback(cfg, F.cross_entropy, seed=seed, hessian_batch_size=16)
+    data = _data()
+    module = Net(lambda: cb.dataloader(data, num_workers=num_workers,
+                                       generator=torch.Generator()), init_seed)
+    rec = StepRecorder()
+    kw = dict(max_epochs=max_epochs, accelerator="cpu", devices=1, precision="64-true",
+              logger=False, enable_checkpointing=False, enable_progress_bar=False,
+              enable_model_summary=False, num_sanity_val_steps=0)
+    kw.update(trainer_kw)
+    trainer = L.Trainer(callbacks=[cb, rec, *extra], **kw)
+    trainer.fit(module, ckpt_path=ckpt_path)
+    return trainer, module, cb, rec
+
+
+def test_b_and_lr_follow_the_core_event_for_event_and_match_the_trainer():
+    cfg = _config()
+    trainer, module, cb, rec = _fit(cfg, cfg.epochs)
+    # replay the events through a fresh core: each update is the decided B (or what is left
+    # of the epoch) at the decided lr, as Lightning really stepped it
+    sch, left, expected = Scheduler(cfg), N, []
+    for kind, value in cb.events:
+        if kind == "step":
+            d = sch.decision
+            assert value == min(d.batch_size, left)
+            expected.append((value, d.lr))
+            left -= value
+            sch.step(value)
+        elif kind == "eigenvalue":
+            sch.eigenvalue(value)
+        elif kind == "end_epoch":
+            assert left == 0
+            sch.end_epoch()
+            left = N
+    assert rec.steps == expected
+    assert trainer.global_step == len(expected) == sch.decision.updates
+    assert len({b for _, b, *_ in cb.update_log}) >= 3  # B grew mid-epoch
+    assert any(r[4] for r in cb.update_log)              # the adversary ran
+    assert sch.decision.finished
+    # and it is the hessbatch Trainer's trajectory, up to rounding (loss / K * K m / n)
+    ref_model, ref = _trainer_run(cfg)
+    assert [e for e in cb.events if e[0] != "eigenvalue"] == \
+        [e for e in ref.events if e[0] != "eigenvalue"]
+    lam = [v for k, v in cb.events if k == "eigenvalue"]
+    lam_ref = [v for k, v in ref.events if k == "eigenvalue"]
+    assert lam == pytest.approx(lam_ref, rel=1e-9)
+    for a, b in zip(module.net.state_dict().values(), ref_model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_resumed_fit_matches_an_uninterrupted_one(tmp_path):
+    cfg = _config()
+    _, full, cb_full, _ = _fit(cfg, 3)
+    t1, _, cb1, _ = _fit(cfg, 1)
+    path = tmp_path / "epoch1.ckpt"
+    t1.save_checkpoint(path)
+    # a different init and seed: everything must come from the checkpoint
+    _, resumed, cb2, _ = _fit(cfg, 3, seed=77, init_seed=9, ckpt_path=str(path))
+    assert cb1.events + cb2.events == cb_full.events
+    assert cb2.decision == cb_full.decision
+    for a, b in zip(resumed.state_dict().values(), full.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_resume_without_the_checkpoint_differs():
+    """The check above can fail: a fresh fit from epoch 0 with another seed is not the same."""
+    cfg = _config(epochs=1, lr_decay_epochs=())
+    _, a, _, _ = _fit(cfg, 1)
+    _, b, _, _ = _fit(cfg, 1, seed=77)
+    assert not all(torch.equal(x, y) for x, y in zip(a.state_dict().values(),
+                                                     b.state_dict().values()))
+
+
+def test_lightning_accumulate_grad_batches_is_refused():
+    with pytest.raises(ValueError, match="accumulate_grad_batches=2"):
+        _fit(_config(), 1, accumulate_grad_batches=2)
+
+
+@pytest.mark.parametrize("problem, match", [
+    ("loader", "batch_sampler=callback.sampler"),
+    ("lr_scheduler", "lr scheduler"),
+    ("limit", "limit_train_batches"),
+    ("epochs", "max_epochs"),
+])
+def test_other_mismatched_setups_are_refused(problem, match):
+    cfg = _config()
+    cb = HessbatchCallback(cfg, F.cross_entropy)
+    data = _data()
+    if problem == "loader":
+        module = Net(lambda: DataLoader(data, batch_size=8))
+    else:
+        module = Net(lambda: cb.dataloader(data), scheduler=problem == "lr_scheduler")
+    kw = dict(max_epochs=4 if problem == "epochs" else 1, accelerator="cpu", devices=1,
+              logger=False, enable_checkpointing=False, enable_progress_bar=False,
+              enable_model_summary=False, num_sanity_val_steps=0)
+    if problem == "limit":
+        kw["limit_train_batches"] = 3
+    with pytest.raises(ValueError, match=match):
+        L.Trainer(callbacks=[cb], **kw).fit(module)
+    with pytest.raises(ValueError, match="decided by the callback"):
+        cb.dataloader(data, batch_size=8)
+
+
+def test_hessbatch_and_hessbatch_deep_do_not_import_lightning():
+    import subprocess
+    import sys
+    code = ("import sys, hessbatch, hessbatch.deep; "
+            "assert not any(m == 'lightning' or m.startswith(('lightning.', 'pytorch_lightning'))"
+            " for m in sys.modules), 'lightning imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
