@@ -248,3 +248,34 @@ def test_refused_eigenvalue_skips_the_check_and_never_grows():
     assert hb.decision.batch_size == 8
     with pytest.raises(SchedulerError):
         hb.compute_eigenvalue()
+
+
+def test_the_loop_in_docs_integrations_runs(tmp_path):
+    """docs/integrations.md's "after" loop, scaled down (sizes, epochs), runs to the end and
+    resumes from its checkpoint."""
+    import re
+    from pathlib import Path
+    text = (Path(__file__).resolve().parents[2] / "docs" / "integrations.md").read_text()
+    diff = re.search(r"```diff\n(.*?)```", text, re.S).group(1)
+    after = "\n".join(line[1:] for line in diff.splitlines() if line[:1] in " +")
+    before = re.search(r"```python\n(.*?)```", text, re.S).group(1)
+    compile(before, "before", "exec")
+    assert len(before.strip().splitlines()) <= 32
+    for old, new in (("batch_size=128, max_batch_size=16384", "batch_size=8, max_batch_size=32"),
+                     ("epochs=90", "epochs=2"), ("(30, 60, 80)", "(1,)"),
+                     ("num_workers=2", "num_workers=0"),
+                     ('"checkpoint.pt"', repr(str(tmp_path / "ckpt.pt")))):
+        assert old in after
+        after = after.replace(old, new)
+    evaluated = []
+    ns = {"make_model": lambda: _model(), "train_set": _data(), "device": "cpu",
+          "evaluate": evaluated.append}
+    exec(compile(after, "docs/integrations.md", "exec"), ns)
+    hb = ns["hb"]
+    assert hb.finished and len(evaluated) == 2
+    assert [e for e in hb.events if e[0] == "end_epoch"] == [("end_epoch", None)] * 2
+    weights = {k: v.clone() for k, v in ns["model"].state_dict().items()}
+    again = dict(ns, evaluate=evaluated.append)
+    exec(compile(after, "docs/integrations.md", "exec"), again)  # loads the finished run
+    assert again["hb"].finished and again["hb"].events == [] and len(evaluated) == 2
+    assert all(torch.equal(v, again["model"].state_dict()[k]) for k, v in weights.items())
