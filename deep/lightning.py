@@ -57,6 +57,18 @@ from ._loop import (LOOP_STATE_FORMAT, LOOP_STATE_VERSION, AdaptiveBatchSampler,
 __all__ = ["HessbatchCallback"]
 
 
+class _SamplerLoader(DataLoader):
+    """A DataLoader over the callback's sampler. Lightning asks a loader for ``state_dict`` /
+    ``load_state_dict`` before it trusts a mid-epoch resume; this one's position in the epoch
+    is the sampler's, saved in the callback's state, so its own state is empty."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        pass
+
+
 class HessbatchCallback(Callback):
     """Lightning callback that trains with the decisions of a :class:`hessbatch.Scheduler`.
 
@@ -81,7 +93,7 @@ class HessbatchCallback(Callback):
             ``accumulate_grad_batches != 1`` or a GradientAccumulationScheduler, manual
             optimization, several optimizers, an lr scheduler, several devices, a train
             DataLoader without ``batch_sampler=callback.sampler``, an epoch cut short
-            (``limit_train_batches``), ``max_epochs`` beyond the schedule.
+            (``limit_train_batches``, ``max_steps``), ``max_epochs`` beyond the schedule.
     """
 
     def __init__(self, scheduler: Scheduler | SchedulerConfig,
@@ -111,12 +123,13 @@ class HessbatchCallback(Callback):
     def dataloader(self, dataset: Dataset, **kwargs: Any) -> DataLoader:
         """``DataLoader(dataset, batch_sampler=self.sampler, **kwargs)`` (workers, pinning,
         collate are yours; ``batch_size``, ``shuffle``, ``sampler``, ``drop_last`` are the
-        sampler's and refused)."""
+        sampler's and refused). It tells Lightning it is resumable (the position in the epoch
+        is in the callback's state), so a mid-epoch ``ckpt_path`` gives no warning."""
         clash = sorted({"batch_size", "shuffle", "sampler", "drop_last",
                         "batch_sampler"} & set(kwargs))
         if clash:
             raise ValueError(f"{clash} are decided by the callback's sampler; leave them out")
-        return DataLoader(dataset, batch_sampler=self.sampler, **kwargs)
+        return _SamplerLoader(dataset, batch_sampler=self.sampler, **kwargs)
 
     # ------------------------------------------------------------------------ set-up checks
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -141,6 +154,9 @@ class HessbatchCallback(Callback):
             raise ValueError(f"HessbatchCallback runs on one device and process for now, got "
                              f"world_size={trainer.world_size} with "
                              f"{type(trainer.strategy).__name__}")
+        if trainer.max_steps != -1:
+            raise ValueError(f"Trainer(max_steps={trainer.max_steps}) would cut an epoch "
+                             "short: the schedule's length is its epochs (set max_epochs)")
         if trainer.max_epochs is None or trainer.max_epochs < 0 or \
                 trainer.max_epochs > self.scheduler.config.epochs:
             raise ValueError(f"Trainer(max_epochs={trainer.max_epochs}) must be set and at "

@@ -5,8 +5,6 @@ fit matches an uninterrupted one, and setups the callback cannot drive are refus
 
 from __future__ import annotations
 
-import warnings
-
 import lightning.pytorch as L
 import pytest
 import torch
@@ -18,8 +16,8 @@ from hessbatch.deep.lightning import HessbatchCallback
 
 from .test_loop import N, _config, _data, _model, _optimizer, _trainer_run
 
-warnings.filterwarnings("ignore", ".*does not have many workers.*")
-warnings.filterwarnings("ignore", ".*GPU available but not used.*")
+pytestmark = [pytest.mark.filterwarnings("ignore:.*does not have many workers.*"),
+              pytest.mark.filterwarnings("ignore:.*isinstance.treespec, LeafSpec.*")]
 
 
 class Net(L.LightningModule):
@@ -132,6 +130,43 @@ def test_resumed_fit_matches_an_uninterrupted_one(tmp_path):
         assert torch.equal(a, b)
 
 
+@pytest.mark.filterwarnings("error:.*dataloader is not resumable.*")
+def test_resume_from_a_mid_epoch_checkpoint_matches_too(tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    cfg = _config()
+    _, full, cb_full, _ = _fit(cfg, 3)
+    every = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=1, save_top_k=-1,
+                            filename="{step}")
+    _, with_ckpt, cb_ckpt, _ = _fit(cfg, 3, extra=[every], enable_checkpointing=True)
+    assert cb_ckpt.events == cb_full.events  # saving checkpoints changes nothing
+    # one checkpoint inside epoch 1, one inside epoch 2 (after B grew)
+    per_epoch = [len(g) for g in _split_epochs(cb_full.events)]
+    assert per_epoch[0] >= 4 and per_epoch[1] >= 3, per_epoch
+    # the callback's loader is resumable in Lightning's eyes: no "not resumable" warning
+    for step in (3, per_epoch[0] + 2):
+        _, resumed, cb2, _ = _fit(cfg, 3, seed=77, init_seed=9,
+                                  ckpt_path=str(tmp_path / f"step={step}.ckpt"))
+        assert cb2.decision == cb_full.decision
+        assert cb2.events == cb_full.events[len(cb_full.events) - len(cb2.events):]
+        assert sum(e[0] == "step" for e in cb2.events) == trainer_steps(cb_full) - step
+        for a, b in zip(resumed.state_dict().values(), full.state_dict().values()):
+            assert torch.equal(a, b)
+
+
+def _split_epochs(events):
+    epoch = []
+    for kind, _ in events:
+        if kind == "end_epoch":
+            yield epoch
+            epoch = []
+        elif kind == "step":
+            epoch.append(1)
+
+
+def trainer_steps(cb):
+    return sum(e[0] == "step" for e in cb.events)
+
+
 def test_resume_without_the_checkpoint_differs():
     """The check above can fail: a fresh fit from epoch 0 with another seed is not the same."""
     cfg = _config(epochs=1, lr_decay_epochs=())
@@ -151,6 +186,7 @@ def test_lightning_accumulate_grad_batches_is_refused():
     ("lr_scheduler", "lr scheduler"),
     ("limit", "limit_train_batches"),
     ("epochs", "max_epochs"),
+    ("steps", "max_steps"),
 ])
 def test_other_mismatched_setups_are_refused(problem, match):
     cfg = _config()
@@ -165,6 +201,8 @@ def test_other_mismatched_setups_are_refused(problem, match):
               enable_model_summary=False, num_sanity_val_steps=0)
     if problem == "limit":
         kw["limit_train_batches"] = 3
+    if problem == "steps":
+        kw["max_steps"] = 4
     with pytest.raises(ValueError, match=match):
         L.Trainer(callbacks=[cb], **kw).fit(module)
     with pytest.raises(ValueError, match="decided by the callback"):
