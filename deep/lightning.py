@@ -229,8 +229,13 @@ class HessbatchCallback(Callback):
     # ------------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
         """The core's state, the sampler's position and generator (a plain, versioned dict)."""
-        if self.adapter is not None:
-            return self.adapter.state_dict()
+        if self.adapter is not None and self.adapter._n:
+            raise RuntimeError(
+                "a checkpoint was asked for in the middle of a logical batch (micro-batch "
+                f"{self.adapter._micro} of {self.adapter.accumulation_steps}; its gradient "
+                "cannot be saved), e.g. by val_check_interval or ModelCheckpoint("
+                "train_time_interval=...): checkpoint at epoch ends or with "
+                "ModelCheckpoint(every_n_train_steps=...), which saves after an update")
         return {"format": LOOP_STATE_FORMAT, "version": LOOP_STATE_VERSION,
                 "scheduler": self.scheduler.state_dict(), "sampler": self.sampler.state_dict()}
 

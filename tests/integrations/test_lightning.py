@@ -209,6 +209,30 @@ def test_other_mismatched_setups_are_refused(problem, match):
         cb.dataloader(data, batch_size=8)
 
 
+def test_a_checkpoint_inside_a_logical_batch_is_refused_with_advice(tmp_path):
+    # validation after 3 micro-batches: the first logical batch (2 micro-batches) is done, the
+    # second is half accumulated when ModelCheckpoint saves on validation end
+    class WithVal(Net):
+        def validation_step(self, batch, batch_idx):
+            x, y = batch
+            self.log("val", F.cross_entropy(self(x), y))
+
+        def val_dataloader(self):
+            return DataLoader(_data(), batch_size=25)
+
+    cfg = _config()
+    cb = HessbatchCallback(cfg, F.cross_entropy)
+    data = _data()
+    module = WithVal(lambda: cb.dataloader(data))
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        num_sanity_val_steps=0, val_check_interval=3,
+                        callbacks=[cb, ModelCheckpoint(dirpath=tmp_path, monitor="val")])
+    with pytest.raises(RuntimeError, match="middle of a logical batch.*every_n_train_steps"):
+        trainer.fit(module)
+
+
 def test_hessbatch_and_hessbatch_deep_do_not_import_lightning():
     import subprocess
     import sys
