@@ -309,7 +309,11 @@ class LoopAdapter:
                              f"callable, got {adversary!r}")
         if eigenvalue_fn is not None and not callable(eigenvalue_fn):
             raise TypeError(f"eigenvalue_fn must be callable, got {type(eigenvalue_fn).__name__}")
-        low, high = (float(v) for v in input_range)
+        try:
+            low, high = (float(v) for v in input_range)
+        except (TypeError, ValueError):
+            raise TypeError(f"input_range must be a pair of numbers, got {input_range!r}") \
+                from None
         if not low < high:
             raise ValueError(f"input_range must have low < high, got {input_range!r}")
         lrs = {g["lr"] for g in optimizer.param_groups}

@@ -46,8 +46,13 @@ from typing import Any, Callable, Mapping
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-import lightning.pytorch as pl
-from lightning.pytorch.callbacks import Callback, GradientAccumulationScheduler
+try:
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import Callback, GradientAccumulationScheduler
+except ImportError as exc:  # the optional extra is missing: say how to get it
+    raise ImportError(
+        "hessbatch.deep.lightning needs PyTorch Lightning: pip install 'hessbatch[lightning]' "
+        f"(lightning==2.6.6) [{exc}]") from exc
 
 from hessbatch import Decision, Scheduler, SchedulerConfig
 

@@ -213,6 +213,10 @@ def test_errors_name_the_problem():
     opt = _optimizer(model)
     with pytest.raises(ValueError, match="samples_per_epoch"):
         LoopAdapter(model, opt, F.cross_entropy, _data(N + 1), cfg)
+    with pytest.raises(TypeError, match="input_range must be a pair"):
+        LoopAdapter(model, opt, F.cross_entropy, _data(), cfg, input_range=0.5)
+    with pytest.raises(ValueError, match="adversary must be"):
+        LoopAdapter(model, opt, F.cross_entropy, _data(), cfg, adversary="pgd")
     hb = LoopAdapter(model, opt, F.cross_entropy, _data(), cfg)
     x, y = _data()[:8]
     with pytest.raises(ValueError, match="batch_sampler=adapter.sampler"):
