@@ -12,3 +12,8 @@ from ._adversarial import fgsm, random_sign
 from ._eigen import EigenResult, lanczos, power_iteration, top_eigenvalue
 from ._hvp import HessianOperator, hessian_vector_product
 # --- end curvature block ---
+
+# --- your own loop: batch sampler and adapter (owner: integrations) ---
+# The Lightning callback lives in hessbatch.deep.lightning (extra [lightning]); never imported here.
+from ._loop import AdaptiveBatchSampler, LoopAdapter
+# --- end integrations block ---
