@@ -116,7 +116,7 @@ def format_report(rep: TheoryReport) -> str:
             "one-sided limits at the checkpoints: lower against the bound, slack = bound/upper")
     lines.append(f"Every regime and schedule ({what}):")
     headers = ["regime", "schedule", "updates", "compared", "min slack", "at update",
-               "first violation", "check"]
+               "slack at end", "first violation", "check"]
     body = []
     for regime, reg in rep.regimes.items():
         for name, sc in reg.items():
@@ -126,7 +126,7 @@ def format_report(rep: TheoryReport) -> str:
                 extra = f" (end/limit {sc.exact[-1] / sc.limit:.4f})"
             body.append([REGIME_TEXT[regime] + extra, name, sc.schedule.updates,
                          len(sc.updates), _g(ms.get("value"), 4), ms.get("update"),
-                         "-" if sc.first_violation is None else sc.first_violation,
+                         _g(ms.get("at_end"), 4), "-" if sc.first_violation is None else sc.first_violation,
                          "PASS" if sc.passed else "FAIL"])
     lines.append(format_table(headers, body))
     if rep.confidence:

@@ -244,7 +244,7 @@ def _np_bounds(L: float, c: float, M: float, eta0: float, gap0: float,
     g = eta0 * L * M / (2.0 * c)
     with np.errstate(over="ignore", under="ignore", invalid="ignore"):
         prod = np.concatenate(([1.0], np.cumprod(1.0 - batches * eta0 * c)))
-    return prod * (gap0 - g) + g
+        return prod * (gap0 - g) + g
 
 
 def _violations(lower: np.ndarray, bounds: np.ndarray, atol: float) -> np.ndarray:
@@ -256,10 +256,11 @@ def _violations(lower: np.ndarray, bounds: np.ndarray, atol: float) -> np.ndarra
 def _min_slack(sc_updates: np.ndarray, upper: np.ndarray, bounds: np.ndarray) -> dict[str, Any]:
     keep = (sc_updates > 0) & (upper > 0) & np.isfinite(upper)
     if not keep.any():
-        return {"value": None, "update": None}
+        return {"value": None, "update": None, "at_end": None}
     ratio = bounds[keep] / upper[keep]
     j = int(np.argmin(ratio))
-    return {"value": float(ratio[j]), "update": int(sc_updates[keep][j])}
+    return {"value": float(ratio[j]), "update": int(sc_updates[keep][j]),
+            "at_end": float(ratio[-1])}
 
 
 def _finish(sc: ScheduleCheck, k: thm.Constants, eta0: float) -> None:
