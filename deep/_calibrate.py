@@ -312,3 +312,38 @@ def calibrate(model: nn.Module, loss_fn, dataset: TensorDataset, *, micro_batch:
     if not all(math.isfinite(v) for v in (alpha, beta)):
         raise ValueError(f"the all-reduce fit gave alpha={alpha}, beta={beta}")
     return profile, details
+
+
+def calibrate_from_spec(spec: dict[str, Any], scheduler: dict[str, Any], *, repeats: int = 7,
+                        allreduce: bool = True) -> tuple[MachineProfile, dict[str, Any]]:
+    """:func:`calibrate` for the model and data of a ``hessbatch train`` run, rebuilt from the
+    ``spec`` and ``scheduler`` entries of its metrics.json (on the CPU, seeded as the run).
+
+    Raises:
+        ValueError: a spec that lacks what rebuilding the model needs (named).
+    """
+    from ._cli_train import block_parameters, build_from_spec
+    missing = [k for k in ("model", "activation", "width", "data", "test_fraction", "seed")
+               if k not in spec]
+    if missing:
+        raise ValueError(f"the run's spec lacks {missing}: was it written by hessbatch train?")
+    bundle, model = build_from_spec(spec, torch.device("cpu"))
+    params = block_parameters(model, spec.get("block", 0))
+    return calibrate(
+        model, torch.nn.functional.cross_entropy, bundle.train,
+        micro_batch=scheduler.get("micro_batch_size") or scheduler["batch_size"],
+        hessian_batch=spec.get("hessian_batch", 128), max_hvp=spec.get("max_hvp", 10),
+        eig_method=spec.get("eig_method", "lanczos"), eig_tol=spec.get("eig_tol", 1e-2),
+        adv_eps=scheduler.get("adv_eps", 0.005), momentum=spec.get("momentum", 0.9),
+        weight_decay=spec.get("weight_decay", 5e-4), params=params, repeats=repeats,
+        seed=spec.get("seed", 0), allreduce=allreduce)
+
+
+def short_train(train_args: Sequence[str], out: str | os.PathLike) -> None:
+    """Run ``hessbatch train`` with ``train_args`` (``--out out --quiet`` added)."""
+    import argparse
+
+    from ._cli_train import build_parser, run
+    parser = argparse.ArgumentParser(prog="hessbatch train")
+    build_parser(parser)
+    run(parser.parse_args(list(train_args) + ["--out", str(out), "--quiet"]))

@@ -12,6 +12,7 @@ except ``--calibrate`` (torch) and the plot (matplotlib, optional).
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import math
 import sys
@@ -413,10 +414,12 @@ def _scaling(run: dict[str, Any], profile: MachineProfile, ps) -> dict[str, Any]
 
 def plot_scaling(results: list[dict[str, Any]], path: Path, title: str) -> bool:
     """Time against P for each run (log-log), communication dashed; False without matplotlib."""
+    # matplotlib is optional (the [plot] extra) and the core imports only the standard library
+    # at module level: it is looked up here, at call time, and its absence is not an error.
     try:
-        import matplotlib
+        matplotlib = importlib.import_module("matplotlib")
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = importlib.import_module("matplotlib.pyplot")
     except ImportError:
         return False
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -467,12 +470,10 @@ def _calibrate(args: argparse.Namespace, runs: list[dict[str, Any]]
                ) -> tuple[MachineProfile, dict[str, Any], dict[str, Any]]:
     """Measure a profile for the run's model; returns (profile, details, the run)."""
     try:
-        import torch
-        from hessbatch.deep._calibrate import calibrate
-        from hessbatch.deep._cli_train import block_parameters, build_from_spec
-        from hessbatch.deep._cli_train import build_parser as train_parser
-        from hessbatch.deep._cli_train import run as train_run
+        from hessbatch.deep._calibrate import calibrate_from_spec, short_train
     except ModuleNotFoundError as exc:
+        if (exc.name or "").startswith("hessbatch"):
+            raise
         raise ValueError(f"--calibrate needs {exc.name!r}, which is not installed; pip install "
                          "'hessbatch[deep]'") from None
     metrics = [r for r in runs if r["kind"] == "metrics"]
@@ -485,31 +486,21 @@ def _calibrate(args: argparse.Namespace, runs: list[dict[str, Any]]
     if not metrics:
         import shlex
         folder = (args.out / "train") if args.out is not None else Path(tempfile.mkdtemp())
-        targs = shlex.split(args.train_args) + ["--out", str(folder), "--quiet"]
-        p = argparse.ArgumentParser(prog="hessbatch train")
-        train_parser(p)
-        print(f"calibration run: hessbatch train {' '.join(targs)}", file=sys.stderr)
-        train_run(p.parse_args(targs))
+        targs = shlex.split(args.train_args)
+        print(f"calibration run: hessbatch train {' '.join(targs)} --out {folder}",
+              file=sys.stderr)
+        short_train(targs, folder)
         runs.extend(load_runs(folder / "metrics.json"))
         metrics = runs[-1:]
     run = metrics[0]
     spec, cfg = run["spec"], run["scheduler"]
     if not spec:
         raise ValueError(f"{run['source']}: no 'spec' to rebuild the model from")
-    device = torch.device("cpu")
-    bundle, model = build_from_spec(spec, device)
-    params = block_parameters(model, spec.get("block", 0))
-    print(f"calibrating {spec['model']} on {spec['data']} ({args.repeats} repeats each"
+    print(f"calibrating {spec.get('model')} on {spec.get('data')} ({args.repeats} repeats each"
           f"{'' if args.no_allreduce else ', all-reduce with 2 gloo processes'})",
           file=sys.stderr)
-    profile, details = calibrate(
-        model, torch.nn.functional.cross_entropy, bundle.train,
-        micro_batch=cfg.get("micro_batch_size") or cfg["batch_size"],
-        hessian_batch=spec.get("hessian_batch", 128), max_hvp=spec.get("max_hvp", 10),
-        eig_method=spec.get("eig_method", "lanczos"), eig_tol=spec.get("eig_tol", 1e-2),
-        adv_eps=cfg.get("adv_eps", 0.005), momentum=spec.get("momentum", 0.9),
-        weight_decay=spec.get("weight_decay", 5e-4), params=params, repeats=args.repeats,
-        seed=spec.get("seed", 0), allreduce=not args.no_allreduce)
+    profile, details = calibrate_from_spec(spec, cfg, repeats=args.repeats,
+                                           allreduce=not args.no_allreduce)
     return profile, details, run
 
 
