@@ -225,6 +225,29 @@ def _allreduce_worker(rank: int, world: int, port: int, sizes: Sequence[int], re
         dist.destroy_process_group()
 
 
+def fit_ring(points: Sequence[tuple[int, float]], world_size: int) -> tuple[float, float, float]:
+    """Least-squares fit of ``t(n) = 2 (P-1) alpha + 2 (P-1)/P n beta`` to ``(n, t)`` points.
+
+    Returns:
+        ``(alpha, beta, max_relative_residual)``; a negative intercept or slope (noise) is
+        clipped to 0.
+
+    Raises:
+        ValueError: fewer than two distinct n.
+    """
+    xs = [float(n) for n, _ in points]
+    ys = [float(t) for _, t in points]
+    if len(set(xs)) < 2:
+        raise ValueError(f"the fit needs two distinct message sizes, got {sorted(set(xs))}")
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    sxx = sum((x - mx) ** 2 for x in xs)
+    b = max(sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx, 0.0)
+    a = max(my - b * mx, 0.0)
+    p = world_size
+    resid = max((abs(a + b * x - y) / y for x, y in zip(xs, ys) if y > 0), default=0.0)
+    return a / (2 * (p - 1)), b / (2 * (p - 1) / p), resid
+
+
 def measure_allreduce(sizes: Sequence[int] = (1, 1 << 12, 1 << 16, 1 << 20), *,
                       repeats: int = 10, world_size: int = 2) -> dict[str, Any]:
     """Latency and inverse bandwidth of ``all_reduce`` between local gloo processes.
@@ -260,18 +283,8 @@ def measure_allreduce(sizes: Sequence[int] = (1, 1 << 12, 1 << 16, 1 << 20), *,
     mp.spawn(_allreduce_worker, args=(world_size, port, sizes, repeats, queue),
              nprocs=world_size, join=True)
     points = queue.get()
-    # least squares t = a + b n
-    xs = [float(n) for n, _ in points]
-    ys = [t for _, t in points]
-    mx, my = statistics.fmean(xs), statistics.fmean(ys)
-    sxx = sum((x - mx) ** 2 for x in xs)
-    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
-    b = max(b, 0.0)
-    a = max(my - b * mx, 0.0)
+    alpha, beta, resid = fit_ring(points, world_size)
     p = world_size
-    alpha = a / (2 * (p - 1))
-    beta = b / (2 * (p - 1) / p)
-    resid = max(abs(a + b * x - y) / y for x, y in zip(xs, ys) if y > 0)
     return {"alpha": alpha, "beta": beta, "points": points, "world_size": p,
             "repeats": repeats, "max_relative_residual": resid}
 

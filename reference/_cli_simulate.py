@@ -12,6 +12,7 @@ except ``--calibrate`` (torch) and the plot (matplotlib, optional).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import math
@@ -489,7 +490,8 @@ def _calibrate(args: argparse.Namespace, runs: list[dict[str, Any]]
         targs = shlex.split(args.train_args)
         print(f"calibration run: hessbatch train {' '.join(targs)} --out {folder}",
               file=sys.stderr)
-        short_train(targs, folder)
+        with contextlib.redirect_stdout(sys.stderr):  # stdout is for simulate's own output
+            short_train(targs, folder)
         runs.extend(load_runs(folder / "metrics.json"))
         metrics = runs[-1:]
     run = metrics[0]
