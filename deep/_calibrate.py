@@ -13,7 +13,8 @@ profile (the terms of ``hessbatch.predict``):
   Hessian batch, divided by its size; ``time_per_check``: what one eigenvalue computation costs
   beyond its products (building the gradient graph, fetching the batch, the solver);
 * ``alpha``/``beta``: ``torch.distributed.all_reduce`` between two local processes (gloo,
-  spawned with ``torch.multiprocessing``), timed for several message sizes and fitted to the
+  spawned with ``torch.multiprocessing``), timed for several message sizes (interleaved, round
+  after round, so that a change of load affects all sizes alike) and fitted to the
   ring model at ``P = 2``: ``t(n) = 2 alpha + n beta``.
 
 The measurements are wall-clock on a machine that may be shared: they are as good as the
@@ -204,19 +205,23 @@ def _allreduce_worker(rank: int, world: int, port: int, sizes: Sequence[int], re
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=world)
     try:
-        out = []
-        for size in sizes:
-            t = torch.ones(size, dtype=torch.float32)
-            for _ in range(2):  # warm-up: connection set-up, buffers
+        tensors = [torch.ones(size, dtype=torch.float32) for size in sizes]
+        for t in tensors:  # warm-up: connection set-up, buffers
+            for _ in range(2):
                 dist.all_reduce(t)
-            times = []
-            for _ in range(repeats):
+        # the sizes are interleaved, round after round, so that a change of the machine's
+        # load during the measurement affects every size alike, not the fit's slope
+        times = [[] for _ in sizes]
+        for _ in range(repeats):
+            for i, t in enumerate(tensors):
                 dist.barrier()
                 t0 = time.perf_counter()
                 dist.all_reduce(t)
-                times.append(time.perf_counter() - t0)
-            # a collective ends when the slowest rank ends: take the max over ranks
-            ts = torch.tensor(times, dtype=torch.float64)
+                times[i].append(time.perf_counter() - t0)
+        out = []
+        for size, ts_list in zip(sizes, times):
+            # a collective ends when the slowest rank ends: the max over ranks of each timing
+            ts = torch.tensor(ts_list, dtype=torch.float64)
             dist.all_reduce(ts, op=dist.ReduceOp.MAX)
             out.append((int(size), statistics.median(ts.tolist())))
         if rank == 0:
@@ -249,7 +254,7 @@ def fit_ring(points: Sequence[tuple[int, float]], world_size: int) -> tuple[floa
 
 
 def measure_allreduce(sizes: Sequence[int] = (1, 1 << 12, 1 << 16, 1 << 20), *,
-                      repeats: int = 10, world_size: int = 2) -> dict[str, Any]:
+                      repeats: int = 30, world_size: int = 2) -> dict[str, Any]:
     """Latency and inverse bandwidth of ``all_reduce`` between local gloo processes.
 
     Spawns ``world_size`` processes with ``torch.multiprocessing``; each times
@@ -298,7 +303,7 @@ def calibrate(model: nn.Module, loss_fn, dataset: TensorDataset, *, micro_batch:
         model, loss_fn, dataset, micro_batch, kwargs: as :func:`measure_model`.
         allreduce: also measure ``alpha``/``beta`` with two gloo processes (else they are 0).
         allreduce_sizes: message lengths for :func:`measure_allreduce` (default: 1 value,
-            1/64, 1/8 and all of the model's parameters, at least 1024).
+            1/64, 1/8, 1 and 4 times the model's parameters, at least 1024).
 
     Returns:
         ``(profile, details)``: the profile at ``processes = 1`` and a JSON-able dict of every
@@ -309,7 +314,7 @@ def calibrate(model: nn.Module, loss_fn, dataset: TensorDataset, *, micro_batch:
     alpha = beta = 0.0
     if allreduce:
         n = max(int(model_part["n_params_all_reduced"]), 1024)
-        sizes = allreduce_sizes or sorted({1, max(n // 64, 2), max(n // 8, 3), n})
+        sizes = allreduce_sizes or sorted({1, max(n // 64, 2), max(n // 8, 3), n, 4 * n})
         ar = measure_allreduce(sizes)
         details["allreduce"] = ar
         alpha, beta = ar["alpha"], ar["beta"]
