@@ -276,7 +276,8 @@ def runs_from_trace(args: argparse.Namespace) -> list[dict[str, Any]]:
     from ._cli_schedule import demo_trace, load_eigenvalues
     trace = demo_trace() if args.trace is None else load_eigenvalues(args.trace)
     out = []
-    for method in args.methods:
+    methods = (args.method,) if args.method else args.methods
+    for method in methods:
         args.method = method
         cfg = config_from_args(args, samples_per_epoch=args.samples_per_epoch,
                                epochs=args.epochs)
@@ -318,7 +319,7 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--epochs", type=int, default=90,
                    help="epochs for the replay (default %(default)s)")
     add_scheduler_arguments(parser, method=None, decay_epochs="30,60,80", decay_factor=0.2,
-                            help={"method": "not used: see --methods"})
+                            help={"method": "replay this one method (same as --methods METHOD)"})
 
     g = parser.add_argument_group(
         "machine profile (override --profile; defaults: the file's, else 0 / P = 1)")
@@ -565,6 +566,15 @@ def run(args: argparse.Namespace) -> int:
     if not runs:
         raise ValueError("nothing to simulate: give a metrics.json/results.json, --trace FILE, "
                          "--demo, --paper-table3 or --calibrate")
+    if not any(getattr(profile, f) for f in ("alpha", "beta", "time_per_update",
+                                             "time_per_sample", "time_per_adversarial_sample",
+                                             "time_per_hvp_sample", "time_per_check")):
+        print("warning: every time constant of the profile is 0, so every predicted time is 0;"
+              " give --profile FILE, the machine options (see --help) or --calibrate",
+              file=sys.stderr)
+    elif profile.processes > 1 and profile.n_params == 0 and profile.beta > 0:
+        print("warning: --n-params is 0, so the all-reduce carries no data (only latency); "
+              "give the model's parameter count", file=sys.stderr)
     results = []
     for r in runs:
         cost = predict(r["workload"], profile)

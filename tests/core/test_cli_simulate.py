@@ -179,3 +179,12 @@ def test_calibrate_without_torch_says_what_to_install():
                           timeout=120)
     assert proc.returncode == 2
     assert "pip install 'hessbatch[deep]'" in proc.stderr
+
+
+def test_an_all_zero_profile_is_warned_about(capsys):
+    assert main(["simulate", "--demo", "--method", "bl", "--epochs", "2",
+                 "--samples-per-epoch", "100", "--decay-epochs", ""]) == 0
+    assert "every time constant of the profile is 0" in capsys.readouterr().err
+    assert main(["simulate", "--demo", "--method", "bl", "--epochs", "2",
+                 "--samples-per-epoch", "100", "--decay-epochs", "", "--time-per-sample", "1e-3"]) == 0
+    assert "every time constant" not in capsys.readouterr().err
