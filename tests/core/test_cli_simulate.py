@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from hessbatch import MachineProfile, Workload, predict
+from hessbatch import MachineProfile, Workload
 from hessbatch._cli_simulate import load_runs
 from hessbatch.cli import main
 
