@@ -238,7 +238,7 @@ def runs_from_metrics(doc: dict[str, Any], source: str) -> list[dict[str, Any]]:
         total = total + w
     cfg = doc["scheduler"]
     spec = doc.get("spec", {})
-    label = f"{cfg.get('method', spec.get('method', '?'))} ({source})"
+    label = str(cfg.get("method", spec.get("method", "?")))
     return [{"label": label, "workload": total, "epochs": epochs, "measured_epochs": measured,
              "measured": sum(measured), "smallest_batch": cfg.get("batch_size"),
              "source": source, "kind": "metrics", "spec": spec, "scheduler": cfg,
@@ -263,7 +263,7 @@ def runs_from_results(doc: dict[str, Any], source: str) -> list[dict[str, Any]]:
         cfg = r.get("config", {})
         note = ("adversarial samples are not in results.json: counted as 0"
                 if cfg.get("method") == "absa" else None)
-        out.append({"label": f"{r['method']} ({source})",
+        out.append({"label": str(r["method"]),
                     "workload": Workload(r["updates"], r["samples_seen"], 0,
                                          r["eigenvalue_checks"], r["hvps"]),
                     "epochs": None, "measured_epochs": None, "measured": None,
@@ -588,6 +588,10 @@ def run(args: argparse.Namespace) -> int:
     elif profile.processes > 1 and profile.n_params == 0 and profile.beta > 0:
         print("warning: --n-params is 0, so the all-reduce carries no data (only latency); "
               "give the model's parameter count", file=sys.stderr)
+    if len({r["source"] for r in runs}) > 1:  # name the file only where several are mixed
+        for r in runs:
+            r["label"] = f"{r['label']} ({Path(r['source']).parent.name or r['source']})" \
+                if r["kind"] != "trace" else r["label"]
     results = []
     for r in runs:
         cost = predict(r["workload"], profile)

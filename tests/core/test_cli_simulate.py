@@ -188,3 +188,25 @@ def test_core_only_installation(tmp_path):
     assert (tmp_path / "simulate.json").is_file() and not (tmp_path / "scaling.png").exists()
     assert "--calibrate needs '" in proc.stderr
     assert "pip install 'hessbatch[deep]'" in proc.stderr
+
+
+def test_an_all_zero_profile_is_warned_about(capsys):
+    argv = ["simulate", "--demo", "--method", "bl", "--epochs", "2", "--samples-per-epoch",
+            "100", "--decay-epochs", ""]
+    assert main(argv) == 0
+    assert "every time constant of the profile is 0" in capsys.readouterr().err
+    assert main(argv + ["--time-per-sample", "1e-3"]) == 0
+    assert "every time constant" not in capsys.readouterr().err
+
+
+def test_labels_name_the_file_only_when_files_are_mixed(tmp_path, capsys):
+    for name, doc in (("a", _metrics_doc()), ("b", _results_doc())):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / ("metrics.json" if name == "a" else "results.json")).write_text(
+            json.dumps(doc))
+    main(["simulate", str(tmp_path / "a"), "--format", "json", "--time-per-sample", "1"])
+    assert [r["label"] for r in json.loads(capsys.readouterr().out)["runs"]] == ["absa"]
+    main(["simulate", str(tmp_path / "a"), str(tmp_path / "b"), "--format", "json",
+          "--time-per-sample", "1"])
+    labels = [r["label"] for r in json.loads(capsys.readouterr().out)["runs"]]
+    assert labels == ["absa (a)", "sgd B=100 (b)", "absa (b)"]
