@@ -210,3 +210,16 @@ def test_labels_name_the_file_only_when_files_are_mixed(tmp_path, capsys):
           "--time-per-sample", "1"])
     labels = [r["label"] for r in json.loads(capsys.readouterr().out)["runs"]]
     assert labels == ["absa (a)", "sgd B=100 (b)", "absa (b)"]
+
+
+def test_where_communication_starts_to_dominate():
+    from hessbatch._cli_simulate import _scaling
+    # compute 64/P s, all-reduce 2 (P-1)/P * 1 s (beta = 1 s per value, 1 value): share
+    # (2(P-1)/P) / (64/P + 2(P-1)/P) = 2(P-1) / (62 + 2P) >= 1/2 from P = 33 on
+    run = {"workload": Workload(1, 64), "smallest_batch": 64}
+    prof = MachineProfile(n_params=1, beta=1.0, time_per_sample=1.0)
+    s = _scaling(run, prof, [1, 2, 16, 32, 33, 64])
+    assert s["communication_dominates_from"] == 33
+    assert s["best_processes"] == 64  # 64/64 + 2*63/64 = 2.97 s, the least of the list
+    s = _scaling(run, prof.replace(beta=0.0), [1, 2, 64])
+    assert s["communication_dominates_from"] is None and s["best_processes"] == 64
