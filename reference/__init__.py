@@ -10,12 +10,23 @@ This package is the backend-agnostic core and needs only the standard library:
   machine without the object.
 * :mod:`hessbatch.theory`: Theorem 1's step-size condition, noise floor and bound.
 * :mod:`hessbatch.traces`: replay of the conformance traces that ports check against.
+* :func:`predict` / :class:`MachineProfile` / :class:`Workload`: the paper's Appendix C cost
+  model, the wall-clock time of a schedule on P data-parallel workers (``hessbatch simulate``).
 
 The backends execute the decisions: ``hessbatch.convex`` (NumPy/Numba, logistic regression)
 and ``hessbatch.deep`` (PyTorch). See docs/algorithm.md for the line-by-line map from
 Algorithm 1 to the code.
 """
 
+from ._costmodel import (
+    CostBreakdown,
+    MachineProfile,
+    Workload,
+    allreduce_time,
+    predict,
+    scaling_curve,
+    workload_from_schedule,
+)
 from ._scheduler import (
     METHODS,
     STATE_FORMAT,
@@ -36,6 +47,13 @@ from ._scheduler import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "CostBreakdown",
+    "MachineProfile",
+    "Workload",
+    "allreduce_time",
+    "predict",
+    "scaling_curve",
+    "workload_from_schedule",
     "METHODS",
     "STATE_FORMAT",
     "STATE_VERSION",

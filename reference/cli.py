@@ -28,6 +28,9 @@ COMMANDS: dict[str, tuple[str, str | None, str]] = {
             "top Hessian eigenvalue of a model saved by `hessbatch train`"),
     "schedule": ("hessbatch._cli_schedule", None,
                  "replay an eigenvalue trace through a method and print its schedule"),
+    "simulate": ("hessbatch._cli_simulate", None,
+                 "predict a schedule's wall-clock time on P workers (paper's App. C cost "
+                 "model); --calibrate measures this machine"),
 }
 
 _DESCRIPTION = """\
