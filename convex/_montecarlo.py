@@ -17,8 +17,9 @@ Random numbers, fixed so that every backend draws the same indices bit for bit: 
 the key ``k_r = mix(mix(seed) + r)`` and its ``j``-th draw (``j = 1, 2, ...``, counted over all
 updates) is ``u = mix(k_r + j * 0x9E3779B97F4A7C15)``, the SplitMix64 output function ``mix``
 applied to a counter; the index is ``floor((u >> 11) * 2^-53 * N)``. A run's numbers therefore do
-not depend on the number of threads or on which other runs are computed: same seed, same
-numbers, on any machine.
+not depend on the number of threads or on which other runs are computed: the same seed draws
+the same indices on any machine, and gives the same losses on one machine (BLAS and compiled
+kernels may round differently on another CPU).
 
 Backends:
 
