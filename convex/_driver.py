@@ -24,7 +24,8 @@ Sampling (docs/convex.md, "Drivers"):
 
 Randomness: ``numpy.random.SeedSequence(seed)`` is split into independent streams for the
 batches, the Hessian batches and the eigen-solver's start vectors, so an eigenvalue check never
-shifts the batches that follow; the same seed gives the same numbers, bit for bit.
+shifts the batches that follow; the same seed gives the same numbers, bit for bit, on one
+machine (another CPU may round the fastmath kernels or BLAS differently).
 """
 
 from __future__ import annotations
