@@ -3,11 +3,14 @@
 Every stochastic method shares one eta0 that satisfies Theorem 1's condition
 eta0 <= 1 / (L (M_G + B_max)) (M_G = M_V + 1, the paper's reading; --condition variance puts M_V
 in its place), so SGD runs at lr = eta0 * B0 and ABS/ABSA start there and keep
-lr = eta0 * B as the core grows the batch. Gradient descent runs at several steps, given in
+lr = eta0 * B as the core grows the batch; sgd-limit is SGD at Theorem 1's largest eta0 for its
+own batch, 1 / (L (M_G + B0)). ABS/ABSA run once per --hessian-batch (default: the full
+training set and the paper's random 128 rows). Gradient descent runs at several steps, given in
 units of 1/L (1/L is what Theorem 1 allows a full batch; larger steps are a better-tuned GD).
-The table reports, for each run, the updates and samples needed to reach each target gap
-F(theta) - F* (absolute, F* from Newton's method), the final gap, the validation accuracy and
-the largest batch. docs/convex.md explains every choice; docs/results.md reports the outcome.
+The table reports, for each run, the updates, the gradient samples and the rows read by
+Hessian-vector products needed to reach each target gap F(theta) - F* (absolute, F* from
+Newton's method), the final gap, the validation accuracy and the largest batch. docs/convex.md
+explains every choice; docs/results.md reports the outcome.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import numpy as np
 
 from hessbatch import SchedulerConfig, __version__
 from hessbatch._cli_common import Progress, add_scheduler_arguments, format_table
-from hessbatch.theory import max_eta0
+from hessbatch.theory import bound_sequence, max_eta0, noise_floor
 
 from ._data import Dataset, load_mushroom, load_svmlight, split_dataset
 from ._driver import SAMPLINGS, RunResult, full_batch_config, train
@@ -33,7 +36,8 @@ from ._model import LogisticRegression
 
 DESCRIPTION = __doc__.split("\n\n", 1)[1] if __doc__ else None
 
-_KNOWN = ("gd", "sgd", "bl", "fb", "gg", "abs", "absa")
+_KNOWN = ("gd", "sgd", "sgd-limit", "bl", "fb", "gg", "abs", "absa")
+_DEFAULT_METHODS = ("gd", "sgd-limit", "sgd", "abs", "absa")
 _QUICK = dict(epochs=12, gd_updates=150, max_batch_size=400, gd_steps="1,8")
 
 
@@ -57,6 +61,28 @@ def _methods(text: str) -> tuple[str, ...]:
     return out
 
 
+def _hessian_batches(text: str) -> tuple[int | None, ...]:
+    out: list[int | None] = []
+    for t in (t.strip().lower() for t in text.split(",")):
+        if t == "full":
+            out.append(None)
+        else:
+            try:
+                out.append(int(t))
+            except ValueError:
+                raise argparse.ArgumentTypeError(
+                    f"expected 'full' and/or row counts, comma-separated (e.g. full,128), got "
+                    f"{text!r}") from None
+    if not out or len(set(out)) != len(out):
+        raise argparse.ArgumentTypeError(
+            f"expected distinct entries such as full,128, got {text!r}")
+    return tuple(out)
+
+
+def _hb_label(method: str, hb: int | None) -> str:
+    return method if hb is None else f"{method} H={hb}"
+
+
 def build_parser(parser: argparse.ArgumentParser) -> None:
     """Add every option of ``hessbatch mushroom``."""
     g = parser.add_argument_group("problem")
@@ -72,9 +98,12 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
                         "(binary labels, mapped to 0/1)")
 
     r = parser.add_argument_group("runs")
-    r.add_argument("--methods", type=_methods, default=("gd", "sgd", "abs", "absa"),
+    r.add_argument("--methods", type=_methods, default=None,
                    help="comma-separated runs among gd (one per --gd-steps), sgd (fixed batch "
-                        "B0 at eta0 * B0), bl, fb, gg, abs, absa (default gd,sgd,abs,absa)")
+                        "B0 at the shared eta0 * B0), sgd-limit (fixed batch B0 at Theorem 1's "
+                        "largest eta0 for B_max = B0, 1/(L (M_G + B0)), times --eta0-scale), "
+                        "bl, fb, gg, abs, absa (default gd,sgd-limit,sgd,abs,absa; without "
+                        "sgd-limit when --lr is given)")
     r.add_argument("--epochs", type=int, default=None,
                    help="epochs (passes' worth of samples) of every stochastic run "
                         "(default 500; 12 with --quick)")
@@ -100,9 +129,13 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
                         "GD updates, B_max 400; explicit options still win")
 
     e = parser.add_argument_group("eigenvalue checks")
-    e.add_argument("--hessian-batch", type=int, default=None,
-                   help="rows of a fresh random Hessian batch per check (default: the full "
-                        "training set, deterministic)")
+    e.add_argument("--hessian-batch", type=_hessian_batches, default=None,
+                   metavar="LIST",
+                   help="Hessian batch of the eigenvalue checks, comma-separated: 'full' (the "
+                        "whole training set, deterministic) and/or a row count k (a fresh "
+                        "random batch of k rows per check, the paper's 128); abs and absa run "
+                        "once per entry, labelled 'abs' (full) and 'abs H=k' (default full,128; "
+                        "full alone when the training set has 128 rows or fewer)")
     e.add_argument("--eig-method", choices=("power", "lanczos"), default="power",
                    help="eigen-solver (default %(default)s)")
     e.add_argument("--eig-tol", type=float, default=1e-3,
@@ -144,6 +177,13 @@ def _resolve(args: argparse.Namespace) -> None:
             setattr(args, name, value)
     if args.method is not None:
         args.methods = ("sgd",) if args.method == "bl" else (args.method,)
+    elif args.methods is None:
+        args.methods = tuple(m for m in _DEFAULT_METHODS
+                             if not (m == "sgd-limit" and args.lr is not None))
+    if args.lr is not None and "sgd-limit" in args.methods:
+        raise ValueError("--lr sets one lr at B0 for every stochastic run, but sgd-limit takes "
+                         "its own (Theorem 1's limit for B0); drop --lr or sgd-limit from "
+                         f"--methods, got --lr {args.lr:g} with --methods {','.join(args.methods)}")
     for name in ("epochs", "gd_updates"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
@@ -186,7 +226,9 @@ def _row(run: RunResult, step: float, f_star: float, targets, ds: Dataset,
     for t in targets:
         row[f"updates_to_{t:g}"] = run.updates_to_gap(f_star, t)
         row[f"samples_to_{t:g}"] = run.samples_to_gap(f_star, t)
-    row.update(samples_seen=run.samples_seen,
+    for t in targets:
+        row[f"hvp_rows_to_{t:g}"] = run.hvp_rows_to_gap(f_star, t)
+    row.update(samples_seen=run.samples_seen, hvp_rows=run.total_hvp_rows,
                final_gap=float(run.loss[-1] - f_star) if not run.diverged else None,
                diverged=run.diverged,
                val_accuracy=val,
@@ -194,6 +236,35 @@ def _row(run: RunResult, step: float, f_star: float, targets, ds: Dataset,
                largest_batch=run.max_batch, eigenvalue_checks=run.eigenvalue_checks,
                hvps=run.total_hvps, seconds=round(seconds, 3))
     return row
+
+
+def _bound_line(consts, gap0: float, etas: dict[str, float]) -> str:
+    """Theorem 1's noise floor G per eta0 and whether the bound can say anything there."""
+    parts = []
+    for name, eta in etas.items():
+        g = noise_floor(consts, eta)
+        parts.append(f"G = {g:.4g} for {name} ("
+                     + ("vacuous: G >= F(0) - F*, the bound never falls below the start gap"
+                        if g >= gap0 else "informative: the bound falls towards G") + ")")
+    return (f"Theorem 1 (i.i.d. runs): E F - F* <= G + prod(1 - b_t eta0 c) (F(0) - F* - G), "
+            f"F(0) - F* = {gap0:.4g}, G = eta0 L M / (2c): " + "; ".join(parts))
+
+
+def _theorem1(consts, run: RunResult, gap0: float,
+              condition: str = "paper") -> dict[str, Any] | None:
+    """Theorem 1 for one run: its eta0 (lr / B), the condition, G and the bound at the end.
+
+    None for a run that is not Theorem 1's setting (GD: full batches, not i.i.d. draws)."""
+    if run.sampling != "iid":
+        return None
+    eta0 = float(run.config.lr / run.config.batch_size)
+    b_max = int(run.config.max_batch_size)
+    met = eta0 <= max_eta0(consts, b_max, condition) * (1 + 1e-12)
+    # the bound's recursion along the batches the run used (its condition may fail: GD > 1/L)
+    bound = bound_sequence(consts, eta0, gap0, [int(b) for b in run.batch_size[1:]],
+                           b_max=b_max, enforce_condition=False)[-1]
+    return {"eta0": eta0, "condition": condition, "condition_met": met,
+            "noise_floor": noise_floor(consts, eta0), "gap0": gap0, "bound_at_end": bound if met else None}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -205,9 +276,12 @@ def run(args: argparse.Namespace) -> int:
     if args.max_batch_size > n:
         raise ValueError(f"--max-batch must not exceed the training rows ({n}): a batch larger "
                          f"than the data, got {args.max_batch_size}")
-    if args.hessian_batch is not None and not 1 <= args.hessian_batch <= n:
-        raise ValueError(f"--hessian-batch (hessian_batch) must be in [1, {n}] (the training "
-                         f"rows), got {args.hessian_batch}")
+    if args.hessian_batch is None:
+        args.hessian_batch = (None, 128) if n > 128 else (None,)
+    for hb in args.hessian_batch:
+        if hb is not None and not 1 <= hb <= n:
+            raise ValueError(f"--hessian-batch (hessian_batch) must be 'full' or in [1, {n}] "
+                             f"(the training rows), got {hb}")
     consts = model.constants()
     opt = model.solve()
     f_star = opt.f_star
@@ -226,47 +300,72 @@ def run(args: argparse.Namespace) -> int:
           f"{'1/(L (M_G + B_max))' if args.condition == 'paper' else '1/(L (M_V + B_max))'} = "
           f"{eta0_max:.6g} is "
           f"{'met' if within else 'NOT met'}; gaps are absolute, F - F*", file=out)
+    eta0_own = args.eta0_scale * max_eta0(consts, args.batch_size, args.condition)
+    if "sgd-limit" in args.methods:
+        print(f"sgd-limit: eta0 = {eta0_own:.6g} (lr {eta0_own * args.batch_size:.6g} at B = "
+              f"{args.batch_size}), Theorem 1's limit 1/(L (M_G + B0)) for its own batch"
+              + ("" if args.eta0_scale == 1 else f" times {args.eta0_scale:g}"), file=out)
+    gap0 = model.loss(np.zeros(model.n_features)) - f_star
+    shared = [m for m in args.methods if m not in ("gd", "sgd-limit")]
+    etas = {", ".join(shared): eta0} if shared else {}
+    if "sgd-limit" in args.methods:
+        etas["sgd-limit"] = eta0_own
+    if etas:
+        print(_bound_line(consts, gap0, etas), file=out)
     out.flush()
 
-    jobs: list[tuple[str, SchedulerConfig, str, float]] = []
+    jobs: list[tuple[str, SchedulerConfig, str, float, int | None]] = []
     for m in args.methods:
         if m == "gd":
             for s in args.gd_steps:
                 jobs.append((f"gd {s:g}/L", full_batch_config(n, s / consts.L, args.gd_updates),
-                             "shuffle", s / consts.L))
+                             "shuffle", s / consts.L, None))
+        elif m == "sgd-limit":
+            lr_own = eta0_own * args.batch_size
+            jobs.append((f"sgd-limit B={args.batch_size}", _config(args, "bl", n, lr_own),
+                         args.sampling, lr_own, None))
+        elif m in ("abs", "absa"):     # the methods that compute eigenvalues
+            for hb in args.hessian_batch:
+                jobs.append((_hb_label(m, hb), _config(args, m, n, lr0), args.sampling, lr0, hb))
         else:
             method = "bl" if m == "sgd" else m
             label = f"sgd B={args.batch_size}" if m == "sgd" else m
-            jobs.append((label, _config(args, method, n, lr0), args.sampling, lr0))
+            jobs.append((label, _config(args, method, n, lr0), args.sampling, lr0, None))
 
     runs, rows = [], []
-    for label, cfg, sampling, step in jobs:
+    for label, cfg, sampling, step, hb in jobs:
         progress = Progress(cfg.epochs, f"{label:>12}", enabled=not args.no_progress)
         t0 = time.perf_counter()
         res = train(model, cfg, seed=args.seed, sampling=sampling, label=label,
-                    hessian_batch=args.hessian_batch, eig_method=args.eig_method,
+                    hessian_batch=hb, eig_method=args.eig_method,
                     eig_tol=args.eig_tol, eig_max_iter=args.eig_max_iter, progress=progress)
         progress.close()
         runs.append(res)
         rows.append(_row(res, step, f_star, args.targets, ds, model, time.perf_counter() - t0))
+        if res.method in ("abs", "absa"):
+            rows[-1]["hessian_batch"] = "full" if hb is None else hb
+        rows[-1]["theorem1"] = _theorem1(consts, res, gap0, args.condition)
 
     headers = ["method", "lr at B0", "updates"]
     for t in args.targets:
-        headers += [f"upd to {t:g}", f"samples to {t:g}"]
-    headers += ["samples seen", "final gap", "val acc", "max B", "HVPs"]
+        headers += [f"upd to {t:g}", f"samples to {t:g}", f"HVP rows to {t:g}"]
+    headers += ["samples seen", "HVP rows", "final gap", "val acc", "max B", "HVPs"]
     table = []
     for row in rows:
         cells = [row["method"], row["lr_start"], row["updates"]]
         for t in args.targets:
             u = row[f"updates_to_{t:g}"]
             s = row[f"samples_to_{t:g}"]
-            cells += ["-" if u is None else u, "-" if s is None else s]
-        cells += [row["samples_seen"], "diverged" if row["diverged"] else row["final_gap"],
+            h = row[f"hvp_rows_to_{t:g}"]
+            cells += ["-" if u is None else u, "-" if s is None else s, "-" if h is None else h]
+        cells += [row["samples_seen"], row["hvp_rows"],
+                  "diverged" if row["diverged"] else row["final_gap"],
                   "-" if row["val_accuracy"] is None else f"{100 * row['val_accuracy']:.2f}%",
                   row["largest_batch"], row["hvps"]]
         table.append(cells)
     print(format_table(headers, table), file=out)
-    print("('-': target not reached within the run's budget)", file=out)
+    print("('-': target not reached within the run's budget; samples: rows read by gradients, "
+          "HVP rows: rows read by the eigenvalue checks' Hessian-vector products)", file=out)
 
     if args.out:
         _write_outputs(args, ds, consts, opt, eta0, lr0, within, runs, rows, f_star)
@@ -333,13 +432,13 @@ def _plot(args, runs, f_star) -> None:
               "(gap.png)", file=sys.stdout)
         return
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    styles = {"abs": "-", "absa": ":", "sgd": "-.", "gd": "--"}
+    styles = {"abs": "-", "absa": ":", "sgd": "-.", "sgd-limit": (0, (5, 1, 1, 1)), "gd": "--"}
     for run in runs:
         gap = run.gap(f_star)
         ok = (gap > 0) & (run.update > 0)          # log axes: the start row is off-scale
         style = styles.get(run.label.split()[0], "-")
-        axes[0].loglog(run.update[ok], gap[ok], style, label=run.label, lw=1.3)
-        axes[1].loglog(run.samples[ok], gap[ok], style, label=run.label, lw=1.3)
+        axes[0].loglog(run.update[ok], gap[ok], ls=style, label=run.label, lw=1.3)
+        axes[1].loglog(run.samples[ok], gap[ok], ls=style, label=run.label, lw=1.3)
     for t in args.targets:
         for ax in axes:
             ax.axhline(t, color="grey", lw=0.6, ls=":")

@@ -32,12 +32,21 @@ class EigenResult:
         vector: its unit eigenvector estimate, shape (d,).
         n_matvec: matrix-vector products spent (HVPs, for a Hessian).
         converged: whether the stopping test passed before ``max_iter``.
+        rows_per_matvec: data rows each product read (a Hessian batch of that many rows), so
+            that ``n_matvec * rows_per_matvec`` is the sample cost of the check; None when the
+            operator is not a data Hessian (an explicit matrix or a plain matvec).
     """
 
     value: float
     vector: np.ndarray
     n_matvec: int
     converged: bool
+    rows_per_matvec: int | None = None
+
+    @property
+    def rows_read(self) -> int | None:
+        """Data rows read by all the products: ``n_matvec * rows_per_matvec`` (None: unknown)."""
+        return None if self.rows_per_matvec is None else self.n_matvec * self.rows_per_matvec
 
 
 def top_eigenvalue(matvec: Callable[[np.ndarray], np.ndarray] | np.ndarray, dim: int | None = None,

@@ -29,12 +29,18 @@ def test_mushroom_run_writes_table_json_csv(outdir, capsys):
     assert code == 0
     lines = out.splitlines()
     head = next(i for i, line in enumerate(lines) if line.startswith("method"))
-    for col in ("upd to 0.001", "upd to 0.0001", "samples seen", "final gap", "val acc",
-                "max B", "HVPs"):
+    for col in ("upd to 0.001", "upd to 0.0001", "samples to 0.0001", "HVP rows to 0.0001",
+                "samples seen", "HVP rows", "final gap", "val acc", "max B", "HVPs"):
         assert col in lines[head]
-    labels = [line.split("  ")[0].strip() for line in lines[head + 2:head + 7]]
-    assert labels == ["gd 1/L", "gd 40/L", "sgd B=100", "abs", "absa"]
+    labels = [line.split("  ")[0].strip() for line in lines[head + 2:head + 11]]
+    assert labels == ["gd 1/L", "gd 40/L", "sgd-limit B=100", "sgd B=100", "abs", "abs H=128",
+                      "absa", "absa H=128", "('-': target not reached within the run's budget;"
+                      " samples: rows read by gradients, HVP rows: rows read by the eigenvalue"
+                      " checks' Hessian-vector products)"]
     assert "paper condition eta0 <= 1/(L (M_G + B_max))" in out and "is met" in out
+    # lam = 1e-3: G = eta0 L M / (2c) = 22 / (2 * 401 * 1e-3) = 27.43 > F(0) - F* = 0.647
+    # (the paper's condition: eta0 = 1/(L (M_G + B_max)), M_G = 1)
+    assert "G = 27.43 for sgd, abs, absa (vacuous" in out and "G = 108.9 for sgd-limit" in out
 
     res = json.loads((outdir / "results.json").read_text())
     ds = load_mushroom(seed=0)
@@ -48,21 +54,36 @@ def test_mushroom_run_writes_table_json_csv(outdir, capsys):
     assert res["eta0"] == pytest.approx(1 / (C.L * 401), rel=1e-12)
     assert res["theorem1_condition_met"] is True
     runs = {r["method"]: r for r in res["runs"]}
-    assert set(runs) == {"gd 1/L", "gd 40/L", "sgd B=100", "abs", "absa"}
+    assert set(runs) == {"gd 1/L", "gd 40/L", "sgd-limit B=100", "sgd B=100", "abs",
+                         "abs H=128", "absa", "absa H=128"}
     for r in runs.values():
         for key in ("updates_to_0.001", "updates_to_0.0001", "samples_seen", "final_gap",
-                    "val_accuracy", "largest_batch", "hvps", "config"):
+                    "hvp_rows_to_0.001", "hvp_rows", "val_accuracy", "largest_batch", "hvps",
+                    "config", "theorem1"):
             assert key in r
     assert runs["sgd B=100"]["largest_batch"] == 100
     assert runs["abs"]["largest_batch"] > 100 and runs["abs"]["hvps"] > 0
     assert runs["abs"]["config"]["lr"] == pytest.approx(100 / (C.L * 401))
+    # SGD at Theorem 1's limit for its own batch: eta0 = 1/(L (1 + 100)), lr = 100/(101 L)
+    assert runs["sgd-limit B=100"]["config"]["lr"] == pytest.approx(100 / (101 * C.L))
+    assert runs["sgd-limit B=100"]["theorem1"]["condition_met"] is True
+    assert runs["sgd-limit B=100"]["theorem1"]["noise_floor"] == pytest.approx(22 / (2 * 101e-3))
+    assert runs["gd 1/L"]["theorem1"] is None             # full batches: not Theorem 1's setting
+    # every HVP reads the whole Hessian batch: 6905 rows (full) or 128; gradient rows apart
+    for name, rows_per_hvp in (("abs", 6905), ("abs H=128", 128), ("absa", 6905),
+                               ("absa H=128", 128), ("sgd B=100", 0)):
+        r = runs[name]
+        assert r["hvp_rows"] == rows_per_hvp * r["hvps"], name
+        assert r.get("hessian_batch") == {6905: "full", 128: 128, 0: None}[rows_per_hvp]
+    assert runs["abs H=128"]["hvps"] > 0 and runs["abs H=128"]["hvp_rows"] < runs["abs"][
+        "hvp_rows"] / 40
     assert runs["gd 40/L"]["diverged"] is True or runs["gd 40/L"]["final_gap"] > 0
     assert runs["gd 1/L"]["updates"] == 15 and runs["gd 1/L"]["final_gap"] > 0
 
     with open(outdir / "curves.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert set(rows[0]) == {"method", "update", "samples", "batch_size", "lr", "adv_count",
-                            "loss", "eigenvalue", "hvps", "epoch_end", "gap"}
+                            "loss", "eigenvalue", "hvps", "hvp_rows", "epoch_end", "gap"}
     for label, r in runs.items():
         mine = [row for row in rows if row["method"] == label]
         assert len(mine) == r["updates"] + 1
@@ -72,6 +93,11 @@ def test_mushroom_run_writes_table_json_csv(outdir, capsys):
             assert float(last["gap"]) == pytest.approx(r["final_gap"], rel=1e-12)
     checks = [row for row in rows if row["method"] == "abs" and row["eigenvalue"]]
     assert len(checks) == runs["abs"]["eigenvalue_checks"] > 0
+    for label in ("abs", "abs H=128"):
+        mine = [row for row in rows if row["method"] == label]
+        assert sum(int(row["hvp_rows"]) for row in mine) == runs[label]["hvp_rows"]
+        per = {int(row["hvp_rows"]) // int(row["hvps"]) for row in mine if int(row["hvps"])}
+        assert per == {6905 if label == "abs" else 128}
     png = outdir / "gap.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -108,6 +134,8 @@ def test_help_explains_every_option(capsys):
     (["--eta0-scale", "-1"], "--eta0-scale"),
     (["--gd-steps", "0"], "--gd-steps"),
     (["--hessian-batch", "0"], "hessian_batch"),
+    (["--hessian-batch", "full,7000"], "got 7000"),
+    (["--lr", "0.1", "--methods", "sgd-limit,abs"], "--lr sets one lr"),
     (["--n-train", "9000"], "n_train"),
     (["--eig-tol", "0"], "--eig-tol"),
     (["--eig-max-iter", "0"], "--eig-max-iter"),
@@ -126,6 +154,27 @@ def test_methods_option_is_validated(capsys):
         main(["mushroom", "--methods", "sgd,adam"])
     assert exc.value.code == 2
     assert "subset of" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["full,full", "128,x", ""])
+def test_hessian_batch_list_is_validated(value, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["mushroom", "--hessian-batch", value])
+    assert exc.value.code == 2
+    assert "--hessian-batch" in capsys.readouterr().err
+
+
+def test_lr_drops_sgd_limit_from_the_default_runs(capsys):
+    code = main(["mushroom", *SMALL, "--lr", "0.05", "--methods", "sgd,abs", "--epochs", "1"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "sgd-limit" not in out
+    code = main(["mushroom", *SMALL, "--lr", "0.05", "--gd-steps", "1", "--epochs", "1",
+                 "--hessian-batch", "64"])
+    out = capsys.readouterr().out
+    assert code == 0 and "sgd-limit" not in out and "abs H=64" in out
+    labels = [line.split("  ")[0] for line in out.splitlines()]
+    assert "abs" not in labels and "absa" not in labels  # no full-Hessian run was asked for
 
 
 def test_svmlight_data_option(tmp_path, capsys):

@@ -74,13 +74,30 @@ def _replay(run: RunResult, cfg: SchedulerConfig, script_values) -> None:
     assert sch.state_dict() == run.scheduler
 
 
+def _moved_by_the_logged_lr(model, rec: "Recorder", run: RunResult) -> None:
+    """theta_k = theta_{k-1} - lr_k * grad F_S(theta_{k-1}), with lr_k the logged lr, S the
+    batch and the adversarial rows of update k; the gradient from the model's public API."""
+    calls = list(rec.calls)        # a copy: the checks below may go through the same kernels
+    assert len(calls) == run.updates
+    thetas = [c[0] for c in calls] + [run.theta]
+    for k, (theta, idx, adv, eps) in enumerate(calls, start=1):
+        assert len(idx) == run.batch_size[k] and adv == run.adv_count[k]
+        _, g = model.loss_and_gradient(theta, idx, adv_count=adv, adv_eps=eps)
+        assert np.array_equal(thetas[k], theta - run.lr[k] * g), k
+        if k > 1:
+            assert run.loss[k - 1] == model.loss(theta)          # the logged loss is F there
+
+
 @pytest.mark.parametrize("method", ["abs", "absa", "bl", "gg", "fb"])
 @pytest.mark.parametrize("sampling", ["iid", "shuffle"])
 def test_decisions_equal_the_core_replaying_the_same_events(small, method, sampling):
     kw = {"lr_decay_epochs": (2, 4), "lr_decay_factor": 0.5} if method == "gg" else {}
     cfg = _cfg(method, small.n_samples, **kw)
     script = Script(SCRIPT)
-    run = train(small, cfg, seed=5, sampling=sampling, eigenvalue_fn=script)
+    m, rec = _recorded(small)
+    run = train(m, cfg, seed=5, sampling=sampling, eigenvalue_fn=script)
+    # the logged lr is the core's (replay below) and theta moved by exactly that lr
+    _moved_by_the_logged_lr(small, rec, run)
     assert script.calls == run.eigenvalue_checks
     if method in ("abs", "absa"):
         assert script.calls > 3 and run.max_batch > cfg.batch_size   # the script made it grow
@@ -116,18 +133,21 @@ def test_gd_is_exact_gradient_descent(small):
 
 
 class Recorder:
-    """Wraps the model's kernels to see which rows each update used."""
+    """Wraps the model's kernels to see which rows, parameters and adversarial count each
+    update's gradient used (theta is copied: the driver updates it in place)."""
 
     def __init__(self, model):
         self.inner = model._k
         self.batches = []
+        self.calls = []            # (theta before the update, idx, adv_count, adv_eps)
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
-    def loss_grad(self, X, y, idx, *rest):
+    def loss_grad(self, X, y, idx, theta, lam, adv, eps, *rest):
         self.batches.append(np.array(idx))
-        return self.inner.loss_grad(X, y, idx, *rest)
+        self.calls.append((np.array(theta), np.array(idx), int(adv), float(eps)))
+        return self.inner.loss_grad(X, y, idx, theta, lam, adv, eps, *rest)
 
 
 def _recorded(model):
@@ -149,6 +169,7 @@ def test_shuffle_visits_every_row_once_per_epoch(small):
         assert np.array_equal(np.sort(rows), np.arange(n))
     assert run.batch_size[per_epoch] == n % 64          # the short last batch
     assert run.lr[per_epoch] == 0.05                     # the decided lr, as for full batches
+    _moved_by_the_logged_lr(small, rec, run)             # and theta moved by it, short or not
     assert np.array_equal(run.samples[run.epoch_end], [n, 2 * n, 3 * n])
     assert not np.array_equal(rec.batches[0], rec.batches[per_epoch])   # fresh permutation
 
@@ -196,12 +217,26 @@ def test_default_eigenvalue_check_is_the_top_hessian_eigenvalue(small):
         want = np.linalg.eigvalsh(small.hessian(theta))[-1]
         assert r.value == pytest.approx(want, rel=1e-8)
     assert run.total_hvps == sum(r.n_matvec for _, r in seen)
+    # each full-data HVP reads all n rows: the checks' sample cost, logged beside the HVPs
+    assert run.total_hvp_rows == small.n_samples * run.total_hvps
+    assert np.array_equal(run.hvp_rows, small.n_samples * run.hvps)
+    f_star = small.solve().f_star
+    target = float(run.loss[len(run.loss) // 2] - f_star)
+    k = run.first_reaching(f_star, target)
+    assert run.hvp_rows_to_gap(f_star, target) == small.n_samples * int(run.hvps[:k + 1].sum())
     # a random Hessian batch gives other (noisier) values, still the top of that batch
     fn = make_eigenvalue_fn(small, hessian_batch=64, seed=1)
     th = seen[-1][0]
-    vals = [fn(th).value for _ in range(5)]
+    res = [fn(th) for _ in range(5)]
+    vals = [r.value for r in res]
     assert len(set(vals)) > 1
     assert all(v <= small.constants().L for v in vals)
+    assert all(r.rows_per_matvec == 64 and r.rows_read == 64 * r.n_matvec for r in res)
+    run = train(small, _cfg("abs", small.n_samples), seed=0, hessian_batch=64)
+    assert run.total_hvps > 0 and run.total_hvp_rows == 64 * run.total_hvps
+    # a scripted eigenvalue (a float) reads no data rows
+    scripted = train(small, _cfg("abs", small.n_samples), eigenvalue_fn=Script(SCRIPT))
+    assert scripted.total_hvp_rows == 0 == scripted.total_hvps
 
 
 def test_divergence_stops_the_run(small):

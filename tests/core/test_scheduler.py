@@ -272,22 +272,30 @@ def test_load_state_dict_rejects_other_config_version_and_broken_state():
         sch.load_state_dict(broken)
 
 
-def test_pure_functions_match_the_object():
-    cfg = make().config
-    st = init(cfg)
-    sch = Scheduler(cfg)
-    for event in ["s", "s", ("e", 8.0), "end", "s", "s", ("e", 2.0), "end"]:
-        if event == "s":
-            st = on_step(cfg, st)
-            sch.step()
-        elif event == "end":
-            st = on_epoch_end(cfg, st)
-            sch.end_epoch()
-        else:
-            st = on_eigenvalue(cfg, st, event[1])
-            sch.eigenvalue(event[1])
-        assert decide(cfg, st) == sch.decision
-    assert sch.decision.batch_size == 200
+def test_pure_functions_by_hand_and_a_state_can_be_branched():
+    # The functional API on its own (Scheduler's methods call these same functions, so
+    # comparing the two proves nothing): hand-computed decisions along a stream, and what only
+    # a pure API gives, branching: an old state stays valid and gives the same future.
+    cfg = make().config                          # B0 = 100, B_max = 800, n = 200, kappa = 3
+    st0 = init(cfg)
+    assert (decide(cfg, st0).batch_size, decide(cfg, st0).lr) == (100, 0.1)
+    st = on_step(cfg, on_step(cfg, st0))
+    assert decide(cfg, st).eigenvalue_due and decide(cfg, st).samples_seen == 200
+    st = on_epoch_end(cfg, on_eigenvalue(cfg, st, 8.0))      # the reference, d = 1
+    assert (st.lam_ref, st.patience_count, st.epoch) == (8.0, 1, 1)
+    due = on_step(cfg, on_step(cfg, st))
+    frozen = due.to_dict()
+    grown = on_eigenvalue(cfg, due, 4.0)         # exactly lam_ref / alpha: a growth
+    kept = on_eigenvalue(cfg, due, 4.5)          # above it: d = 2, no growth
+    d = decide(cfg, grown)
+    assert (d.batch_size, d.lr, grown.lam_ref, grown.patience_count) == (200, 0.2, 4.0, 0)
+    d = decide(cfg, kept)
+    assert (d.batch_size, d.lr, kept.lam_ref, kept.patience_count) == (100, 0.1, 8.0, 2)
+    assert due.to_dict() == frozen and decide(cfg, due).eigenvalue_due   # the old state intact
+    assert on_eigenvalue(cfg, due, 4.0) == grown                         # same input, same state
+    # one step of the grown branch takes 200 samples: the next check is due at 600
+    st = on_step(cfg, on_epoch_end(cfg, grown))
+    assert st.samples_seen == 600 and st.eigenvalue_due and st.epoch == 2
 
 
 def test_lr_over_batch_is_constant_across_growths():

@@ -222,22 +222,37 @@ def test_adversarial_samples_are_the_first_of_each_logical_batch_and_the_rest_cl
 
 # ------------------------------------------------------------------------------ eigenvalues
 
-def test_eigenvalue_function_gets_eval_mode_and_a_fresh_hessian_batch_of_the_asked_size():
+def test_eigenvalue_function_gets_a_fresh_hessian_batch_and_training_stays_in_train_mode():
     data = _data(30)
-    model = _model()
-    got = []
+    got, training_modes = [], []
+
+    class Spy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = _model()
+
+        def forward(self, x):
+            if torch.is_grad_enabled():            # the training passes (evaluation: no_grad)
+                training_modes.append(self.training)
+            return self.inner(x)
 
     def eig(m, loss_fn, batches, *, seed):
         got.append(([b[0].shape[0] for b in batches], seed, m.training))
-        m.eval()  # a well-behaved solver switches to eval mode itself
+        m.eval()  # leaves eval mode behind (the default solver restores the mode; this does not)
         return 1.0
 
+    model = Spy()
     tr = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), F.cross_entropy, data,
                  _config("abs", n=30, batch_size=8, max_batch_size=16, epochs=2),
                  eigenvalue_fn=eig, hessian_batch_size=20)
     tr.run()
     assert len(got) == 2 and got[0][0] == [8, 8, 4]  # 20 samples in micro-batches of 8
     assert got[0][1] != got[1][1]
+    # the function gets the model as training left it, in train mode: switching to eval mode
+    # is the solver's job (the default, hessbatch.deep.top_eigenvalue, does; module docstring)
+    assert [mode for _, _, mode in got] == [True, True]
+    # and every training pass runs in train mode, also after the function switched to eval
+    assert len(training_modes) == len(tr.update_log) and all(training_modes)
 
 
 def test_default_eigenvalue_is_the_curvature_modules_top_eigenvalue():
@@ -254,7 +269,9 @@ def test_default_eigenvalue_is_the_curvature_modules_top_eigenvalue():
     # the last eigenvalue: same model, the whole training set as Hessian batch
     direct = top_eigenvalue(model, F.cross_entropy, [(data.tensors[0], data.tensors[1])],
                             max_hvp=30, tol=1e-6, seed=0)
-    assert math.isclose(hist[-1].eigenvalue, direct.value, rel_tol=1e-3)
+    # Lanczos at tol 1e-6 on both sides (other start vectors): the Ritz values agree to 2e-7
+    # (float32 HVPs, measured); 1e-6 is the solver's tolerance
+    assert math.isclose(hist[-1].eigenvalue, direct.value, rel_tol=1e-6)
 
 
 @pytest.mark.parametrize("adversary", ["fgsm", "random"])

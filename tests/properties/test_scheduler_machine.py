@@ -59,7 +59,7 @@ BAD_EIGENVALUES = [float("nan"), float("inf"), float("-inf"), -1e-12, -3.0, "3.0
 def config_dicts(draw, methods=METHODS, batch_sizes=None, choices=None) -> dict:
     """A valid SchedulerConfig as a dict, sized so that a 60-event stream can reach B_max,
     cross decay epochs and finish. Real fields stay in realistic ranges: the extremes that
-    break the core are pinned in test_known_issues.py as expected failures.
+    broke the core are covered, with their fixes, in test_core_edge_cases.py.
     ``batch_sizes``: B0 drawn from these (each divisible by 10), with b_micro = B0 / 1, 2 or 5.
     ``choices``: field -> values to draw that field from instead (to aim at a region).
     """
