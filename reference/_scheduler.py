@@ -116,6 +116,8 @@ def _need_int(name: str, value: Any, low: int) -> None:
 def _need_real(name: str, value: Any, allowed: str, ok) -> None:
     if not _is_real(value):
         raise TypeError(f"{name} must be a real number, got {value!r} ({type(value).__name__})")
+    if isinstance(value, int) and abs(value) > sys.float_info.max:
+        raise ValueError(f"{name} must be {allowed}, got {value!r} (too large for a double)")
     if not math.isfinite(value) or not ok(value):
         raise ValueError(f"{name} must be {allowed}, got {value!r}")
 
@@ -127,6 +129,9 @@ def _round_up(x: float, multiple: int) -> int:
 
 # --------------------------------------------------------------------------------------------
 # configuration
+
+_REAL_FIELDS = ("lr", "lr_decay_factor", "alpha", "beta", "adv_eps", "adv_fraction",
+                "adv_decay", "adv_stop", "warmup_epochs")
 
 
 @dataclass(frozen=True)
@@ -197,8 +202,12 @@ class SchedulerConfig:
     adv_rule: str = "blocks"
 
     def __post_init__(self) -> None:
-        if not isinstance(self.method, str) or self.method.lower() not in METHODS:
-            raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if not isinstance(self.method, str):
+            raise TypeError(f"method must be a string, one of {', '.join(METHODS)}, got "
+                            f"{self.method!r} ({type(self.method).__name__})")
+        if self.method.lower() not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)} (any case), got "
+                             f"{self.method!r}")
         object.__setattr__(self, "method", self.method.lower())
         _need_real("lr", self.lr, "finite and > 0", lambda v: v > 0)
         _need_int("batch_size", self.batch_size, 1)
@@ -264,6 +273,11 @@ class SchedulerConfig:
                 f"lr = {self.lr!r} decayed by lr_decay_factor = {self.lr_decay_factor!r} at "
                 f"{len(self.lr_decay_epochs)} epochs underflows to {lowest!r}; use a larger lr "
                 "or lr_decay_factor, or fewer lr_decay_epochs")
+
+        # real fields are stored as doubles (an int is accepted: 2 and 2.0 mean the same), so
+        # that a saved config has one JSON type per field
+        for name in _REAL_FIELDS:
+            object.__setattr__(self, name, float(getattr(self, name)))
 
     @property
     def uses_eigenvalues(self) -> bool:
@@ -614,7 +628,7 @@ def decide(cfg: SchedulerConfig, st: SchedulerState) -> Decision:
         lr=lr,
         adv_fraction=st.adv_fraction if cfg.method == "absa" else 0.0,
         adv_count=count,
-        adv_eps=float(cfg.adv_eps) if count else 0.0,
+        adv_eps=cfg.adv_eps if count else 0.0,
         adv_rule=cfg.adv_rule,
         adv_ranges=ranges,
         eigenvalue_due=st.eigenvalue_due,
@@ -649,7 +663,7 @@ def _config_of_state_dict(data: Mapping[str, Any]) -> SchedulerConfig:
                          f"hessbatch reads versions {sorted(_STATE_VERSIONS)})")
     config = data.get("config")
     if not isinstance(config, Mapping):
-        raise TypeError(f"the state dict's config must be a mapping, got {config!r}")
+        return SchedulerConfig.from_dict(config)  # raises the TypeError naming the config
     return SchedulerConfig.from_dict({**_STATE_VERSIONS[version], **config})
 
 
@@ -692,8 +706,9 @@ def _invariant_problems(cfg: SchedulerConfig, st: SchedulerState) -> list[str]:
         out.append("an eigenvalue is due where none may be asked for")
     if not 0 <= st.epoch <= cfg.epochs:
         out.append(f"epoch {st.epoch} outside [0, {cfg.epochs}]")
-    if min(st.samples_seen, st.updates, st.patience_count, st.epoch_start_samples) < 0:
-        out.append("negative counter")
+    for name in ("samples_seen", "updates", "patience_count", "epoch_start_samples"):
+        if getattr(st, name) < 0:
+            out.append(f"{name} {getattr(st, name)} < 0 (a counter)")
     if st.epoch_start_samples > st.samples_seen:
         out.append("epoch_start_samples > samples_seen")
     # d < kappa after every check, except d = 1 right after the first eigenvalue when kappa = 1
@@ -802,7 +817,7 @@ class Scheduler:
                     if getattr(cfg, f.name) != getattr(self._config, f.name)]
             raise ValueError(f"the saved config differs from this scheduler's in {diff}; "
                              "build the scheduler with Scheduler.from_state_dict() instead")
-        self._state = _state_from_dict(cfg, data.get("state", {}))
+        self._state = _state_from_dict(cfg, data.get("state"))
 
     @classmethod
     def from_state_dict(cls, data: Mapping[str, Any]) -> "Scheduler":
