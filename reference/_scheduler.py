@@ -808,9 +808,6 @@ class Scheduler:
         """
         if not isinstance(data, Mapping):
             raise TypeError(f"state dict must be a mapping, got {type(data).__name__}")
-        if data.get("format") != STATE_FORMAT:
-            raise ValueError(f"not a scheduler state: format is {data.get('format')!r}, "
-                             f"expected {STATE_FORMAT!r}")
         cfg = _config_of_state_dict(data)
         if cfg != self._config:
             diff = [f.name for f in dataclasses.fields(cfg)
