@@ -640,6 +640,7 @@ def state_dicts() -> Trace:
         ("state not an object", {**mid, "state": []}, ("type", "state")),
         ("config not an object", {**mid, "config": [1]}, ("type", "config")),
         ("no state", {k: v for k, v in mid.items() if k != "state"}, ("type", "state")),
+        ("not an object at all", [mid], ("type", "state dict")),
     ]
     for note, data, error in bad:
         cases.append(dict(note=note, load_into=full, state_dict=data, error=error))
