@@ -415,24 +415,26 @@ def adv_blocks_rule() -> Trace:
     rec = TraceRecorder(
         "adv_blocks_rule",
         "ABSA with the default adv_rule 'blocks' (the authors' code): B0 = 100, micro-batch 20, "
-        "beta = 1.5, gamma0 = 0.3, omega = 2, patience 1. The batch is cut into blocks of B0 "
-        "(not of the micro-batch) from its start; the first floor(gamma * B0) samples of each "
-        "block are adversarial, all of a last block shorter than that: 30 of 100; 15 + 15 of "
-        "160; 7 per block of 240; 3 per block of 360 (the last block holds 60); 1 per block "
-        "of 540, and a step of 300 (B > N) takes the ranges clipped to 300 samples; at 820 "
-        "gamma * B0 = 0.9375 <= 1: none, while gamma > 0.",
+        "beta = 1.5, gamma0 = 0.29, omega = 2, patience 1. The batch is cut into blocks of B0 "
+        "(not of the micro-batch) from its start; the first max(1, floor(gamma * B0 + 1e-9)) "
+        "samples of each block are adversarial, all of a last block shorter than that: 29 of "
+        "100 (0.29 * 100 is 28.999999999999996 in binary); 14 + 14 of 160; 7 per block of "
+        "240 (a short step of 60 takes [0, 7)); 3 per block of 360 (the last block holds 60), "
+        "and a step of 300 (B > N) takes the ranges clipped to 300 samples; 1 per block of "
+        "540; at 820 gamma * B0 = 0.90625 <= 1: none, while gamma > 0.",
         _config("absa", micro_batch_size=20, max_batch_size=1000, beta=1.5,
-                samples_per_epoch=300, check_every=300, epochs=7, adv_fraction=0.3,
+                samples_per_epoch=300, check_every=300, epochs=7, adv_fraction=0.29,
                 adv_decay=2.0, adv_stop=1.0, patience=1, adv_eps=0.01),
         covers=["adversarial blocks of B0", "adversarial ranges", "short last batch ranges",
-                "adversary vanishes (gamma * B0 <= 1)", "adversarial decay", "save/load"])
-    _epoch(rec, [8.0], notes=["first: reference; [0, 30)"])
-    _epoch(rec, [8.0], notes=["patience 1: B = 160, gamma = 0.15: [0, 15) and [100, 115)"])
-    _epoch(rec, [8.0], notes=["B = 240, gamma = 0.075: 7 per block"])
+                "adversarial count floor", "adversary vanishes (gamma * B0 <= 1)",
+                "adversarial decay", "save/load"])
+    _epoch(rec, [8.0], notes=["first: reference; [0, 29)"])
+    _epoch(rec, [8.0], notes=["patience 1: B = 160, gamma = 0.145: [0, 14) and [100, 114)"])
+    _epoch(rec, [8.0], notes=["B = 240, gamma = 0.0725: 7 per block"])
     rec.save_load(note="saved and loaded between epochs")
-    _epoch(rec, [8.0], notes=["B = 360, gamma = 0.0375: 3 per block, 4 blocks"])
-    _epoch(rec, [8.0], notes=["B = 540, gamma = 0.01875: 1 per block, 6 blocks"])
-    _epoch(rec, [8.0], notes=["B = 820, gamma = 0.009375: gamma * B0 <= 1, none"])
+    _epoch(rec, [8.0], notes=["B = 360, gamma = 0.03625: 3 per block, 4 blocks"])
+    _epoch(rec, [8.0], notes=["B = 540, gamma = 0.018125: 1 per block, 6 blocks"])
+    _epoch(rec, [8.0], notes=["B = 820, gamma = 0.0090625: gamma * B0 <= 1, none"])
     _epoch(rec, [8.0], notes=["B = min(1230, 1000) = B_max"], end_note="finished")
     return rec.trace()
 

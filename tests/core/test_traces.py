@@ -432,6 +432,100 @@ def test_hand_defaults():
     assert t.events[-1]["decision"]["batch_size"] == 512
 
 
+def _blocks(b, b0, c):
+    """Hand rule: the first c of every block of b0 in a batch of b (all of a shorter block)."""
+    return [[s, min(s + c, b)] for s in range(0, b, b0)] if c else []
+
+
+def test_hand_adv_blocks_rule():
+    t = TRACES["adv_blocks_rule"]
+    assert t.initial["decision"]["adv_ranges"] == [[0, 29]]        # 0.29 * 100 < 29 in binary
+    per_block = {160: 14, 240: 7, 360: 3, 540: 1, 820: 0}        # floor(0.29 / 2^k * 100)
+    for b, c in per_block.items():
+        d = after(t, f"B = {b}")["decision"]
+        assert d["batch_size"] == b and d["adv_ranges"] == _blocks(b, 100, c)
+        assert d["adv_count"] == sum(z - a for a, z in d["adv_ranges"])
+    assert after(t, "B = 820")["decision"]["adv_fraction"] > 0   # vanished, not stopped
+    steps = [e for e in t.events if e["event"] == "step"]
+    short = [e for e in steps if e["samples"] < e["decision"]["batch_size"] or
+             e["samples"] == 60]
+    assert [60, 300] == sorted({e["samples"] for e in short} & {60, 300})
+    for e in steps:       # each step's ranges: the hand rule on its k samples, B0 = 100
+        prev = t.events[t.events.index(e) - 1] if t.events.index(e) else None
+        d = (prev or t.initial)["decision"]
+        c = d["adv_ranges"][0][1] if d["adv_ranges"] else 0
+        assert e["adv_ranges"] == _blocks(e["samples"], 100, c), e
+
+
+def test_hand_thresholds_and_stops():
+    t = TRACES["adv_rule_thresholds"]
+    assert t.initial["decision"]["adv_ranges"] == [[0, 1]]        # 0.035 * 40 = 1.4
+    d = after(t, "1.0000000000000002")["decision"]
+    assert (d["batch_size"], d["adv_count"], d["adv_eps"]) == (80, 0, 0.0)
+    assert 0.035 / 1.4 * 40 > 1 and d["adv_fraction"] == 0.035 / 1.4
+    t = TRACES["adv_batch_threshold"]
+    d = after(t, "0.9999999999999999")["decision"]
+    assert (d["batch_size"], d["adv_ranges"]) == (10, [[0, 1]]) and 0.3 / 3 * 10 < 1
+    t = TRACES["adv_stop_tolerance"]
+    assert 0.28 * 25 > 7
+    on = [e["decision"]["epoch"] for e in t.events if e["event"] == "epoch_end"
+          and e["decision"]["adv_fraction"] > 0]
+    assert on == [1, 2, 3, 4, 5, 6]                              # off from the end of epoch 7
+    t = TRACES["adv_stop_odd_epochs"]
+    on = [e["decision"]["epoch"] for e in t.events if e["event"] == "epoch_end"
+          and e["decision"]["adv_fraction"] > 0]
+    assert on == [1, 2]                       # 3 >= 2.5; the authors' 5 // 2 = 2 stops at 2
+    for name in ("absa_at_max_from_start", "absa_tau_zero"):
+        assert all(d["adv_fraction"] == 0.0 and d["adv_count"] == 0
+                   for d in decisions(TRACES[name]))
+    assert any(d["eigenvalue_due"] for d in decisions(TRACES["absa_tau_zero"]))
+
+
+def test_hand_fb_order_and_negative_zero():
+    t = TRACES["fb_order_of_operations"]
+    peak = (0.1 * 70) / 10
+    assert peak == 0.7 != 0.1 * (70 / 10)
+    for d, s in [(e["decision"], e["state"]) for e in t.events]:
+        assert s["lr"] == peak
+        if d["epoch"] < 2:
+            assert d["lr"] == 0.1 + (peak - 0.1) * min(1.0, d["samples_seen"] / (0.7 * 350))
+    t = TRACES["fb_without_warmup"]
+    assert all(d["lr"] == 0.4 for d in decisions(t))
+    t = TRACES["negative_zero"]
+    assert math.copysign(1, t.initial["decision"]["adv_eps"]) == -1
+    ev = after(t, "first: reference -0.0")
+    assert math.copysign(1, ev["state"]["lam_ref"]) == -1
+    assert math.copysign(1, after(t, "survives the JSON")["state"]["lam_ref"]) == -1
+    d = after(t, "0.0 <= -0.0 / 2")["decision"]
+    assert d["batch_size"] == 200 and math.copysign(1, d["adv_eps"]) == -1
+    d = after(t, "the adversary stops")["decision"]
+    assert (d["adv_count"], math.copysign(1, d["adv_eps"])) == (0, 1)
+
+
+def test_state_dict_fixtures_by_hand():
+    t = TRACES["state_dicts"]
+    good = [c for c in t.cases if "error" not in c]
+    assert len(good) == 6 and len(t.cases) - len(good) >= 25
+    first = good[0]["saved"]
+    for case in good:                                  # every accepted one writes back ...
+        saved = case["saved"]
+        assert saved["version"] == 2 and set(saved["config"]) == set(first["config"])
+        assert all(type(saved["config"][k]) is float for k in
+                   ("lr", "alpha", "beta", "adv_decay", "warmup_epochs"))
+    sparse = good[1]["state_dict"]["config"]
+    assert "alpha" not in sparse and good[1]["saved"] == first   # defaults filled in
+    assert good[3]["state_dict"]["config"]["alpha"] == 2 and good[3]["saved"] == first
+    ints = good[4]
+    assert ints["state_dict"]["state"]["lr"] == 1 and ints["saved"]["state"]["lr"] == 1.0
+    assert type(ints["saved"]["state"]["lam_ref"]) is float
+    assert good[5]["state_dict"]["version"] == 1 and good[5]["saved"]["config"]["adv_rule"] == \
+        "batch"
+    bad = {c["note"]: c for c in t.cases if "error" in c}
+    assert bad["a whole float for an int"]["state_dict"]["state"]["batch_size"] == \
+        {"float": 200.0}
+    assert bad["version 1 into a blocks scheduler"]["error"]["mentions"] == ["adv_rule"]
+
+
 # ----------------------------------------------------------------------------- replay finds bugs
 
 
