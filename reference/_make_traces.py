@@ -187,8 +187,9 @@ def growth_rounding_tolerance() -> Trace:
         "ABS with beta = 1.1 and micro-batch 10, patience 1 (every check after the first "
         "grows): 1.1 * 100 / 10 is 11.000000000000002 in binary, and the 1e-9 tolerance of "
         "round_up makes it 110, not 120; then 121 -> 130, 143 -> 150, 165 -> 170, 187 -> 190, "
-        "209 -> min(210, 200) = B_max.",
-        _config("abs", micro_batch_size=10, max_batch_size=200, beta=1.1, patience=1,
+        "209 -> min(210, 200) = B_max. eta = 0.3 pins the order of lr' = (lr * B') / B: "
+        "(0.39 * 150) / 130 = 0.45, where 0.39 * (150 / 130) would be 0.44999999999999996.",
+        _config("abs", lr=0.3, micro_batch_size=10, max_batch_size=200, beta=1.1, patience=1,
                 samples_per_epoch=200, epochs=8),
         covers=["growth rounding tolerance", "growth by patience", "B_max cap (min)"])
     _epoch(rec, [8.0], notes=["first: reference"])
@@ -596,11 +597,11 @@ def state_dicts() -> Trace:
     cases: list[dict] = [
         dict(note="written by Python mid-run: every field", load_into=full, state_dict=mid),
         dict(note="config with the defaults left out: they are filled in, and written back",
-             load_into=full, state_dict={**mid, "config": sparse_cfg}),
-        dict(note="optional config fields null", load_into=full,
+             load_into=sparse_cfg, state_dict={**mid, "config": sparse_cfg}),
+        dict(note="optional config fields null", load_into=nulls_cfg,
              state_dict={**mid, "config": nulls_cfg}),
         dict(note="real fields written as ints (2, not 2.0): the same config, floats back",
-             load_into=full, state_dict={**mid, "config": ints_cfg}),
+             load_into=ints_cfg, state_dict={**mid, "config": ints_cfg}),
         dict(note="real state fields written as ints: lr 1, lam_ref 3, adv_fraction 0",
              load_into={**full, "lr": 0.5},
              state_dict=_patch(_state_of({**full, "lr": 0.5}, events), lr=1, lam_ref=3,

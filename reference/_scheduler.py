@@ -51,7 +51,8 @@ Invariants (checked by :meth:`Scheduler.check_invariants` and by the property te
 Rounding, fixed here so that a port reproduces the decisions bit for bit:
 ``round_up(x) = m * ceil(x / m - 1e-9)`` with ``m`` the micro-batch size, and the adversarial
 counts use ``floor(gamma * B0 + 1e-9)`` (blocks) or ``floor(gamma * B + 1e-9)`` (batch); the
-tolerances absorb binary floating point error (``0.29 * 100`` is ``28.999999999999996``). docs/algorithm.md maps each line above to the code;
+tolerances absorb binary floating point error (``0.29 * 100`` is ``28.999999999999996``).
+docs/algorithm.md maps each line above to the code;
 docs/porting.md describes the protocol and the conformance traces.
 """
 
@@ -299,8 +300,8 @@ class SchedulerConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown config field(s) {unknown}; allowed: {sorted(known)}")
-        required = [f.name for f in dataclasses.fields(cls)
-                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING
+                    and f.default_factory is dataclasses.MISSING]
         missing = [name for name in required if name not in data]
         if missing:
             raise ValueError(f"missing required config field(s) {missing}; required: {required}")

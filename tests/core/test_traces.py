@@ -345,7 +345,10 @@ def test_hand_growth_rounding_tolerance():
         want.append(b)
     assert grown == want == [110, 130, 150, 170, 190, 200]
     d = t.events[-1]["decision"]
-    assert d["lr"] == pytest.approx(0.2, **approx) and d["finished"]
+    assert d["lr"] == pytest.approx(0.6, **approx) and d["finished"]
+    lrs = [e["decision"]["lr"] for e in t.events if e["event"] == "eigenvalue"
+           and "grow" in e["decision"]["reason"]]
+    assert lrs[2] == (0.39 * 150) / 130 == 0.45 != 0.39 * (150 / 130)   # the order pinned
 
 
 def test_hand_lr_decay_epochs():
