@@ -762,3 +762,73 @@ def test_traces_module_runs_as_a_script():
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count(" ok") == len(EXPECTED_FILES)
+
+
+# ----------------------------------------------------------------------------- language-neutral
+
+
+from hessbatch.traces import (  # noqa: E402
+    CONFIG_TYPES,
+    DECISION_TYPES,
+    STATE_TYPES,
+    check_language_neutral,
+)
+
+DOCS = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "porting.md")
+
+
+def test_type_tables_are_the_fields_and_the_docs_name_them():
+    assert list(DECISION_TYPES) == [f.name for f in dataclasses.fields(hessbatch.Decision)]
+    assert list(STATE_TYPES) == [f.name for f in dataclasses.fields(hessbatch.SchedulerState)]
+    assert list(CONFIG_TYPES) == [f.name for f in dataclasses.fields(SchedulerConfig)]
+    text = open(DOCS, encoding="utf-8").read()
+    for name in list(DECISION_TYPES) + list(STATE_TYPES) + list(CONFIG_TYPES):
+        assert f"`{name}`" in text, name
+    for name in TRACES:                                    # every trace in the table
+        assert f"`{name}`" in text, name
+
+
+def test_every_builtin_trace_is_language_neutral():
+    for name, trace in TRACES.items():
+        assert check_language_neutral(trace.to_dict()) == [], name
+
+
+@pytest.mark.parametrize("mutate, where", [
+    (lambda d: d["events"][0]["decision"].update(batch_size=100.0),
+     "events[0].decision.batch_size: must be JSON int"),
+    (lambda d: d["events"][0]["decision"].update(lr=1),            # a float field as an int
+     "events[0].decision.lr: must be JSON float"),
+    (lambda d: d["events"][0]["state"].update(lam_ref=8),
+     "events[0].state.lam_ref: must be JSON float|null"),
+    (lambda d: d["events"][0]["decision"].update(adv_ranges=[[0, 1.0]]),
+     "events[0].decision.adv_ranges: must be JSON ranges"),
+    (lambda d: d["events"][0].update(samples=100.0), "events[0].samples: the float 100.0"),
+    (lambda d: d["config"].update(batch_size=100.0), "config.batch_size: the float 100.0"),
+    (lambda d: d["config"].update(lr_decay_epochs=[2.0]), "config.lr_decay_epochs[0]"),
+    (lambda d: d["initial"]["decision"].pop("adv_rule"), "initial.decision.adv_rule: missing"),
+    (lambda d: d["initial"]["state"].update(colour=1), "initial.state.colour: not a field"),
+])
+def test_language_neutral_check_fails_on_a_number_a_javascript_parser_would_misread(
+        mutate, where):
+    data = TRACES["bl_fixed"].to_dict()
+    mutate(data)
+    problems = check_language_neutral(data)
+    assert len(problems) == 1 and problems[0].startswith(where), problems
+
+
+def test_language_neutral_check_of_cases_and_the_cli(tmp_path, capsys):
+    data = TRACES["config_errors"].to_dict()
+    assert check_language_neutral(data) == []
+    data["cases"][6]["config"]["batch_size"] = 100.5        # the tag removed
+    assert check_language_neutral(data)[0].startswith("cases[6].config.batch_size")
+    data = TRACES["state_dicts"].to_dict()
+    data["cases"][0]["saved"]["config"]["alpha"] = 2         # an int where a float is written
+    data["cases"][1]["state_dict"]["state"]["updates"] = 6.0
+    assert [p.split(":")[0] for p in check_language_neutral(data)] == \
+        ["cases[0].saved.config.alpha", "cases[1].state_dict.state.updates"]
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps(data))
+    capsys.readouterr()
+    assert main([str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "numbers not language-neutral" in out and "cases[0].saved.config.alpha" in out
