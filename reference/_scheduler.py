@@ -42,7 +42,10 @@ Invariants (checked by :meth:`Scheduler.check_invariants` and by the property te
   of the micro-batch;
 * a growth leaves ``lr / B`` unchanged (the noise scale of SGD);
 * ``gamma`` never increases, and is 0 after ``tau * epochs`` epochs and at ``B_max``;
-* no eigenvalue is asked for at ``B_max`` or by a method that does not use one;
+* no eigenvalue is asked for at ``B_max``, by a method that does not use one, or before
+  ``check_every`` samples; the patience count stays below kappa (1 right after the first
+  eigenvalue when kappa = 1) and is 0 before the first eigenvalue (the complete list, as
+  :meth:`Scheduler.load_state_dict` checks it, is in docs/porting.md section 7);
 * a negative, NaN or infinite eigenvalue is refused with ``ValueError`` and changes nothing:
   the check stays due, so the loop can recompute it on another batch or call
   ``skip_eigenvalue()``, which clears the check without counting it towards the patience, so a
@@ -803,7 +806,12 @@ class Scheduler:
     def load_state_dict(self, data: Mapping[str, Any]) -> None:
         """Restore a snapshot taken by :meth:`state_dict` with the same config.
 
+        Versions 1 and 2 are read; version 1 predates ``adv_rule`` and loads as
+        ``adv_rule="batch"``, the rule it ran.
+
         Raises:
+            TypeError: the state dict, its config or its state is not a mapping, or a field
+                has the wrong type.
             ValueError: wrong format or version, a config that differs from this scheduler's
                 (the differing fields are named), or a state that breaks an invariant.
         """
