@@ -10,31 +10,42 @@ through :class:`hessbatch.Scheduler`, or through any object with the same protoc
 describes the protocol for a port; ``python -m hessbatch._make_traces`` regenerates the shipped
 files from their hand-written event scripts.
 
-File format (JSON, UTF-8; ``version`` 1)::
+File format (JSON, UTF-8; ``version`` 2)::
 
-    {"format": "hessbatch.trace", "version": 1, "kind": "events",
+    {"format": "hessbatch.trace", "version": 2, "kind": "events",
      "name": "...", "description": "...", "covers": ["growth by drop", ...],
-     "config": {every SchedulerConfig field},
+     "config": {SchedulerConfig fields, as given},
      "initial": {"decision": {...}, "state": {...}},
      "events": [
-       {"event": "step", "samples": 100, "decision": {...}, "state": {...}},
+       {"event": "step", "samples": 100, "adv_ranges": [[0, 20]], "decision": {...},
+        "state": {...}},
        {"event": "eigenvalue", "value": 3.0, "note": "8 -> 3 drops by > alpha: grow", ...},
        {"event": "eigenvalue", "value": "NaN", "error": {"kind": "value",
-        "mentions": ["finite"]}, "decision": {...}, "state": {...}},
+        "mentions": ["eigenvalue"]}, "decision": {...}, "state": {...}},
+       {"event": "step", "samples": {"float": 100.0}, "error": {"kind": "type",
+        "mentions": ["samples"]}, ...},
        {"event": "skip_eigenvalue", ...}, {"event": "epoch_end", ...},
        {"event": "save_load", ...}]}
 
 ``decision`` holds every field of :class:`hessbatch.Decision` and ``state`` every field of the
-state dict's ``state`` (:class:`hessbatch.SchedulerState`), both as they are *after* the event.
-An event with ``error`` must fail with that kind of error (``"protocol"``: events out of order,
+state dict's ``state`` (:class:`hessbatch.SchedulerState`), both as they are *after* the event;
+an accepted step also records ``adv_ranges``, where its ``samples`` put their adversarial
+samples (``decision.adversarial_ranges(k)`` before the step). An event with ``error`` must
+fail with that kind of error (``"protocol"``: events out of order,
 :class:`hessbatch.SchedulerError`; ``"value"``: :class:`ValueError`; ``"type"``:
-:class:`TypeError`) whose message contains every string of ``mentions``; the decision and state
-recorded with it are those before the event: a refused event changes nothing. ``save_load``
-serialises the state dict to JSON text, parses it into a fresh scheduler built from the same
-config, and carries on with that one. Non-finite eigenvalues, which JSON cannot spell as
-numbers, are the strings ``"NaN"``, ``"Infinity"`` and ``"-Infinity"``; any other string is
-passed through unchanged (to test a wrong type). A file of ``"kind": "config_errors"`` holds
-``"cases"``: ``{"config": {...}, "error": {...}}`` instead of config, initial and events.
+:class:`TypeError`) whose message names every field of ``mentions`` (empty for protocol
+errors); the decision and state recorded with it are those before the event: a refused event
+changes nothing. ``save_load`` serialises the state dict to JSON text, parses it into a fresh
+scheduler built from the same config, and carries on with that one. Non-finite eigenvalues,
+which JSON cannot spell as numbers, are the strings ``"NaN"``, ``"Infinity"`` and
+``"-Infinity"``; any other string is passed through unchanged (to test a wrong type). A float
+where an int is expected (an input that tests a type error) is written ``{"float": x}``, so
+that a parser without separate ints (JavaScript's) still sees a float; the JSON type of every
+recorded field is fixed by ``DECISION_TYPES``, ``STATE_TYPES`` and ``CONFIG_TYPES``, and
+:func:`check_language_neutral` checks a trace against both rules. A file of ``"kind":
+"config_errors"`` holds ``"cases"``: ``{"config": {...}, "error": {...}}``; one of ``"kind":
+"state_dicts"`` holds ``"cases"``: ``{"load_into": config, "state_dict": {...}}`` with either
+``"error"`` or the ``"decision"`` and the state dict written back (``"saved"``) after loading.
 
 Comparison rule (decided here, stated in docs/porting.md): decisions must agree *bit for bit*.
 Ints, bools, strings and nulls compare with ``==`` and must have the same JSON type; floats
