@@ -832,3 +832,95 @@ def test_language_neutral_check_of_cases_and_the_cli(tmp_path, capsys):
     assert main([str(path)]) == 1
     out = capsys.readouterr().out
     assert "numbers not language-neutral" in out and "cases[0].saved.config.alpha" in out
+
+
+# A port whose JSON parser keeps no ints (JavaScript's JSON.parse: every number a double) and
+# rebuilds the types from the tables of docs/porting.md and the {"float": x} tag alone.
+
+PATHS = {p.name[:-5]: p for p in builtin_traces()}
+
+
+def _js_parse(text: str):
+    return json.loads(text, parse_int=float)
+
+
+def _as(kind: str, v):
+    if isinstance(v, dict) and set(v) == {"float"}:
+        return float(v["float"])                     # the tag: a float at an int position
+    if kind == "int" and type(v) is float:
+        return int(v)
+    if kind == "int list" and isinstance(v, list):
+        return [_as("int", e) for e in v]
+    if kind == "ranges" and isinstance(v, list):
+        return [[_as("int", e) for e in r] for r in v]
+    return v
+
+
+def _typed_config(cfg):
+    if not isinstance(cfg, dict):
+        return cfg
+    return {k: _as(CONFIG_TYPES.get(k, ""), v) for k, v in cfg.items()}
+
+
+def _typed_snapshot(snap):
+    return {"decision": {k: _as(DECISION_TYPES[k], v) for k, v in snap["decision"].items()},
+            "state": {k: _as(STATE_TYPES[k], v) for k, v in snap["state"].items()}}
+
+
+def _typed_state_dict(sd):
+    if not isinstance(sd, dict):
+        return sd
+    out = dict(sd)
+    if "version" in out:
+        out["version"] = _as("int", out["version"])
+    if "config" in out:
+        out["config"] = _typed_config(out["config"])
+    if isinstance(out.get("state"), dict):
+        out["state"] = {k: _as(STATE_TYPES.get(k, ""), v) for k, v in out["state"].items()}
+    return out
+
+
+def _rebuild(data):
+    out = dict(data, version=int(data["version"]))
+    if data["kind"] == "events":
+        out["config"] = _typed_config(data["config"])
+        out["initial"] = _typed_snapshot(data["initial"])
+        events = []
+        for ev in data["events"]:
+            ev = {**ev, **_typed_snapshot(ev)}
+            if "samples" in ev:
+                ev["samples"] = _as("int", ev["samples"])
+            if "adv_ranges" in ev:
+                ev["adv_ranges"] = _as("ranges", ev["adv_ranges"])
+            events.append(ev)
+        out["events"] = events
+    elif data["kind"] == "config_errors":
+        out["cases"] = [{**c, "config": _typed_config(c["config"])} for c in data["cases"]]
+    else:
+        cases = []
+        for c in data["cases"]:
+            c = {**c, "load_into": _typed_config(c["load_into"]),
+                 "state_dict": _typed_state_dict(c["state_dict"])}
+            if "saved" in c:
+                c["saved"] = _typed_state_dict(c["saved"])
+                c["decision"] = {k: _as(DECISION_TYPES[k], v) for k, v in c["decision"].items()}
+            cases.append(c)
+        out["cases"] = cases
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(TRACES))
+def test_a_parser_without_ints_plus_the_tables_replays_every_trace(name):
+    text = PATHS[name].read_text(encoding="utf-8")
+    js = _js_parse(text)
+    assert all(type(v) is not int for v in js["initial"]["decision"].values()) \
+        if "initial" in js else True                # the parser really lost the ints
+    assert replay(_rebuild(js)) == [], name
+
+
+def test_without_the_tag_a_parser_without_ints_would_accept_step_100():
+    text = PATHS["errors_and_skips"].read_text(encoding="utf-8")
+    assert '"samples": {"float": 100.0}' in text
+    untagged = text.replace('"samples": {"float": 100.0}', '"samples": 100.0')
+    found = replay(_rebuild(_js_parse(untagged)))
+    assert found and found[0].field == "error"       # step(100) is accepted: not the trace
