@@ -79,6 +79,7 @@ Example:
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import math
 import os
@@ -343,8 +344,9 @@ class Trainer:
     def _update(self, idx: torch.Tensor, d: Decision, acc: _EpochAccumulator) -> None:
         """One parameter update on the samples ``idx`` (n <= B), as decided by ``d``."""
         n = int(idx.numel())
-        ranges = d.adversarial_ranges(n)  # the core's positions in the logical batch
-        n_adv = sum(b - a for a, b in ranges)
+        # the core's positions in the logical batch, sorted
+        adv_at = [i for a, b in d.adversarial_ranges(n) for i in range(a, b)]
+        n_adv = len(adv_at)
         micro = d.micro_batch_size
         self._sync()
         start_time = time.perf_counter()
@@ -358,7 +360,8 @@ class Trainer:
             m = int(part.numel())
             x, y = self._fetch(self.train_data, part)
             # the adversarial positions of this micro-batch (start: its place in the batch)
-            k = [i - start for a, b in ranges for i in range(max(a, start), min(b, start + m))]
+            k = [i - start for i in adv_at[bisect.bisect_left(adv_at, start):
+                                           bisect.bisect_left(adv_at, start + m)]]
             if k:
                 self._sync()
                 t0 = time.perf_counter()
