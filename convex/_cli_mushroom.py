@@ -214,7 +214,7 @@ def _config(args, method: str, n: int, lr: float) -> SchedulerConfig:
         lr_decay_epochs=tuple(args.decay_epochs), lr_decay_factor=args.decay_factor,
         alpha=args.alpha, beta=args.beta, check_every=args.check_every, patience=args.patience,
         adv_eps=args.adv_eps, adv_fraction=args.adv_fraction, adv_decay=args.adv_decay,
-        adv_stop=args.adv_stop, warmup_epochs=args.warmup_epochs)
+        adv_stop=args.adv_stop, warmup_epochs=args.warmup_epochs, adv_rule=args.adv_rule)
 
 
 def _row(run: RunResult, step: float, f_star: float, targets, ds: Dataset,

@@ -6,7 +6,7 @@ all come from ``scheduler.decision``)::
 
     d = sch.decision
     draw a batch of d.batch_size rows            (i.i.d. with replacement, or a shuffled epoch)
-    FGSM on its first d.adv_count rows            (absa)
+    FGSM on the rows at d.adversarial_ranges(n)  (absa; the core's positions)
     theta <- theta - d.lr * grad F_S(theta)       (plain SGD: Theorem 1's setting, no momentum)
     sch.step(n)
     if due: sch.eigenvalue(top eigenvalue of H(theta) on the Hessian batch)
@@ -299,7 +299,15 @@ def train(model: LogisticRegression, config: SchedulerConfig, *, seed: int = 0,
                 idx = perm[pos:pos + big]
             count = len(idx)
             pos += count
-        adv = d.adv_count if count == big else d.adversarial_count(count)
+        ranges = d.adversarial_ranges(count)  # where the core puts the adversarial rows
+        adv = sum(b - a for a, b in ranges)
+        if adv and ranges != ((0, adv),):
+            # the kernels perturb the first adv rows: move the core's rows there (the mean
+            # gradient does not depend on the row order)
+            mask = np.zeros(count, dtype=bool)
+            for a, b in ranges:
+                mask[a:b] = True
+            idx = np.concatenate([idx[mask], idx[~mask]])
         lr = d.lr  # the decided lr, for a short last batch too (the core's rule)
         _, grad = model._k.loss_grad(model.X, model.y, idx, theta, model.lam, adv,
                                      d.adv_eps, model.lo, model.hi)

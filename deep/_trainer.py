@@ -8,7 +8,7 @@ The loop *executes* decisions and *reports* events; every schedule decision come
 * the learning rate, written into the user's optimizer ``param_groups`` before each update
   (``group["lr"] = decision.lr * group.get("lr_scale", 1.0)``);
 * how many samples of the batch are replaced by adversarial ones
-  (``decision.adversarial_count(n)``) and with which step (``decision.adv_eps``);
+  and where (``decision.adversarial_ranges(n)``) and with which step (``decision.adv_eps``);
 * when the top Hessian eigenvalue is due (``decision.eigenvalue_due``).
 
 One epoch, as the code runs it::
@@ -18,7 +18,7 @@ One epoch, as the code runs it::
         d = scheduler.decision
         n = min(d.batch_size, samples left)            # the last batch may be short (below)
         for each micro-batch j of the n samples (m_j samples, sum m_j = n):
-            the first d.adversarial_count(n) samples of the logical batch -> FGSM (eval mode)
+            the samples at d.adversarial_ranges(n) of the logical batch -> FGSM (eval mode)
             (loss_fn(model(x_j), y_j) * m_j / n).backward()      # accumulates grad of mean loss
         lr from d; optimizer.step(); d = scheduler.step(n)
         if d.eigenvalue_due: lam = eigenvalue_fn(model, loss_fn, hessian batch); report it
@@ -79,6 +79,7 @@ Example:
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import math
 import os
@@ -343,7 +344,9 @@ class Trainer:
     def _update(self, idx: torch.Tensor, d: Decision, acc: _EpochAccumulator) -> None:
         """One parameter update on the samples ``idx`` (n <= B), as decided by ``d``."""
         n = int(idx.numel())
-        n_adv = d.adversarial_count(n)
+        # the core's positions in the logical batch, sorted
+        adv_at = [i for a, b in d.adversarial_ranges(n) for i in range(a, b)]
+        n_adv = len(adv_at)
         micro = d.micro_batch_size
         self._sync()
         start_time = time.perf_counter()
@@ -356,12 +359,14 @@ class Trainer:
             part = local[start:start + micro]
             m = int(part.numel())
             x, y = self._fetch(self.train_data, part)
-            k = min(max(n_adv - start, 0), m)  # adversarial samples in this micro-batch
+            # the adversarial positions of this micro-batch (start: its place in the batch)
+            k = [i - start for i in adv_at[bisect.bisect_left(adv_at, start):
+                                           bisect.bisect_left(adv_at, start + m)]]
             if k:
                 self._sync()
                 t0 = time.perf_counter()
                 x = x.clone()
-                x[:k] = self._perturb(x[:k], y[:k], d.adv_eps).detach()
+                x[k] = self._perturb(x[k], y[k], d.adv_eps).detach()
                 self.model.train()  # the adversary restores the mode; be explicit anyway
                 self._sync()
                 adv_time += time.perf_counter() - t0

@@ -85,6 +85,10 @@ def add_scheduler_arguments(parser: argparse.ArgumentParser, *, method: str | No
              "(default %(default)s)")
     add("--warmup-epochs", type=float, default=5.0,
         help="fb: epochs of linear lr warm-up (default %(default)s)")
+    add("--adv-rule", choices=("blocks", "batch"), default="blocks",
+        help="absa: 'blocks' (the authors' code) makes the first floor(gamma * B0) samples of "
+             "every block of B0 adversarial while gamma * B0 > 1; 'batch' the first "
+             "floor(gamma * B) of the batch (default %(default)s)")
     if overrides:
         raise ValueError(f"help given for unknown scheduler options {sorted(overrides)}")
     return g
@@ -101,7 +105,8 @@ def config_from_args(args: argparse.Namespace, *, samples_per_epoch: int,
         lr_decay_epochs=tuple(args.decay_epochs), lr_decay_factor=args.decay_factor,
         alpha=args.alpha, beta=args.beta, check_every=args.check_every,
         patience=args.patience, adv_eps=args.adv_eps, adv_fraction=args.adv_fraction,
-        adv_decay=args.adv_decay, adv_stop=args.adv_stop, warmup_epochs=args.warmup_epochs)
+        adv_decay=args.adv_decay, adv_stop=args.adv_stop, warmup_epochs=args.warmup_epochs,
+        adv_rule=args.adv_rule)
 
 
 def format_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:

@@ -14,11 +14,12 @@ can be recomputed on paper.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from typing import Callable, Iterable, Sequence
 
-from .traces import Trace, TraceRecorder, config_error_trace, trace_to_json
+from .traces import Trace, TraceRecorder, config_error_trace, state_dict_trace, trace_to_json
 
 NAN, INF = float("nan"), float("inf")
 
@@ -29,7 +30,7 @@ def _config(method: str, **kw) -> dict:
                 max_batch_size=800, micro_batch_size=100, lr_decay_epochs=[],
                 lr_decay_factor=0.1, alpha=2.0, beta=2.0, check_every=None, patience=10,
                 adv_eps=0.005, adv_fraction=0.2, adv_decay=2.0, adv_stop=0.5,
-                warmup_epochs=5.0)
+                warmup_epochs=5.0, adv_rule="blocks")
     base.update(kw)
     if base["check_every"] is None:
         base["check_every"] = base["samples_per_epoch"]
@@ -79,8 +80,8 @@ def abs_growth_by_drop() -> Trace:
     _epoch(rec, [0.5], notes=["0.5 <= 1 / 2: grow to B_max = 800, lr = 0.8; no more checks"])
     rec.step(400, note="B = 800 > 400 samples per epoch: one short batch, no check due")
     rec.end_epoch(note="sixth and last epoch: finished")
-    rec.step(error=("protocol", "all 6 epochs have ended"))
-    rec.end_epoch(error=("protocol", "all 6 epochs have ended"))
+    rec.step(error=("protocol",))
+    rec.end_epoch(error=("protocol",))
     return rec.trace()
 
 
@@ -126,12 +127,13 @@ def absa_cap_at_max_batch() -> Trace:
 def absa_adversary_decay_and_stop() -> Trace:
     rec = TraceRecorder(
         "absa_adversary_decay_and_stop",
-        "ABSA, B0 = 20, gamma0 = 0.1, omega = 4, tau = 0.5 of 6 epochs: gamma is divided by "
+        "ABSA with adv_rule 'batch', B0 = 20, gamma0 = 0.1, omega = 4, tau = 0.5 of 6 epochs: "
+        "gamma is divided by "
         "omega at each growth; at gamma * B = 1 one sample is adversarial, below 1 none (gamma "
         "still > 0: the adversary vanishes before it stops); it stops at the end of epoch 3.",
         _config("absa", batch_size=20, micro_batch_size=20, max_batch_size=640,
                 samples_per_epoch=40, epochs=6, adv_fraction=0.1, adv_decay=4.0, adv_stop=0.5,
-                adv_eps=0.03),
+                adv_eps=0.03, adv_rule="batch"),
         covers=["adversarial count floor", "adversarial decay", "adversarial vanishing",
                 "adversary stop at tau", "growth by drop", "save/load"])
     _epoch(rec, [8.0], notes=["first: reference; 0.1 * 20 = 2 adversarial samples"])
@@ -148,14 +150,15 @@ def absa_adversary_decay_and_stop() -> Trace:
 def rounding_and_check_period() -> Trace:
     rec = TraceRecorder(
         "rounding_and_check_period",
-        "ABSA with beta = 1.5, micro-batch 20 and a check every 150 samples (not a multiple of "
+        "ABSA (adv_rule 'batch') with beta = 1.5, micro-batch 20 and a check every 150 samples "
+        "(not a multiple of "
         "B, SVHN-like): growth is rounded up to a multiple of the micro-batch (150 -> 160, 240,"
         " 360), accumulation steps follow; gamma = 0.29 with omega = 1 gives floor(0.29 * 100) "
         "= 29 although 0.29 * 100 is 28.999999999999996 in binary; short last batches; two "
         "checks within one epoch; a skipped check.",
         _config("absa", micro_batch_size=20, max_batch_size=1000, beta=1.5,
                 samples_per_epoch=300, check_every=150, epochs=4, adv_fraction=0.29,
-                adv_decay=1.0, adv_stop=0.5),
+                adv_decay=1.0, adv_stop=0.5, adv_rule="batch"),
         covers=["micro-batch rounding", "accumulation steps", "adversarial count floor",
                 "check period in samples", "short last batch", "skip", "drop boundary"])
     rec.step(note="s = 100 < 150: no check")
@@ -184,8 +187,9 @@ def growth_rounding_tolerance() -> Trace:
         "ABS with beta = 1.1 and micro-batch 10, patience 1 (every check after the first "
         "grows): 1.1 * 100 / 10 is 11.000000000000002 in binary, and the 1e-9 tolerance of "
         "round_up makes it 110, not 120; then 121 -> 130, 143 -> 150, 165 -> 170, 187 -> 190, "
-        "209 -> min(210, 200) = B_max.",
-        _config("abs", micro_batch_size=10, max_batch_size=200, beta=1.1, patience=1,
+        "209 -> min(210, 200) = B_max. eta = 0.3 pins the order of lr' = (lr * B') / B: "
+        "(0.39 * 150) / 130 = 0.45, where 0.39 * (150 / 130) would be 0.44999999999999996.",
+        _config("abs", lr=0.3, micro_batch_size=10, max_batch_size=200, beta=1.1, patience=1,
                 samples_per_epoch=200, epochs=8),
         covers=["growth rounding tolerance", "growth by patience", "B_max cap (min)"])
     _epoch(rec, [8.0], notes=["first: reference"])
@@ -221,7 +225,7 @@ def bl_fixed() -> Trace:
         _config("bl", max_batch_size=None, epochs=3, lr_decay_epochs=[2, 3]),
         covers=["bl", "lr decay epochs", "no eigenvalue for baselines"])
     _epoch(rec)
-    rec.eigenvalue(1.0, error=("protocol", "none is due"))
+    rec.eigenvalue(1.0, error=("protocol",))
     _epoch(rec, end_note="epoch 2 in A: lr = 0.01")
     _epoch(rec, end_note="epoch 3 in A: lr = 0.001; finished")
     return rec.trace()
@@ -265,41 +269,50 @@ def errors_and_skips() -> Trace:
         "errors_and_skips",
         "Events out of order and bad values, each refused without changing anything; with "
         "patience 1 any counted check would grow B, so the skipped check and the refused "
-        "eigenvalues are seen not to count; an eigenvalue of 0 is a drop.",
+        "eigenvalues are seen not to count; an eigenvalue of 0 is a drop. Argument types are "
+        "Python's: a bool is not an int, a whole float is not an int (step(100.0) is written "
+        "{\"float\": 100.0}), a string is not a number; an int eigenvalue is a real number.",
         _config("abs", patience=1, epochs=3),
         covers=["errors", "events out of order", "bad eigenvalue changes nothing", "skip",
-                "zero eigenvalue", "save/load", "finished"])
-    rec.eigenvalue(1.0, error=("protocol", "none is due"))
-    rec.skip_eigenvalue(error=("protocol", "no eigenvalue is due"))
-    rec.end_epoch(error=("protocol", "no step since the last epoch end"))
-    rec.step(0, error=("value", "samples must be in [1, batch_size=100]"))
-    rec.step(101, error=("value", "samples must be in [1, batch_size=100]"))
-    rec.step(1.5, error=("type", "samples must be an int"))
+                "zero eigenvalue", "save/load", "finished", "argument types",
+                "last_eigenvalue kept by a refusal or a skip"])
+    rec.eigenvalue(1.0, error=("protocol",), note="none is due")
+    rec.skip_eigenvalue(error=("protocol",), note="none is due")
+    rec.end_epoch(error=("protocol",), note="no step since the last epoch end")
+    rec.step(0, error=("value", "samples"), note="k < 1")
+    rec.step(101, error=("value", "samples"), note="k > B")
+    rec.step(1.5, error=("type", "samples"), note="a float")
+    rec.step(100.0, error=("type", "samples"), note="a whole float is not an int")
+    rec.step(True, error=("type", "samples"), note="a bool is not an int")
+    rec.step("100", error=("type", "samples"), note="a string is not an int")
     rec.step()
     rec.step(note="check due")
-    rec.step(error=("protocol", "an eigenvalue is due"))
-    rec.end_epoch(error=("protocol", "an eigenvalue is due"))
-    rec.eigenvalue(NAN, error=("value", "eigenvalue must be finite"))
-    rec.eigenvalue(INF, error=("value", "eigenvalue must be finite"))
-    rec.eigenvalue(-INF, error=("value", "eigenvalue must be finite"))
-    rec.eigenvalue(-0.001, error=("value", "eigenvalue must be >= 0"))
-    rec.eigenvalue("3.0", error=("type", "eigenvalue must be a real number"))
+    rec.step(error=("protocol",), note="an eigenvalue is due")
+    rec.end_epoch(error=("protocol",), note="an eigenvalue is due")
+    rec.eigenvalue(NAN, error=("value", "eigenvalue"))
+    rec.eigenvalue(INF, error=("value", "eigenvalue"))
+    rec.eigenvalue(-INF, error=("value", "eigenvalue"))
+    rec.eigenvalue(-0.001, error=("value", "eigenvalue"))
+    rec.eigenvalue("3.0", error=("type", "eigenvalue"), note="a string is not a number")
+    rec.eigenvalue(True, error=("type", "eigenvalue"), note="a bool is not a number")
+    rec.eigenvalue(None, error=("type", "eigenvalue"), note="null is not a number")
     rec.save_load(note="round trip while due, after refused events")
     rec.eigenvalue(8, note="an int is a real number: first, reference 8.0")
-    rec.eigenvalue(8.0, error=("protocol", "none is due"))
+    rec.eigenvalue(8.0, error=("protocol",), note="answered already")
     rec.end_epoch()
     rec.step()
     rec.step(note="check due")
+    rec.eigenvalue(NAN, error=("value", "eigenvalue"), note="last_eigenvalue stays 8.0")
     rec.skip_eigenvalue(note="skipped: no count, no growth although patience is 1")
     rec.end_epoch()
     rec.step()
     rec.step(note="check due")
     rec.eigenvalue(0.0, note="0 <= 8 / 2: grow, B = 200")
     rec.end_epoch(note="finished")
-    rec.step(error=("protocol", "all 3 epochs have ended"))
-    rec.eigenvalue(1.0, error=("protocol", "none is due"))
-    rec.skip_eigenvalue(error=("protocol", "no eigenvalue is due"))
-    rec.end_epoch(error=("protocol", "all 3 epochs have ended"))
+    rec.step(error=("protocol",), note="all epochs have ended")
+    rec.eigenvalue(1.0, error=("protocol",), note="none is due after the end")
+    rec.skip_eigenvalue(error=("protocol",), note="none is due after the end")
+    rec.end_epoch(error=("protocol",), note="all epochs have ended, again")
     return rec.trace()
 
 
@@ -307,9 +320,10 @@ def defaults() -> Trace:
     rec = TraceRecorder(
         "defaults",
         "Only the required fields and B_max are given, micro_batch_size and check_every are "
-        "null: a port must fill in the defaults (b_micro = B0, n = one epoch, kappa = 10, "
+        "null, the method is written 'ABSA' (names are case-insensitive, decided lower-case): "
+        "a port must fill in the defaults (b_micro = B0, n = one epoch, kappa = 10, "
         "gamma0 = 0.2, omega = 2, tau = 0.5, rho = 0.1, no decay epochs) exactly as hessbatch.",
-        dict(method="absa", lr=0.05, batch_size=128, samples_per_epoch=256, epochs=4,
+        dict(method="ABSA", lr=0.05, batch_size=128, samples_per_epoch=256, epochs=4,
              max_batch_size=1024, micro_batch_size=None, check_every=None),
         covers=["default config values", "null fields"])
     _epoch(rec, [8.0], notes=["first: reference; 25 adversarial samples (floor(0.2 * 128))"])
@@ -322,58 +336,348 @@ def defaults() -> Trace:
 
 def config_errors() -> Trace:
     good = _config("absa", max_batch_size=800, epochs=10, lr_decay_epochs=[3, 6])
+    # mentions: the field (or fields, for unknown or missing ones) the error must name
     bad: list[tuple[dict, tuple[str, ...]]] = [
-        ({"method": "sgd"}, ("value", "method", "bl, fb, gg, abs, absa", "'sgd'")),
-        ({"lr": 0.0}, ("value", "lr", "> 0", "0.0")),
-        ({"lr": -1.0}, ("value", "lr", "> 0", "-1.0")),
-        ({"batch_size": 0}, ("value", "batch_size", ">= 1")),
-        ({"batch_size": 100.5}, ("type", "batch_size", "int")),
-        ({"samples_per_epoch": 0}, ("value", "samples_per_epoch", ">= 1")),
-        ({"epochs": 0}, ("value", "epochs", ">= 1")),
-        ({"max_batch_size": 50}, ("value", "max_batch_size", ">= batch_size", "50")),
-        ({"micro_batch_size": 30}, ("value", "micro_batch_size", "divide", "30")),
-        ({"micro_batch_size": 100, "max_batch_size": 850},
-         ("value", "micro_batch_size must divide max_batch_size = 850")),
-        ({"lr_decay_epochs": [6, 3]}, ("value", "lr_decay_epochs", "strictly increasing")),
-        ({"lr_decay_epochs": [3, 3]}, ("value", "lr_decay_epochs", "strictly increasing")),
-        ({"lr_decay_epochs": [0]}, ("value", "lr_decay_epochs", "[1, epochs=10]")),
-        ({"lr_decay_epochs": [11]}, ("value", "lr_decay_epochs", "[1, epochs=10]")),
-        ({"lr_decay_epochs": [1.0]}, ("type", "lr_decay_epochs", "ints")),
-        ({"lr_decay_epochs": 3}, ("type", "lr_decay_epochs", "sequence of ints")),
-        ({"lr_decay_epochs": "3,6"}, ("type", "lr_decay_epochs", "sequence of ints")),
-        ({"lr_decay_factor": 0.0}, ("value", "lr_decay_factor", "(0, 1]")),
-        ({"lr_decay_factor": 1.5}, ("value", "lr_decay_factor", "(0, 1]")),
-        ({"alpha": 1.0}, ("value", "alpha", "> 1")),
-        ({"beta": 1.0}, ("value", "beta", "> 1")),
-        ({"check_every": 0}, ("value", "check_every", ">= 1")),
-        ({"patience": 0}, ("value", "patience", ">= 1")),
-        ({"patience": True}, ("type", "patience", "int")),
-        ({"adv_eps": -0.1}, ("value", "adv_eps", ">= 0")),
-        ({"adv_fraction": 1.0}, ("value", "adv_fraction", "[0, 1)")),
-        ({"adv_fraction": -0.1}, ("value", "adv_fraction", "[0, 1)")),
-        ({"adv_decay": 0.5}, ("value", "adv_decay", ">= 1")),
-        ({"adv_stop": 1.5}, ("value", "adv_stop", "[0, 1]")),
-        ({"warmup_epochs": -1.0}, ("value", "warmup_epochs", ">= 0")),
-        ({"lr": 1e308}, ("value", "lr = 1e+308", "overflows")),
-        ({"lr": 1e-300, "lr_decay_factor": 1e-5},
-         ("value", "lr = 1e-300", "lr_decay_factor = 1e-05", "underflows")),
-        ({"alpha": "2"}, ("type", "alpha", "real number")),
-        ({"colour": "red"}, ("value", "unknown config field", "colour")),
+        ({"method": "sgd"}, ("value", "method")),
+        ({"method": "ab"}, ("value", "method")),
+        ({"method": 1}, ("type", "method")),
+        ({"lr": 0.0}, ("value", "lr")),
+        ({"lr": -1.0}, ("value", "lr")),
+        ({"batch_size": 0}, ("value", "batch_size")),
+        ({"batch_size": 100.5}, ("type", "batch_size")),
+        ({"batch_size": 100.0}, ("type", "batch_size")),
+        ({"samples_per_epoch": 0}, ("value", "samples_per_epoch")),
+        ({"epochs": 0}, ("value", "epochs")),
+        ({"epochs": True}, ("type", "epochs")),
+        ({"max_batch_size": 50}, ("value", "max_batch_size")),
+        ({"max_batch_size": 800.0}, ("type", "max_batch_size")),
+        ({"micro_batch_size": 30}, ("value", "micro_batch_size")),
+        ({"micro_batch_size": 100, "max_batch_size": 850}, ("value", "micro_batch_size")),
+        ({"lr_decay_epochs": [6, 3]}, ("value", "lr_decay_epochs")),
+        ({"lr_decay_epochs": [3, 3]}, ("value", "lr_decay_epochs")),
+        ({"lr_decay_epochs": [0]}, ("value", "lr_decay_epochs")),
+        ({"lr_decay_epochs": [11]}, ("value", "lr_decay_epochs")),
+        ({"lr_decay_epochs": [1.0]}, ("type", "lr_decay_epochs")),
+        ({"lr_decay_epochs": 3}, ("type", "lr_decay_epochs")),
+        ({"lr_decay_epochs": "3,6"}, ("type", "lr_decay_epochs")),
+        ({"lr_decay_epochs": None}, ("type", "lr_decay_epochs")),
+        ({"lr_decay_factor": 0.0}, ("value", "lr_decay_factor")),
+        ({"lr_decay_factor": 1.5}, ("value", "lr_decay_factor")),
+        ({"alpha": 1.0}, ("value", "alpha")),
+        ({"beta": 1.0}, ("value", "beta")),
+        ({"check_every": 0}, ("value", "check_every")),
+        ({"patience": 0}, ("value", "patience")),
+        ({"patience": True}, ("type", "patience")),
+        ({"patience": 3.0}, ("type", "patience")),
+        ({"adv_eps": -0.1}, ("value", "adv_eps")),
+        ({"adv_fraction": 1.0}, ("value", "adv_fraction")),
+        ({"adv_fraction": -0.1}, ("value", "adv_fraction")),
+        ({"adv_decay": 0.5}, ("value", "adv_decay")),
+        ({"adv_stop": 1.5}, ("value", "adv_stop")),
+        ({"warmup_epochs": -1.0}, ("value", "warmup_epochs")),
+        ({"adv_rule": "head"}, ("value", "adv_rule")),
+        ({"adv_rule": None}, ("type", "adv_rule")),
+        ({"lr": 1e308}, ("value", "lr")),
+        ({"lr": 1e-300, "lr_decay_factor": 1e-5}, ("value", "lr")),
+        ({"alpha": "2"}, ("type", "alpha")),
+        ({"lr": True}, ("type", "lr")),
+        ({"colour": "red"}, ("value", "colour")),
+        ({"lr": None}, ("type", "lr")),
+        # several bad fields: the first in the check order decides (docs/porting.md)
+        ({"lr": -1.0, "batch_size": 100.5}, ("value", "lr")),
+        ({"batch_size": 0, "lr": "0.1"}, ("type", "lr")),
+        ({"epochs": 0, "samples_per_epoch": 0}, ("value", "samples_per_epoch")),
+        ({"adv_rule": "head", "alpha": 0.5}, ("value", "alpha")),
+        ({"warmup_epochs": -1.0, "lr": 1e308}, ("value", "warmup_epochs")),
+        ({"micro_batch_size": 30, "max_batch_size": 50}, ("value", "max_batch_size")),
+        ({"colour": "red", "lr": -1.0}, ("value", "colour")),
     ]
     cases = [({**good, **change}, error) for change, error in bad]
+    # missing required fields (all named), before any other check
+    for missing in (("lr",), ("method",), ("epochs", "samples_per_epoch")):
+        cases.append(({k: v for k, v in good.items() if k not in missing},
+                      ("value",) + missing))
+    cases.append(({**{k: v for k, v in good.items() if k != "lr"}, "batch_size": 0},
+                  ("value", "lr")))
     return config_error_trace(
         "config_errors",
         "Configs that must be refused at construction, each differing from a valid ABSA "
-        "config in one field (or adding an unknown one); the error names the field and the "
-        "allowed range. 'type' cases are values of the wrong JSON type.",
-        cases, covers=["bad config", "errors"])
+        "config in one field (or adding an unknown one, or leaving a required one out); "
+        "mentions is the field the error must name. With several bad fields the first in the "
+        "check order decides: unknown fields, missing required fields, then the fields in "
+        "the order of the config table (type before range), then the reachable-lr checks. "
+        "'type' cases are values of the wrong JSON type; a whole float at an int field is "
+        "written {\"float\": x}.",
+        cases, covers=["bad config", "errors", "check order", "missing required field",
+                       "argument types"])
+
+
+def adv_blocks_rule() -> Trace:
+    rec = TraceRecorder(
+        "adv_blocks_rule",
+        "ABSA with the default adv_rule 'blocks' (the authors' code): B0 = 100, micro-batch 20, "
+        "beta = 1.5, gamma0 = 0.29, omega = 2, patience 1. The batch is cut into blocks of B0 "
+        "(not of the micro-batch) from its start; the first max(1, floor(gamma * B0 + 1e-9)) "
+        "samples of each block are adversarial, all of a last block shorter than that: 29 of "
+        "100 (0.29 * 100 is 28.999999999999996 in binary); 14 + 14 of 160; 7 per block of "
+        "240 (a short step of 60 takes [0, 7)); 3 per block of 360 (the last block holds 60), "
+        "and a step of 300 (B > N) takes the ranges clipped to 300 samples; 1 per block of "
+        "540; at 820 gamma * B0 = 0.90625 <= 1: none, while gamma > 0.",
+        _config("absa", micro_batch_size=20, max_batch_size=1000, beta=1.5,
+                samples_per_epoch=300, check_every=300, epochs=7, adv_fraction=0.29,
+                adv_decay=2.0, adv_stop=1.0, patience=1, adv_eps=0.01),
+        covers=["adversarial blocks of B0", "adversarial ranges", "short last batch ranges",
+                "adversarial count floor", "adversary vanishes (gamma * B0 <= 1)",
+                "adversarial decay", "save/load"])
+    _epoch(rec, [8.0], notes=["first: reference; [0, 29)"])
+    _epoch(rec, [8.0], notes=["patience 1: B = 160, gamma = 0.145: [0, 14) and [100, 114)"])
+    _epoch(rec, [8.0], notes=["B = 240, gamma = 0.0725: 7 per block"])
+    rec.save_load(note="saved and loaded between epochs")
+    _epoch(rec, [8.0], notes=["B = 360, gamma = 0.03625: 3 per block, 4 blocks"])
+    _epoch(rec, [8.0], notes=["B = 540, gamma = 0.018125: 1 per block, 6 blocks"])
+    _epoch(rec, [8.0], notes=["B = 820, gamma = 0.0090625: gamma * B0 <= 1, none"])
+    _epoch(rec, [8.0], notes=["B = min(1230, 1000) = B_max"], end_note="finished")
+    return rec.trace()
+
+
+def adv_rule_thresholds() -> Trace:
+    rec = TraceRecorder(
+        "adv_rule_thresholds",
+        "The 1e-9 of the blocks rule's threshold gamma * B0 > 1 + 1e-9: B0 = 40, gamma0 = "
+        "0.035, omega = 1.4: 0.035 * 40 = 1.4 gives 1 per block; after a growth gamma = "
+        "0.025 and 0.025 * 40 is 1.0000000000000002 in binary, which is 1: no adversarial "
+        "sample (without the tolerance there would be one per block).",
+        _config("absa", batch_size=40, micro_batch_size=40, max_batch_size=320,
+                samples_per_epoch=80, epochs=4, adv_fraction=0.035, adv_decay=1.4,
+                adv_stop=1.0),
+        covers=["blocks threshold tolerance"])
+    _epoch(rec, [8.0], notes=["first: reference; 1 per block"])
+    _epoch(rec, [2.0], notes=["drop: B = 80, gamma * B0 = 1.0000000000000002: none"])
+    return rec.trace()
+
+
+def adv_batch_threshold() -> Trace:
+    rec = TraceRecorder(
+        "adv_batch_threshold",
+        "The 1e-9 of the batch rule's threshold gamma * B >= 1 - 1e-9: B0 = 5, gamma0 = 0.3, "
+        "omega = 3: 0.3 * 5 = 1.5 gives 1; after a growth to B = 10, gamma = 0.3 / 3 is "
+        "0.09999999999999999 and gamma * B = 0.9999999999999999, which is 1: one sample "
+        "(without the tolerance none).",
+        _config("absa", batch_size=5, micro_batch_size=5, max_batch_size=40,
+                samples_per_epoch=10, epochs=4, adv_fraction=0.3, adv_decay=3.0,
+                adv_stop=1.0, adv_rule="batch"),
+        covers=["batch threshold tolerance"])
+    _epoch(rec, [8.0], notes=["first: reference; 1 sample"])
+    _epoch(rec, [2.0], notes=["drop: B = 10, gamma * B = 0.9999999999999999: 1 sample"])
+    return rec.trace()
+
+
+def adv_stop_tolerance() -> Trace:
+    rec = TraceRecorder(
+        "adv_stop_tolerance",
+        "tau = 0.28 of 25 epochs: 0.28 * 25 is 7.000000000000001 in binary; with the 1e-9 of "
+        "epoch >= tau * epochs - 1e-9 the adversary stops at the end of epoch 7 (without it, "
+        "epoch 8). One step per epoch, no eigenvalue check in reach.",
+        _config("absa", samples_per_epoch=100, epochs=25, check_every=1000000, adv_stop=0.28),
+        covers=["adversary stop tolerance"])
+    for epoch in range(1, 9):
+        _epoch(rec, [], end_note="epoch 7 >= 0.28 * 25 - 1e-9: the adversary stops"
+               if epoch == 7 else None)
+    return rec.trace()
+
+
+def adv_stop_odd_epochs() -> Trace:
+    rec = TraceRecorder(
+        "adv_stop_odd_epochs",
+        "tau = 0.5 of 5 epochs: the adversary stops at the end of epoch 3 (3 >= 2.5). The "
+        "authors' code stops at epoch >= epochs // 2, after epoch 2: for odd epoch counts "
+        "hessbatch trains one epoch longer with the adversary (docs/algorithm.md); for even "
+        "counts, every experiment of the paper, the two agree.",
+        _config("absa", samples_per_epoch=100, epochs=5, check_every=1000000, adv_stop=0.5),
+        covers=["adversary stop, odd epochs"])
+    for epoch in range(1, 5):
+        _epoch(rec, [], end_note="epoch 3 >= 0.5 * 5: the adversary stops"
+               if epoch == 3 else None)
+    return rec.trace()
+
+
+def absa_at_max_from_start() -> Trace:
+    rec = TraceRecorder(
+        "absa_at_max_from_start",
+        "ABSA with B0 = B_max = 100: gamma = 0 from the start (step 4's rule applied at "
+        "init), no adversarial sample and no eigenvalue check ever.",
+        _config("absa", max_batch_size=100, epochs=2),
+        covers=["no adversary at start: B0 = B_max"])
+    _epoch(rec)
+    _epoch(rec, end_note="finished")
+    return rec.trace()
+
+
+def absa_tau_zero() -> Trace:
+    rec = TraceRecorder(
+        "absa_tau_zero",
+        "ABSA with tau = 1e-10 of 2 epochs: tau * epochs = 2e-10 <= 1e-9, so 0 >= tau * "
+        "epochs - 1e-9 and gamma = 0 from the start; the eigenvalue checks go on as for ABS.",
+        _config("absa", max_batch_size=400, epochs=2, adv_stop=1e-10),
+        covers=["no adversary at start: tau * epochs <= 1e-9"])
+    _epoch(rec, [8.0], notes=["first: reference"])
+    _epoch(rec, [2.0], notes=["drop: B = 200, gamma stays 0"], end_note="finished")
+    return rec.trace()
+
+
+def fb_order_of_operations() -> Trace:
+    rec = TraceRecorder(
+        "fb_order_of_operations",
+        "FB with eta = 0.1, B0 = 10, B_max = 70, a warm-up of 0.7 epochs of 350 samples: the "
+        "peak lr is (eta * B_max) / B0 = 0.7 (eta * (B_max / B0) would be "
+        "0.7000000000000001), and each warm-up lr is eta + (peak - eta) * min(1.0, s / "
+        "(warmup_epochs * N)), evaluated in that order.",
+        _config("fb", lr=0.1, batch_size=10, micro_batch_size=10, max_batch_size=70,
+                samples_per_epoch=350, epochs=2, warmup_epochs=0.7),
+        covers=["fb initial lr order", "fb warm-up order"])
+    _epoch(rec)
+    _epoch(rec, end_note="finished")
+    return rec.trace()
+
+
+def fb_without_warmup() -> Trace:
+    rec = TraceRecorder(
+        "fb_without_warmup",
+        "FB with warmup_epochs = 0: the decided lr is the peak (eta * B_max) / B0 from the "
+        "first step; the warm-up formula is not evaluated (it would divide by 0).",
+        _config("fb", max_batch_size=400, samples_per_epoch=800, epochs=2, warmup_epochs=0.0),
+        covers=["fb warmup_epochs = 0 guard"])
+    _epoch(rec)
+    _epoch(rec, end_note="finished")
+    return rec.trace()
+
+
+def negative_zero() -> Trace:
+    rec = TraceRecorder(
+        "negative_zero",
+        "-0.0 is a double of its own: adv_eps = -0.0 is >= 0 and is decided as -0.0 while "
+        "there are adversarial samples (0.0 when none); an eigenvalue of -0.0 is >= 0, is "
+        "accepted and kept as -0.0 (lam_ref, last_eigenvalue), also through a state dict "
+        "saved as JSON text; 0.0 <= -0.0 / 2 is a drop.",
+        _config("absa", max_batch_size=400, epochs=3, adv_eps=-0.0, adv_stop=0.5),
+        covers=["negative zero"])
+    _epoch(rec, [-0.0], notes=["first: reference -0.0"])
+    d = rec.step()
+    assert d.eigenvalue_due is False
+    rec.save_load(note="-0.0 survives the JSON text")
+    rec.step(note="check due")
+    rec.eigenvalue(0.0, note="0.0 <= -0.0 / 2: grow, B = 200")
+    rec.end_epoch(note="epoch 2 >= 0.5 * 3: the adversary stops, adv_eps 0.0")
+    return rec.trace()
+
+
+def _state_of(config: dict, events) -> dict:
+    from ._scheduler import Scheduler, SchedulerConfig
+    sch = Scheduler(SchedulerConfig.from_dict(config))
+    for name, *args in events:
+        getattr(sch, name)(*args)
+    return json.loads(json.dumps(sch.state_dict()))
+
+
+def state_dicts() -> Trace:
+    full = _config("absa", max_batch_size=800, epochs=6, lr_decay_epochs=[4], patience=3)
+    # a state mid-run: B = 200 after a drop, a check due, lam_ref 3.0
+    events = [("step",), ("step",), ("eigenvalue", 8.0), ("end_epoch",), ("step",),
+              ("step",), ("eigenvalue", 3.0), ("end_epoch",), ("step",)]
+    mid = _state_of(full, events)
+    assert mid["state"]["eigenvalue_due"] and mid["state"]["batch_size"] == 200
+    sparse_cfg = {k: full[k] for k in ("method", "lr", "batch_size", "samples_per_epoch",
+                                       "epochs", "max_batch_size", "lr_decay_epochs",
+                                       "patience")}
+    nulls_cfg = {**sparse_cfg, "micro_batch_size": None, "check_every": None}
+    ints_cfg = {**full, "alpha": 2, "beta": 2, "adv_decay": 2, "warmup_epochs": 5}
+    v1 = json.loads(json.dumps(mid))
+    v1["version"] = 1
+    del v1["config"]["adv_rule"]
+    cases: list[dict] = [
+        dict(note="written by Python mid-run: every field", load_into=full, state_dict=mid),
+        dict(note="config with the defaults left out: they are filled in, and written back",
+             load_into=sparse_cfg, state_dict={**mid, "config": sparse_cfg}),
+        dict(note="optional config fields null", load_into=nulls_cfg,
+             state_dict={**mid, "config": nulls_cfg}),
+        dict(note="real fields written as ints (2, not 2.0): the same config, floats back",
+             load_into=ints_cfg, state_dict={**mid, "config": ints_cfg}),
+        dict(note="real state fields written as ints: lr 1, lam_ref 3, adv_fraction 0",
+             load_into={**full, "lr": 0.5},
+             state_dict=_patch(_state_of({**full, "lr": 0.5}, events), lr=1, lam_ref=3,
+                               last_eigenvalue=3, adv_fraction=0)),
+        dict(note="version 1 (before adv_rule): loads as adv_rule 'batch'",
+             load_into={**full, "adv_rule": "batch"}, state_dict=v1),
+    ]
+    bad = [
+        ("another format", {**mid, "format": "torch"}, ("value", "format")),
+        ("an unknown version", {**mid, "version": 3}, ("value", "version")),
+        ("version 1 into a blocks scheduler", v1, ("value", "adv_rule")),
+        ("another config", {**mid, "config": {**full, "patience": 4}}, ("value", "patience")),
+        ("a bad config", {**mid, "config": {**full, "alpha": 0.5}}, ("value", "alpha")),
+        ("a missing state field", _patch(mid, drop="updates"), ("value", "updates")),
+        ("an unknown state field", _patch(mid, colour=1), ("value", "colour")),
+        ("a whole float for an int", _patch(mid, batch_size=200.0), ("type", "batch_size")),
+        ("a bool for an int", _patch(mid, updates=True), ("type", "updates")),
+        ("an int for a bool", _patch(mid, eigenvalue_due=1), ("type", "eigenvalue_due")),
+        ("a string for a float", _patch(mid, lam_ref="NaN"), ("type", "lam_ref")),
+        ("B above B_max", _patch(mid, batch_size=1600), ("value", "batch_size")),
+        ("B below B0", _patch(mid, batch_size=0), ("value", "batch_size")),
+        ("B not a multiple of m", _patch(mid, batch_size=150), ("value", "batch_size")),
+        ("lr 0", _patch(mid, lr=0.0), ("value", "lr")),
+        ("gamma above gamma0", _patch(mid, adv_fraction=0.5), ("value", "adv_fraction")),
+        ("gamma after tau", _patch(mid, epoch=3, adv_fraction=0.1), ("value", "adv_fraction")),
+        ("a check due at B_max", _patch(mid, batch_size=800, adv_fraction=0.0),
+         ("value", "eigenvalue")),
+        ("epoch past the last", _patch(mid, epoch=7), ("value", "epoch")),
+        ("a negative counter", _patch(mid, updates=-1), ("value", "updates")),
+        ("epoch start after samples seen", _patch(mid, epoch_start_samples=10000),
+         ("value", "epoch_start_samples")),
+        ("patience count at kappa", _patch(mid, patience_count=3), ("value", "patience_count")),
+        ("a negative lam_ref", _patch(mid, lam_ref=-1.0), ("value", "lam_ref")),
+        ("a count without a reference", _patch(mid, lam_ref=None), ("value", "patience_count")),
+        ("fewer samples than updates", _patch(mid, samples_seen=4, epoch_start_samples=0),
+         ("value", "samples_seen")),
+        ("a check due before check_every samples",
+         _patch(_state_of(full, [("step",)]), eigenvalue_due=True), ("value", "check_every")),
+        ("state not an object", {**mid, "state": []}, ("type", "state")),
+        ("config not an object", {**mid, "config": [1]}, ("type", "config")),
+        ("no state", {k: v for k, v in mid.items() if k != "state"}, ("type", "state")),
+        ("not an object at all", [mid], ("type", "state dict")),
+    ]
+    for note, data, error in bad:
+        cases.append(dict(note=note, load_into=full, state_dict=data, error=error))
+    cases.append(dict(note="a reference for a method without eigenvalues",
+                      load_into={**full, "method": "bl", "max_batch_size": 100},
+                      state_dict=_patch(_state_of({**full, "method": "bl",
+                                                   "max_batch_size": 100}, [("step",)]),
+                                        lam_ref=1.0),
+                      error=("value", "lam_ref")))
+    return state_dict_trace(
+        "state_dicts",
+        "State dicts a port must load (then decide and write back exactly 'decision' and "
+        "'saved': every config field filled in, reals as floats) and ones it must refuse, "
+        "each with the field the error names. The scheduler that loads is built from "
+        "'load_into'.",
+        cases, covers=["state dict loading", "state dict refusals", "invariants"])
+
+
+def _patch(data: dict, drop: str | None = None, **state) -> dict:
+    out = json.loads(json.dumps(data))
+    out["state"].update(state)
+    if drop:
+        del out["state"][drop]
+    return out
 
 
 SCRIPTS: tuple[Callable[[], Trace], ...] = (
     abs_growth_by_drop, abs_growth_by_patience, absa_cap_at_max_batch,
     absa_adversary_decay_and_stop, rounding_and_check_period, growth_rounding_tolerance,
     lr_decay_epochs, bl_fixed,
-    fb_warmup, gg_schedule, errors_and_skips, defaults, config_errors)
+    fb_warmup, gg_schedule, errors_and_skips, defaults, config_errors,
+    adv_blocks_rule, adv_rule_thresholds, adv_batch_threshold, adv_stop_tolerance,
+    adv_stop_odd_epochs, absa_at_max_from_start, absa_tau_zero, fb_order_of_operations,
+    fb_without_warmup, negative_zero, state_dicts)
 
 
 def build_all() -> dict[str, str]:

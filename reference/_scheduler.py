@@ -14,7 +14,7 @@ The same protocol drives the paper's five methods, so every comparison runs thro
          ``eta`` over ``warmup_epochs`` epochs (Goyal et al.; warm-up length **rebuilt**).
 ``gg``   at each epoch in ``A`` the batch is multiplied by ``1/rho`` instead of the lr by ``rho``
          (Smith et al.); once ``B_max`` caps the growth, the lr takes the part of the decay that
-         the batch could not: ``lr *= rho * B_new / B`` (**rebuilt**), so the noise scale
+         the batch could not: ``lr = ((lr * rho) * B_new) / B`` (**rebuilt**), so the noise scale
          ``lr / B`` always drops by exactly ``rho``.
 ``abs``  Algorithm 1 without the adversary.
 ``absa`` Algorithm 1 with FGSM on a fraction ``gamma`` of each batch.
@@ -22,13 +22,17 @@ The same protocol drives the paper's five methods, so every comparison runs thro
 Algorithm 1 (ALGORITHM.md section 2), with the names used in the code::
 
     state: B = B0, lr = eta, lam_ref = None, d = 0, s = 0, gamma = gamma0 (absa) or 0
-    each step:   adversarial count = max(1, floor(gamma * B)) if gamma * B >= 1 else 0
+    each step:   adversarial samples (absa), adv_rule "blocks" (default, the authors' code):
+                   the batch is cut into blocks of B0 from its start; while gamma * B0 > 1,
+                   the first c = max(1, floor(gamma * B0)) samples of each block (all of a
+                   shorter last block if it holds fewer); none once gamma * B0 <= 1
+                 adv_rule "batch": the first max(1, floor(gamma * B)) if gamma * B >= 1
                  one update on B samples; s += B
                  if s crossed a multiple of n and B < B_max: an eigenvalue is due
     eigenvalue:  lam_ref is None        -> lam_ref = lam, d = 1                 (rebuilt)
                  lam <= lam_ref / alpha -> grow; lam_ref = lam; d = 0
                  otherwise              -> d += 1; if d >= kappa: grow; d = 0
-    grow:        B_new = min(round_up(beta * B), B_max); lr *= B_new / B; gamma /= omega
+    grow:        B_new = min(round_up(beta * B), B_max); lr = (lr * B_new) / B; gamma /= omega
                  if B_new == B_max: gamma = 0 and no eigenvalue is asked for again
     epoch end:   if epoch in A: lr *= rho;  if epoch >= tau * epochs: gamma = 0
 
@@ -38,7 +42,10 @@ Invariants (checked by :meth:`Scheduler.check_invariants` and by the property te
   of the micro-batch;
 * a growth leaves ``lr / B`` unchanged (the noise scale of SGD);
 * ``gamma`` never increases, and is 0 after ``tau * epochs`` epochs and at ``B_max``;
-* no eigenvalue is asked for at ``B_max`` or by a method that does not use one;
+* no eigenvalue is asked for at ``B_max``, by a method that does not use one, or before
+  ``check_every`` samples; the patience count stays below kappa (1 right after the first
+  eigenvalue when kappa = 1) and is 0 before the first eigenvalue (the complete list, as
+  :meth:`Scheduler.load_state_dict` checks it, is in docs/porting.md section 7);
 * a negative, NaN or infinite eigenvalue is refused with ``ValueError`` and changes nothing:
   the check stays due, so the loop can recompute it on another batch or call
   ``skip_eigenvalue()``, which clears the check without counting it towards the patience, so a
@@ -46,8 +53,9 @@ Invariants (checked by :meth:`Scheduler.check_invariants` and by the property te
 
 Rounding, fixed here so that a port reproduces the decisions bit for bit:
 ``round_up(x) = m * ceil(x / m - 1e-9)`` with ``m`` the micro-batch size, and the adversarial
-count uses ``floor(gamma * B + 1e-9)``; both tolerances absorb binary floating point error
-(``0.29 * 100`` is ``28.999999999999996``). docs/algorithm.md maps each line above to the code;
+counts use ``floor(gamma * B0 + 1e-9)`` (blocks) or ``floor(gamma * B + 1e-9)`` (batch); the
+tolerances absorb binary floating point error (``0.29 * 100`` is ``28.999999999999996``).
+docs/algorithm.md maps each line above to the code;
 docs/porting.md describes the protocol and the conformance traces.
 """
 
@@ -60,6 +68,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 __all__ = [
+    "ADV_RULES",
     "METHODS",
     "STATE_FORMAT",
     "STATE_VERSION",
@@ -77,8 +86,11 @@ __all__ = [
 ]
 
 METHODS = ("bl", "fb", "gg", "abs", "absa")
+ADV_RULES = ("blocks", "batch")
 STATE_FORMAT = "hessbatch.scheduler"
-STATE_VERSION = 1
+STATE_VERSION = 2
+# version 1 predates adv_rule; its schedulers ran the "batch" rule, so that is what it loads as
+_STATE_VERSIONS = {1: {"adv_rule": "batch"}, 2: {}}
 _ROUND_TOL = 1e-9
 
 
@@ -108,6 +120,8 @@ def _need_int(name: str, value: Any, low: int) -> None:
 def _need_real(name: str, value: Any, allowed: str, ok) -> None:
     if not _is_real(value):
         raise TypeError(f"{name} must be a real number, got {value!r} ({type(value).__name__})")
+    if isinstance(value, int) and abs(value) > sys.float_info.max:
+        raise ValueError(f"{name} must be {allowed}, got {value!r} (too large for a double)")
     if not math.isfinite(value) or not ok(value):
         raise ValueError(f"{name} must be {allowed}, got {value!r}")
 
@@ -119,6 +133,9 @@ def _round_up(x: float, multiple: int) -> int:
 
 # --------------------------------------------------------------------------------------------
 # configuration
+
+_REAL_FIELDS = ("lr", "lr_decay_factor", "alpha", "beta", "adv_eps", "adv_fraction",
+                "adv_decay", "adv_stop", "warmup_epochs")
 
 
 @dataclass(frozen=True)
@@ -150,6 +167,13 @@ class SchedulerConfig:
         adv_decay: omega >= 1, gamma is divided by it at every growth.
         adv_stop: tau in [0, 1], adversarial training stops after ``tau * epochs`` epochs.
         warmup_epochs: FB warm-up length in epochs, >= 0.
+        adv_rule: how many adversarial samples, and where (``absa``). ``"blocks"`` (default,
+            the authors' code): the logical batch is cut into blocks of ``batch_size`` (B0)
+            samples from its start, and while ``gamma * B0 > 1`` the first
+            ``max(1, floor(gamma * B0))`` samples of every block are adversarial (all of a
+            shorter last block if it has fewer), none once ``gamma * B0 <= 1``. ``"batch"``:
+            the first ``max(1, floor(gamma * B))`` samples of the logical batch while
+            ``gamma * B >= 1`` (never vanishes before B_max when omega = beta).
 
     Raises:
         TypeError, ValueError: naming the field, the value received and the allowed range.
@@ -179,10 +203,15 @@ class SchedulerConfig:
     adv_decay: float = 2.0
     adv_stop: float = 0.5
     warmup_epochs: float = 5.0
+    adv_rule: str = "blocks"
 
     def __post_init__(self) -> None:
-        if not isinstance(self.method, str) or self.method.lower() not in METHODS:
-            raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if not isinstance(self.method, str):
+            raise TypeError(f"method must be a string, one of {', '.join(METHODS)}, got "
+                            f"{self.method!r} ({type(self.method).__name__})")
+        if self.method.lower() not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)} (any case), got "
+                             f"{self.method!r}")
         object.__setattr__(self, "method", self.method.lower())
         _need_real("lr", self.lr, "finite and > 0", lambda v: v > 0)
         _need_int("batch_size", self.batch_size, 1)
@@ -229,6 +258,12 @@ class SchedulerConfig:
         _need_real("adv_decay", self.adv_decay, ">= 1", lambda v: v >= 1)
         _need_real("adv_stop", self.adv_stop, "in [0, 1]", lambda v: 0 <= v <= 1)
         _need_real("warmup_epochs", self.warmup_epochs, "finite and >= 0", lambda v: v >= 0)
+        if not isinstance(self.adv_rule, str):
+            raise TypeError(f"adv_rule must be a string, one of {', '.join(ADV_RULES)}, got "
+                            f"{self.adv_rule!r} ({type(self.adv_rule).__name__})")
+        if self.adv_rule not in ADV_RULES:
+            raise ValueError(f"adv_rule must be one of {', '.join(ADV_RULES)}, got "
+                             f"{self.adv_rule!r}")
         # Every lr the schedule can reach must stay a positive, finite, normal double: growths
         # multiply it by at most B_max / B0, decays by rho once per epoch in A.
         highest = self.lr * (self.max_batch_size / self.batch_size)
@@ -242,6 +277,11 @@ class SchedulerConfig:
                 f"lr = {self.lr!r} decayed by lr_decay_factor = {self.lr_decay_factor!r} at "
                 f"{len(self.lr_decay_epochs)} epochs underflows to {lowest!r}; use a larger lr "
                 "or lr_decay_factor, or fewer lr_decay_epochs")
+
+        # real fields are stored as doubles (an int is accepted: 2 and 2.0 mean the same), so
+        # that a saved config has one JSON type per field
+        for name in _REAL_FIELDS:
+            object.__setattr__(self, name, float(getattr(self, name)))
 
     @property
     def uses_eigenvalues(self) -> bool:
@@ -263,6 +303,11 @@ class SchedulerConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown config field(s) {unknown}; allowed: {sorted(known)}")
+        required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING
+                    and f.default_factory is dataclasses.MISSING]
+        missing = [name for name in required if name not in data]
+        if missing:
+            raise ValueError(f"missing required config field(s) {missing}; required: {required}")
         kwargs = dict(data)
         if "lr_decay_epochs" in kwargs and isinstance(kwargs["lr_decay_epochs"], list):
             kwargs["lr_decay_epochs"] = tuple(kwargs["lr_decay_epochs"])
@@ -306,8 +351,14 @@ class Decision:
         lr: learning rate for the next update (fb: the warm-up applied).
         adv_fraction: gamma (0 unless absa with adversarial training still on); the count
             may still be 0 when gamma * B < 1.
-        adv_count: samples of the next batch to replace by adversarial ones (0: none).
+        adv_count: samples of the next batch to replace by adversarial ones (0: none), the
+            total length of ``adv_ranges``.
         adv_eps: the adversarial step size (0.0 when adv_count is 0).
+        adv_rule: the config's ``adv_rule`` (``"blocks"`` or ``"batch"``).
+        adv_ranges: where the adversarial samples sit in the logical batch of ``batch_size``
+            samples: ``(start, stop)`` pairs, half-open, increasing, disjoint (``()``: none).
+            A backend replaces exactly the samples at these positions and needs no rule of its
+            own; :meth:`adversarial_ranges` gives them for a short last batch.
         eigenvalue_due: report ``eigenvalue()`` (or ``skip_eigenvalue()``) before anything else.
         epoch: completed epochs.
         samples_seen: training samples consumed so far.
@@ -324,6 +375,8 @@ class Decision:
     adv_fraction: float
     adv_count: int
     adv_eps: float
+    adv_rule: str
+    adv_ranges: tuple[tuple[int, int], ...]
     eigenvalue_due: bool
     epoch: int
     samples_seen: int
@@ -344,19 +397,69 @@ class Decision:
                 f"got {micro_batch_size}")
         return self.batch_size // micro_batch_size
 
+    def adversarial_ranges(self, n_samples: int) -> tuple[tuple[int, int], ...]:
+        """Positions of the adversarial samples in a batch of ``n_samples`` <= B samples.
+
+        ``n_samples = batch_size`` gives ``adv_ranges``. For a short last batch: rule
+        ``"blocks"`` cuts the ``n`` samples into blocks of B0 from the start like the full
+        batch, so the ranges are ``adv_ranges`` clipped to ``[0, n)``; rule ``"batch"`` takes
+        the first ``max(1, floor(gamma * n + 1e-9))`` if ``gamma * n >= 1 - 1e-9``.
+
+        Raises:
+            TypeError, ValueError: ``n_samples`` not an int in [0, batch_size].
+        """
+        _need_int("n_samples", n_samples, 0)
+        if n_samples > self.batch_size:
+            raise ValueError(f"n_samples must be <= batch_size = {self.batch_size} (the "
+                             f"scheduler decides B), got {n_samples}")
+        if n_samples == self.batch_size:
+            return self.adv_ranges
+        if self.adv_rule == "batch":
+            return _head_ranges(_adv_count(self.adv_fraction, n_samples))
+        return tuple((a, min(b, n_samples)) for a, b in self.adv_ranges if a < n_samples)
+
     def adversarial_count(self, n_samples: int) -> int:
-        """Adversarial samples in a batch of ``n_samples`` (e.g. a short last batch)."""
-        return _adv_count(self.adv_fraction, n_samples)
+        """Adversarial samples in a batch of ``n_samples`` (e.g. a short last batch): the
+        total length of :meth:`adversarial_ranges`."""
+        return sum(b - a for a, b in self.adversarial_ranges(n_samples))
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Plain JSON-able dict of every field (``adv_ranges`` as a list of [start, stop])."""
+        out = dataclasses.asdict(self)
+        out["adv_ranges"] = [list(r) for r in self.adv_ranges]
+        return out
 
 
 def _adv_count(gamma: float, batch: int) -> int:
-    # Step 1 of Algorithm 1: max(1, floor(gamma * B)) samples when gamma * B >= 1, else none.
+    # Step 1, rule "batch": max(1, floor(gamma * B)) samples when gamma * B >= 1, else none.
     if gamma <= 0 or gamma * batch < 1 - _ROUND_TOL:
         return 0
     return max(1, math.floor(gamma * batch + _ROUND_TOL))
+
+
+def _block_count(gamma: float, block: int) -> int:
+    # Step 1, rule "blocks" (the authors' code): per block of B0 samples, max(1, floor(gamma *
+    # B0)) while gamma > 1 / B0, written gamma * B0 > 1 + 1e-9 (a product, as every rule here)
+    if gamma <= 0 or gamma * block <= 1 + _ROUND_TOL:
+        return 0
+    return max(1, math.floor(gamma * block + _ROUND_TOL))
+
+
+def _head_ranges(count: int) -> tuple[tuple[int, int], ...]:
+    return ((0, count),) if count else ()
+
+
+def _adv_ranges(cfg: "SchedulerConfig", gamma: float, batch: int) -> tuple[tuple[int, int], ...]:
+    """Where the adversarial samples of a logical batch of ``batch`` samples sit."""
+    if cfg.method != "absa":
+        return ()
+    if cfg.adv_rule == "batch":
+        return _head_ranges(_adv_count(gamma, batch))
+    per_block = _block_count(gamma, cfg.batch_size)
+    if not per_block:
+        return ()
+    return tuple((start, min(start + per_block, batch))
+                 for start in range(0, batch, cfg.batch_size))
 
 
 # --------------------------------------------------------------------------------------------
@@ -519,7 +622,8 @@ def decide(cfg: SchedulerConfig, st: SchedulerState) -> Decision:
         # Linear warm-up from eta to the scaled lr over the first warmup_epochs epochs.
         progress = min(1.0, st.samples_seen / (cfg.warmup_epochs * cfg.samples_per_epoch))
         lr = cfg.lr + (st.lr - cfg.lr) * progress
-    count = _adv_count(st.adv_fraction, st.batch_size) if cfg.method == "absa" else 0
+    ranges = _adv_ranges(cfg, st.adv_fraction, st.batch_size)
+    count = sum(b - a for a, b in ranges)
     return Decision(
         method=cfg.method,
         batch_size=st.batch_size,
@@ -528,7 +632,9 @@ def decide(cfg: SchedulerConfig, st: SchedulerState) -> Decision:
         lr=lr,
         adv_fraction=st.adv_fraction if cfg.method == "absa" else 0.0,
         adv_count=count,
-        adv_eps=float(cfg.adv_eps) if count else 0.0,
+        adv_eps=cfg.adv_eps if count else 0.0,
+        adv_rule=cfg.adv_rule,
+        adv_ranges=ranges,
         eigenvalue_due=st.eigenvalue_due,
         epoch=st.epoch,
         samples_seen=st.samples_seen,
@@ -550,7 +656,24 @@ _STATE_TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
+def _config_of_state_dict(data: Mapping[str, Any]) -> SchedulerConfig:
+    """The config of a state dict: format and version checked, a version's defaults filled in."""
+    if data.get("format") != STATE_FORMAT:
+        raise ValueError(f"not a scheduler state: format is {data.get('format')!r}, "
+                         f"expected {STATE_FORMAT!r}")
+    version = data.get("version")
+    if not _is_int(version) or version not in _STATE_VERSIONS:
+        raise ValueError(f"scheduler state version {version!r} is not supported (this "
+                         f"hessbatch reads versions {sorted(_STATE_VERSIONS)})")
+    config = data.get("config")
+    if not isinstance(config, Mapping):
+        return SchedulerConfig.from_dict(config)  # raises the TypeError naming the config
+    return SchedulerConfig.from_dict({**_STATE_VERSIONS[version], **config})
+
+
 def _state_from_dict(cfg: SchedulerConfig, data: Mapping[str, Any]) -> SchedulerState:
+    if not isinstance(data, Mapping):
+        raise TypeError(f"the state dict's state must be a mapping, got {data!r}")
     missing = sorted(set(_STATE_TYPES) - set(data))
     extra = sorted(set(data) - set(_STATE_TYPES))
     if missing or extra:
@@ -587,8 +710,9 @@ def _invariant_problems(cfg: SchedulerConfig, st: SchedulerState) -> list[str]:
         out.append("an eigenvalue is due where none may be asked for")
     if not 0 <= st.epoch <= cfg.epochs:
         out.append(f"epoch {st.epoch} outside [0, {cfg.epochs}]")
-    if min(st.samples_seen, st.updates, st.patience_count, st.epoch_start_samples) < 0:
-        out.append("negative counter")
+    for name in ("samples_seen", "updates", "patience_count", "epoch_start_samples"):
+        if getattr(st, name) < 0:
+            out.append(f"{name} {getattr(st, name)} < 0 (a counter)")
     if st.epoch_start_samples > st.samples_seen:
         out.append("epoch_start_samples > samples_seen")
     # d < kappa after every check, except d = 1 right after the first eigenvalue when kappa = 1
@@ -598,6 +722,15 @@ def _invariant_problems(cfg: SchedulerConfig, st: SchedulerState) -> list[str]:
         v = getattr(st, name)
         if v is not None and not (math.isfinite(v) and v >= 0):
             out.append(f"{name} {v} not finite and >= 0")
+    if st.lam_ref is None and (st.patience_count or st.last_eigenvalue is not None):
+        out.append("patience_count and last_eigenvalue must be 0 and null before the first "
+                   "eigenvalue (lam_ref null)")
+    if not cfg.uses_eigenvalues and st.lam_ref is not None:
+        out.append(f"lam_ref {st.lam_ref} for method {cfg.method}, which uses no eigenvalue")
+    if st.samples_seen < st.updates:
+        out.append(f"samples_seen {st.samples_seen} < updates {st.updates} (a step has >= 1)")
+    if st.eigenvalue_due and st.samples_seen < cfg.check_every:
+        out.append(f"an eigenvalue is due before check_every = {cfg.check_every} samples")
     return out
 
 
@@ -673,32 +806,31 @@ class Scheduler:
     def load_state_dict(self, data: Mapping[str, Any]) -> None:
         """Restore a snapshot taken by :meth:`state_dict` with the same config.
 
+        Versions 1 and 2 are read; version 1 predates ``adv_rule`` and loads as
+        ``adv_rule="batch"``, the rule it ran.
+
         Raises:
+            TypeError: the state dict, its config or its state is not a mapping, or a field
+                has the wrong type.
             ValueError: wrong format or version, a config that differs from this scheduler's
                 (the differing fields are named), or a state that breaks an invariant.
         """
         if not isinstance(data, Mapping):
             raise TypeError(f"state dict must be a mapping, got {type(data).__name__}")
-        if data.get("format") != STATE_FORMAT:
-            raise ValueError(f"not a scheduler state: format is {data.get('format')!r}, "
-                             f"expected {STATE_FORMAT!r}")
-        if data.get("version") != STATE_VERSION:
-            raise ValueError(f"scheduler state version {data.get('version')!r} is not "
-                             f"supported (this hessbatch reads version {STATE_VERSION})")
-        cfg = SchedulerConfig.from_dict(data.get("config", {}))
+        cfg = _config_of_state_dict(data)
         if cfg != self._config:
             diff = [f.name for f in dataclasses.fields(cfg)
                     if getattr(cfg, f.name) != getattr(self._config, f.name)]
             raise ValueError(f"the saved config differs from this scheduler's in {diff}; "
                              "build the scheduler with Scheduler.from_state_dict() instead")
-        self._state = _state_from_dict(cfg, data.get("state", {}))
+        self._state = _state_from_dict(cfg, data.get("state"))
 
     @classmethod
     def from_state_dict(cls, data: Mapping[str, Any]) -> "Scheduler":
         """A scheduler with the saved config and state."""
         if not isinstance(data, Mapping):
             raise TypeError(f"state dict must be a mapping, got {type(data).__name__}")
-        sch = cls(SchedulerConfig.from_dict(data.get("config", {})))
+        sch = cls(_config_of_state_dict(data))
         sch.load_state_dict(data)
         return sch
 

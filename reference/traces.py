@@ -10,31 +10,42 @@ through :class:`hessbatch.Scheduler`, or through any object with the same protoc
 describes the protocol for a port; ``python -m hessbatch._make_traces`` regenerates the shipped
 files from their hand-written event scripts.
 
-File format (JSON, UTF-8; ``version`` 1)::
+File format (JSON, UTF-8; ``version`` 2)::
 
-    {"format": "hessbatch.trace", "version": 1, "kind": "events",
+    {"format": "hessbatch.trace", "version": 2, "kind": "events",
      "name": "...", "description": "...", "covers": ["growth by drop", ...],
-     "config": {every SchedulerConfig field},
+     "config": {SchedulerConfig fields, as given},
      "initial": {"decision": {...}, "state": {...}},
      "events": [
-       {"event": "step", "samples": 100, "decision": {...}, "state": {...}},
+       {"event": "step", "samples": 100, "adv_ranges": [[0, 20]], "decision": {...},
+        "state": {...}},
        {"event": "eigenvalue", "value": 3.0, "note": "8 -> 3 drops by > alpha: grow", ...},
        {"event": "eigenvalue", "value": "NaN", "error": {"kind": "value",
-        "mentions": ["finite"]}, "decision": {...}, "state": {...}},
+        "mentions": ["eigenvalue"]}, "decision": {...}, "state": {...}},
+       {"event": "step", "samples": {"float": 100.0}, "error": {"kind": "type",
+        "mentions": ["samples"]}, ...},
        {"event": "skip_eigenvalue", ...}, {"event": "epoch_end", ...},
        {"event": "save_load", ...}]}
 
 ``decision`` holds every field of :class:`hessbatch.Decision` and ``state`` every field of the
-state dict's ``state`` (:class:`hessbatch.SchedulerState`), both as they are *after* the event.
-An event with ``error`` must fail with that kind of error (``"protocol"``: events out of order,
+state dict's ``state`` (:class:`hessbatch.SchedulerState`), both as they are *after* the event;
+an accepted step also records ``adv_ranges``, where its ``samples`` put their adversarial
+samples (``decision.adversarial_ranges(k)`` before the step). An event with ``error`` must
+fail with that kind of error (``"protocol"``: events out of order,
 :class:`hessbatch.SchedulerError`; ``"value"``: :class:`ValueError`; ``"type"``:
-:class:`TypeError`) whose message contains every string of ``mentions``; the decision and state
-recorded with it are those before the event: a refused event changes nothing. ``save_load``
-serialises the state dict to JSON text, parses it into a fresh scheduler built from the same
-config, and carries on with that one. Non-finite eigenvalues, which JSON cannot spell as
-numbers, are the strings ``"NaN"``, ``"Infinity"`` and ``"-Infinity"``; any other string is
-passed through unchanged (to test a wrong type). A file of ``"kind": "config_errors"`` holds
-``"cases"``: ``{"config": {...}, "error": {...}}`` instead of config, initial and events.
+:class:`TypeError`) whose message names every field of ``mentions`` (empty for protocol
+errors); the decision and state recorded with it are those before the event: a refused event
+changes nothing. ``save_load`` serialises the state dict to JSON text, parses it into a fresh
+scheduler built from the same config, and carries on with that one. Non-finite eigenvalues,
+which JSON cannot spell as numbers, are the strings ``"NaN"``, ``"Infinity"`` and
+``"-Infinity"``; any other string is passed through unchanged (to test a wrong type). A float
+where an int is expected (an input that tests a type error) is written ``{"float": x}``, so
+that a parser without separate ints (JavaScript's) still sees a float; the JSON type of every
+recorded field is fixed by ``DECISION_TYPES``, ``STATE_TYPES`` and ``CONFIG_TYPES``, and
+:func:`check_language_neutral` checks a trace against both rules. A file of ``"kind":
+"config_errors"`` holds ``"cases"``: ``{"config": {...}, "error": {...}}``; one of ``"kind":
+"state_dicts"`` holds ``"cases"``: ``{"load_into": config, "state_dict": {...}}`` with either
+``"error"`` or the ``"decision"`` and the state dict written back (``"saved"``) after loading.
 
 Comparison rule (decided here, stated in docs/porting.md): decisions must agree *bit for bit*.
 Ints, bools, strings and nulls compare with ``==`` and must have the same JSON type; floats
@@ -69,6 +80,11 @@ from ._scheduler import Scheduler, SchedulerConfig, SchedulerError
 __all__ = [
     "TRACE_FORMAT",
     "TRACE_VERSION",
+    "KINDS",
+    "DECISION_TYPES",
+    "STATE_TYPES",
+    "CONFIG_TYPES",
+    "check_language_neutral",
     "ERROR_KINDS",
     "EVENTS",
     "Mismatch",
@@ -79,12 +95,45 @@ __all__ = [
     "replay",
     "dump_trace",
     "trace_to_json",
+    "config_error_trace",
+    "state_dict_trace",
+    "decode_tags",
+    "encode_tags",
     "main",
 ]
 
 TRACE_FORMAT = "hessbatch.trace"
-TRACE_VERSION = 1
+TRACE_VERSION = 2
+KINDS = ("events", "config_errors", "state_dicts")
 EVENTS = ("step", "eigenvalue", "skip_eigenvalue", "epoch_end", "save_load")
+FLOAT_TAG = "float"  # {"float": 100.0}: a float where an int is expected (see TYPES)
+
+# The JSON type of every field a trace records or feeds in, the table of docs/porting.md:
+# "int", "float", "bool", "str", "float|null", "ranges" (a list of [int, int]), "int list".
+# A port whose JSON parser does not keep ints and floats apart (JavaScript's) takes the types
+# from here; check_language_neutral() proves that every trace obeys the table.
+DECISION_TYPES: dict[str, str] = {
+    "method": "str", "batch_size": "int", "micro_batch_size": "int",
+    "accumulation_steps": "int", "lr": "float", "adv_fraction": "float", "adv_count": "int",
+    "adv_eps": "float", "adv_rule": "str", "adv_ranges": "ranges", "eigenvalue_due": "bool",
+    "epoch": "int", "samples_seen": "int", "updates": "int", "finished": "bool",
+    "reason": "str"}
+STATE_TYPES: dict[str, str] = {
+    "batch_size": "int", "lr": "float", "lam_ref": "float|null", "patience_count": "int",
+    "samples_seen": "int", "adv_fraction": "float", "epoch": "int", "updates": "int",
+    "eigenvalue_due": "bool", "epoch_start_samples": "int", "last_eigenvalue": "float|null",
+    "reason": "str"}
+# config fields as a saved state dict writes them (every field, defaults filled in)
+CONFIG_TYPES: dict[str, str] = {
+    "method": "str", "lr": "float", "batch_size": "int", "samples_per_epoch": "int",
+    "epochs": "int", "max_batch_size": "int", "micro_batch_size": "int",
+    "lr_decay_epochs": "int list", "lr_decay_factor": "float", "alpha": "float",
+    "beta": "float", "check_every": "int", "patience": "int", "adv_eps": "float",
+    "adv_fraction": "float", "adv_decay": "float", "adv_stop": "float",
+    "warmup_epochs": "float", "adv_rule": "str"}
+# where an int is expected on input: a bare JSON float never stands there, a float is tagged
+INT_INPUTS = frozenset(k for k, v in CONFIG_TYPES.items() if v in ("int", "int list")) | \
+    {"samples"} | frozenset(k for k, v in STATE_TYPES.items() if v == "int")
 # kind of error in a trace -> the Python exception class that carries it
 ERROR_KINDS: dict[str, type[Exception]] = {
     "protocol": SchedulerError, "value": ValueError, "type": TypeError}
@@ -92,6 +141,7 @@ _SPECIAL_FLOATS = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf
 _TOP_KEYS_EVENTS = {"format", "version", "kind", "name", "description", "covers", "config",
                     "initial", "events"}
 _TOP_KEYS_CONFIGS = {"format", "version", "kind", "name", "description", "covers", "cases"}
+_STATE_CASE_KEYS = {"note", "load_into", "state_dict", "error", "decision", "saved"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -165,8 +215,8 @@ class Trace:
             fail("version", f"{data.get('version')!r} is not supported (this hessbatch reads "
                  f"version {TRACE_VERSION})")
         kind = data.get("kind", "events")
-        if kind not in ("events", "config_errors"):
-            fail("kind", f"must be 'events' or 'config_errors', got {kind!r}")
+        if kind not in KINDS:
+            fail("kind", f"must be one of {', '.join(map(repr, KINDS))}, got {kind!r}")
         allowed = _TOP_KEYS_EVENTS if kind == "events" else _TOP_KEYS_CONFIGS
         unknown = sorted(set(data) - allowed)
         missing = sorted(allowed - {"kind", "covers"} - set(data))
@@ -178,10 +228,29 @@ class Trace:
         covers = data.get("covers", [])
         if not isinstance(covers, list) or not all(isinstance(c, str) for c in covers):
             fail("covers", f"must be a list of strings, got {covers!r}")
-        if kind == "config_errors":
+        if kind in ("config_errors", "state_dicts"):
             cases = data["cases"]
             if not isinstance(cases, list) or not cases:
                 fail("cases", "must be a non-empty list")
+        if kind == "state_dicts":
+            for i, case in enumerate(cases):
+                where = f"cases[{i}]"
+                if not isinstance(case, Mapping) or set(case) - _STATE_CASE_KEYS \
+                        or not isinstance(case.get("load_into"), Mapping) \
+                        or "state_dict" not in case:
+                    fail(where, "must be an object with 'load_into' (a config object), "
+                         "'state_dict', an optional 'note', and 'error' or 'decision' and "
+                         "'saved'")
+                if "error" in case:
+                    if {"decision", "saved"} & set(case):
+                        fail(where, "a refused state dict has no 'decision' or 'saved'")
+                    _check_error_spec(case["error"], where + ".error", fail)
+                elif not isinstance(case.get("decision"), Mapping) \
+                        or not isinstance(case.get("saved"), Mapping):
+                    fail(where, "an accepted state dict needs 'decision' and 'saved' objects")
+            return cls(name=data["name"], description=data["description"],
+                       covers=tuple(covers), kind=kind, cases=tuple(cases))
+        if kind == "config_errors":
             for i, case in enumerate(cases):
                 if not isinstance(case, Mapping) or set(case) - {"config", "error", "note"} \
                         or not isinstance(case.get("config"), Mapping):
@@ -204,12 +273,15 @@ class Trace:
             if name not in EVENTS:
                 fail(where, f"'event' must be one of {', '.join(EVENTS)}, got {name!r}")
             need = {"step": {"samples"}, "eigenvalue": {"value"}}.get(name, set())
-            extra = set(ev) - {"event", "note", "error", "decision", "state"} - need
+            optional = {"adv_ranges"} if name == "step" else set()
+            extra = set(ev) - {"event", "note", "error", "decision", "state"} - need - optional
             if need - set(ev) or extra:
                 fail(where, f"a {name} event needs {sorted(need) or 'no argument'}, got keys "
                      f"{sorted(ev)}")
             if "error" in ev:
                 _check_error_spec(ev["error"], where + ".error", fail)
+                if "adv_ranges" in ev:
+                    fail(where, "a refused step has no 'adv_ranges' (it places nothing)")
             _check_snapshot(ev, where, fail)
         return cls(name=data["name"], description=data["description"], covers=tuple(covers),
                    kind=kind, config=data["config"], initial=data["initial"],
@@ -219,7 +291,7 @@ class Trace:
         """The JSON-able dict that :func:`trace_to_json` writes (a deep copy: edit freely)."""
         head = {"format": TRACE_FORMAT, "version": TRACE_VERSION, "kind": self.kind,
                 "name": self.name, "description": self.description, "covers": list(self.covers)}
-        if self.kind == "config_errors":
+        if self.kind != "events":
             return copy.deepcopy({**head, "cases": list(self.cases)})
         return copy.deepcopy({**head, "config": self.config, "initial": self.initial,
                               "events": list(self.events)})
@@ -292,7 +364,7 @@ def trace_to_json(trace: Trace) -> str:
     data = trace.to_dict()
     items = [k for k in data if k not in ("events", "cases")]
     lines = [f"  {json.dumps(k)}: {json.dumps(data[k], allow_nan=False)}" for k in items]
-    seq_key = "cases" if trace.kind == "config_errors" else "events"
+    seq_key = "events" if trace.kind == "events" else "cases"
     body = ",\n".join("    " + json.dumps(e, allow_nan=False) for e in data[seq_key])
     lines.append(f"  {json.dumps(seq_key)}: [\n{body}\n  ]")
     return "{\n" + ",\n".join(lines) + "\n}\n"
@@ -332,6 +404,120 @@ def _encode_value(value: Any) -> Any:
     return value
 
 
+def _is_tag(value: Any) -> bool:
+    return isinstance(value, Mapping) and set(value) == {FLOAT_TAG} \
+        and isinstance(value[FLOAT_TAG], (int, float)) and not isinstance(value[FLOAT_TAG], bool)
+
+
+def decode_tags(value: Any) -> Any:
+    """``value`` with every ``{"float": x}`` replaced by the float ``x`` (recursively).
+
+    The tag marks a float in a place where an int is expected (a wrong-type input a trace
+    tests, such as ``step(100.0)``): a JSON parser that reads ``100.0`` as the integer 100
+    (JavaScript's) still sees that it is a float.
+    """
+    if _is_tag(value):
+        return float(value[FLOAT_TAG])
+    if isinstance(value, Mapping):
+        return {k: decode_tags(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [decode_tags(v) for v in value]
+    return value
+
+
+def encode_tags(value: Any, key: str | None = None) -> Any:
+    """Inverse of :func:`decode_tags` for inputs: a float at an int position (a key in
+    ``INT_INPUTS``, or inside ``lr_decay_epochs``) becomes ``{"float": x}``."""
+    if isinstance(value, Mapping):
+        return {k: encode_tags(v, k) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [encode_tags(v, key) for v in value]
+    if key in INT_INPUTS and isinstance(value, float):
+        return {FLOAT_TAG: value}
+    return value
+
+
+_JSON_TYPES = {"int": lambda v: type(v) is int, "float": lambda v: type(v) is float,
+               "bool": lambda v: type(v) is bool, "str": lambda v: type(v) is str,
+               "float|null": lambda v: v is None or type(v) is float,
+               "int list": lambda v: type(v) is list and all(type(e) is int for e in v),
+               "ranges": lambda v: type(v) is list and all(
+                   type(r) is list and len(r) == 2 and all(type(e) is int for e in r)
+                   for r in v)}
+
+
+def _typed(where: str, obj: Any, table: Mapping[str, str]) -> list[str]:
+    if not isinstance(obj, Mapping):
+        return [f"{where}: not an object"]
+    out = [f"{where}.{k}: not a field of the type table" for k in obj if k not in table]
+    for k, want in table.items():
+        if k not in obj:
+            out.append(f"{where}.{k}: missing")
+        elif not _JSON_TYPES[want](obj[k]):
+            out.append(f"{where}.{k}: must be JSON {want}, got {json.dumps(obj[k])}")
+    return out
+
+
+def _bare_floats(where: str, value: Any, key: str | None = None) -> list[str]:
+    """Bare JSON floats at int positions of an input (they must be tagged)."""
+    if _is_tag(value):
+        return []
+    if isinstance(value, Mapping):
+        return [p for k, v in value.items() for p in _bare_floats(f"{where}.{k}", v, k)]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in _bare_floats(f"{where}[{i}]", v, key)]
+    if key in INT_INPUTS and isinstance(value, float):
+        return [f"{where}: the float {value!r} stands where an int is expected; write it "
+                f'{{"{FLOAT_TAG}": {value!r}}} so that a parser without ints still sees a float']
+    return []
+
+
+def check_language_neutral(data: Mapping[str, Any]) -> list[str]:
+    """Problems that would make a trace read differently by a JSON parser without ints.
+
+    The rule (docs/porting.md, "Language-neutral numbers"): every decision, state and saved
+    state dict in a trace has exactly the JSON types of ``DECISION_TYPES``, ``STATE_TYPES``
+    and ``CONFIG_TYPES`` (floats are always written with a fraction or an exponent, ints
+    never), so a port may take the types from the table instead of the text; and no input
+    (config, ``samples``, a state dict to load) holds a bare float where an int is expected:
+    such a float is written ``{"float": x}``.
+
+    Args:
+        data: a parsed trace (Python's ``json`` keeps ints and floats apart, as the text does).
+
+    Returns:
+        One line per problem, empty when the trace obeys the rule.
+    """
+    out: list[str] = []
+    kind = data.get("kind", "events")
+    if kind == "events":
+        out += _bare_floats("config", data.get("config", {}))
+        snaps = [("initial", data.get("initial", {}))] + \
+            [(f"events[{i}]", e) for i, e in enumerate(data.get("events", []))]
+        for where, snap in snaps:
+            out += _typed(where + ".decision", snap.get("decision"), DECISION_TYPES)
+            out += _typed(where + ".state", snap.get("state"), STATE_TYPES)
+            if "samples" in snap:
+                out += _bare_floats(where, {"samples": snap["samples"]})
+            if "adv_ranges" in snap and not _JSON_TYPES["ranges"](snap["adv_ranges"]):
+                out.append(f"{where}.adv_ranges: must be JSON ranges, got "
+                           f"{json.dumps(snap['adv_ranges'])}")
+    elif kind == "config_errors":
+        for i, case in enumerate(data.get("cases", [])):
+            out += _bare_floats(f"cases[{i}].config", case.get("config", {}))
+    else:
+        for i, case in enumerate(data.get("cases", [])):
+            where = f"cases[{i}]"
+            out += _bare_floats(where + ".load_into", case.get("load_into", {}))
+            out += _bare_floats(where + ".state_dict", case.get("state_dict"))
+            if "saved" in case:
+                saved = case["saved"]
+                out += _typed(where + ".saved.config", saved.get("config"), CONFIG_TYPES)
+                out += _typed(where + ".saved.state", saved.get("state"), STATE_TYPES)
+                out += _typed(where + ".decision", case.get("decision"), DECISION_TYPES)
+    return out
+
+
 def _same(expected: Any, got: Any) -> bool:
     """Exact agreement under the module's comparison rule (floats by their repr)."""
     if isinstance(expected, float):
@@ -340,6 +526,9 @@ def _same(expected: Any, got: Any) -> bool:
         return type(expected) is type(got) and expected == got
     if isinstance(expected, int):
         return type(got) is int and got == expected
+    if isinstance(expected, list):
+        return type(got) is list and len(got) == len(expected) and \
+            all(_same(e, g) for e, g in zip(expected, got))
     return type(expected) is type(got) and expected == got
 
 
@@ -378,7 +567,7 @@ def _apply(sch: Any, ev: Mapping[str, Any], config: SchedulerConfig,
     """Feed one event; return the scheduler to carry on with (new after save_load)."""
     name = ev["event"]
     if name == "step":
-        sch.step(ev["samples"])
+        sch.step(decode_tags(ev["samples"]))
     elif name == "eigenvalue":
         sch.eigenvalue(_decode_value(ev["value"]))
     elif name == "skip_eigenvalue":
@@ -429,18 +618,20 @@ def replay(trace: Trace | Mapping[str, Any] | str | os.PathLike, *,
             else Trace.from_dict(trace)
     factory = Scheduler if factory is None else factory
     skip = set() if check_reason else {"reason"}
+    if trace.kind == "state_dicts":
+        return _replay_state_dicts(trace, factory, skip)
     if trace.kind == "config_errors":
         out = []
         for i, case in enumerate(trace.cases):
             try:
-                SchedulerConfig.from_dict(case["config"])
+                SchedulerConfig.from_dict(decode_tags(case["config"]))
             except (SchedulerError, ValueError, TypeError) as exc:
                 out += _error_mismatch(i, "config", case["error"], exc)
             else:
                 out += _error_mismatch(i, "config", case["error"], None)
         return out
 
-    config = SchedulerConfig.from_dict(trace.config)
+    config = SchedulerConfig.from_dict(decode_tags(trace.config))
     sch = factory(config)
 
     def check(index: int, event: str, expected: Mapping[str, Any]) -> list[Mismatch]:
@@ -453,6 +644,10 @@ def replay(trace: Trace | Mapping[str, Any] | str | os.PathLike, *,
     mismatches = check(-1, "initial", trace.initial)
     for i, ev in enumerate(trace.events):
         exc = None
+        if "adv_ranges" in ev:   # where this step's adversarial samples go, before it runs
+            got = [list(r) for r in sch.decision.adversarial_ranges(decode_tags(ev["samples"]))]
+            if not _same(ev["adv_ranges"], got):
+                mismatches.append(Mismatch(i, "step", "adv_ranges", ev["adv_ranges"], got))
         try:
             sch = _apply(sch, ev, config, factory)
         except (SchedulerError, ValueError, TypeError) as error:
@@ -460,6 +655,33 @@ def replay(trace: Trace | Mapping[str, Any] | str | os.PathLike, *,
         mismatches += _error_mismatch(i, ev["event"], ev.get("error"), exc)
         mismatches += check(i, ev["event"], ev)
     return mismatches
+
+
+def _replay_state_dicts(trace: Trace, factory: Callable[[SchedulerConfig], Any],
+                        skip: set[str]) -> list[Mismatch]:
+    """Each case: build from ``load_into``, load ``state_dict`` (tags decoded); a refusal
+    must raise the recorded error; an accepted one must give ``decision`` and write back
+    ``saved`` (format, version, every config and state field, exactly)."""
+    out: list[Mismatch] = []
+    for i, case in enumerate(trace.cases):
+        exc, sch = None, None
+        try:
+            sch = factory(SchedulerConfig.from_dict(decode_tags(case["load_into"])))
+            sch.load_state_dict(decode_tags(case["state_dict"]))
+        except (SchedulerError, ValueError, TypeError) as error:
+            exc = error
+        out += _error_mismatch(i, "load", case.get("error"), exc)
+        if exc is not None or "error" in case:
+            continue
+        out += _compare(i, "load", "decision", case["decision"], sch.decision.to_dict(), skip)
+        saved, got = case["saved"], sch.state_dict()
+        out += _compare(i, "load", "saved", {k: v for k, v in saved.items()
+                                             if k not in ("config", "state")},
+                        {k: v for k, v in got.items() if k not in ("config", "state")}, set())
+        for part in ("config", "state"):
+            out += _compare(i, "load", f"saved.{part}", saved.get(part, {}),
+                            got.get(part, {}), skip if part == "state" else set())
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -503,9 +725,9 @@ class TraceRecorder:
     def __init__(self, name: str, description: str,
                  config: SchedulerConfig | Mapping[str, Any], covers: Iterable[str] = ()):
         # a dict is written as given (a trace may leave fields to their defaults on purpose)
-        self.config_dict = config.to_dict() if isinstance(config, SchedulerConfig) \
-            else dict(config)
-        self.config = SchedulerConfig.from_dict(self.config_dict)
+        self.config_dict = encode_tags(config.to_dict() if isinstance(config, SchedulerConfig)
+                                       else dict(config))
+        self.config = SchedulerConfig.from_dict(decode_tags(self.config_dict))
         self.name, self.description, self.covers = name, description, tuple(covers)
         self.scheduler = Scheduler(self.config)
         self.initial = _snapshot(self.scheduler)
@@ -536,6 +758,9 @@ class TraceRecorder:
                                      f"fail with {spec}, got {exc!r}")
         if note:
             event["note"] = note
+        if event["event"] == "step" and error is None:
+            event["adv_ranges"] = [list(r) for r in
+                                   before.decision.adversarial_ranges(event["samples"])]
         if error is not None:
             event["error"] = spec
         event.update(_snapshot(self.scheduler))
@@ -546,7 +771,8 @@ class TraceRecorder:
              error: Sequence[str] | None = None):
         """Record a step of ``samples`` samples (default: the decided batch size)."""
         n = self.scheduler.decision.batch_size if samples is None else samples
-        return self._record({"event": "step", "samples": n}, note, error)
+        return self._record({"event": "step", "samples": encode_tags(n, "samples")}, note,
+                            error)
 
     def eigenvalue(self, value: Any, *, note: str | None = None,
                    error: Sequence[str] | None = None):
@@ -595,9 +821,49 @@ def config_error_trace(name: str, description: str,
         if _error_mismatch(i, "config", spec, caught):
             raise AssertionError(f"{name}: case {i} {config} should fail with {spec}, "
                                  f"got {caught!r}")
-        out.append({"config": dict(config), "error": spec})
+        out.append({"config": encode_tags(dict(config)), "error": spec})
     return Trace.from_dict({"format": TRACE_FORMAT, "version": TRACE_VERSION,
                             "kind": "config_errors", "name": name, "description": description,
+                            "covers": list(covers), "cases": out}, name)
+
+
+def state_dict_trace(name: str, description: str, cases: Iterable[Mapping[str, Any]],
+                     covers: Iterable[str] = ()) -> Trace:
+    """A ``state_dicts`` trace: state dicts a port must load (and write back) or refuse.
+
+    Args:
+        cases: dicts with ``load_into`` (the config of the scheduler that loads), ``state_dict``
+            (the JSON-able dict to load, floats at int positions as Python floats: they are
+            tagged here), an optional ``note`` and, for one that must be refused,
+            ``error = (kind, *mentions)``. The decision and the state dict written back after
+            an accepted load are recorded from the reference core; a case that does not
+            behave as declared raises AssertionError.
+    """
+    out = []
+    for i, case in enumerate(cases):
+        load_into, data = dict(case["load_into"]), copy.deepcopy(case["state_dict"])
+        error = case.get("error")
+        exc, sch = None, None
+        try:
+            sch = Scheduler(SchedulerConfig.from_dict(load_into))
+            sch.load_state_dict(copy.deepcopy(data))
+        except (SchedulerError, ValueError, TypeError) as caught:
+            exc = caught
+        spec = None if error is None else {"kind": error[0], "mentions": list(error[1:])}
+        if _error_mismatch(i, "load", spec, exc):
+            raise AssertionError(f"{name}: case {i} should give {spec}, got {exc!r}")
+        row: dict[str, Any] = {}
+        if case.get("note"):
+            row["note"] = case["note"]
+        row.update(load_into=encode_tags(load_into), state_dict=encode_tags(data))
+        if spec is not None:
+            row["error"] = spec
+        else:
+            row.update(decision=sch.decision.to_dict(),
+                       saved=json.loads(json.dumps(sch.state_dict(), allow_nan=False)))
+        out.append(row)
+    return Trace.from_dict({"format": TRACE_FORMAT, "version": TRACE_VERSION,
+                            "kind": "state_dicts", "name": name, "description": description,
                             "covers": list(covers), "cases": out}, name)
 
 
@@ -635,13 +901,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     for path in paths:
         trace = load_trace(path)
         found = replay(trace, check_state=not args.no_state)
+        untyped = check_language_neutral(trace.to_dict())
         size = len(trace.events) or len(trace.cases)
         label = getattr(path, "name", str(path)).ljust(width)
+        verdict = [f"{len(found)} mismatches"] * bool(found) + \
+            [f"{len(untyped)} numbers not language-neutral"] * bool(untyped)
         print(f"{label}  {size:4d} {'events' if trace.kind == 'events' else 'cases '}  "
-              f"{'ok' if not found else f'{len(found)} mismatches'}")
+              f"{'; '.join(verdict) or 'ok'}")
         for m in found[:20]:
             print(f"    {m}")
-        bad += bool(found)
+        for problem in untyped[:20]:
+            print(f"    {problem}")
+        bad += bool(found or untyped)
     return 1 if bad else 0
 
 

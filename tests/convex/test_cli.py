@@ -123,7 +123,7 @@ def test_help_explains_every_option(capsys):
                 "--quick", "--hessian-batch", "--eig-method", "--eig-tol", "--eig-max-iter",
                 "--batch-size", "--max-batch", "--alpha", "--beta", "--patience",
                 "--check-every", "--adv-eps", "--adv-fraction", "--adv-decay", "--adv-stop",
-                "--out", "--no-plot", "--backend", "--no-progress"):
+                "--adv-rule", "--out", "--no-plot", "--backend", "--no-progress"):
         assert opt in text, opt
 
 

@@ -311,3 +311,39 @@ def test_abs_needs_fewer_updates_than_sgd_for_the_same_gap_and_samples():
     # and after the same samples the two gaps agree (the noise floor does not depend on B)
     assert abs_.samples_seen == sgd.samples_seen
     assert abs(abs_.loss[-1] - sgd.loss[-1]) <= 0.05 * (sgd.loss[-1] - f_star)
+
+
+@pytest.mark.parametrize("rule", ["blocks", "batch"])
+def test_fgsm_rows_are_the_ones_at_the_cores_adversarial_ranges(small, monkeypatch, rule):
+    """The kernels perturb the first adv rows they are given; the driver must hand them the
+    rows at the core's positions (blocks of B0 spread over the logical batch), and the rest."""
+    seen = []
+    original = small._k.loss_grad
+
+    def recording(X, y, idx, theta, lam, adv, *rest):
+        seen.append((np.array(idx), adv))
+        return original(X, y, idx, theta, lam, adv, *rest)
+
+    monkeypatch.setattr(small._k, "loss_grad", recording)
+    cfg = _cfg("absa", small.n_samples, patience=1, adv_rule=rule, adv_stop=1.0)
+    run = train(small, cfg, seed=3, sampling="iid", eigenvalue_fn=Script([1.0]))
+    rng = np.random.default_rng(np.random.SeedSequence(3).spawn(2)[0])   # the batch stream
+    sch, spread = Scheduler(cfg), 0
+    for k, (idx, adv) in enumerate(seen):
+        d = sch.decision
+        batch = rng.integers(0, small.n_samples, size=d.batch_size)       # what was drawn
+        mask = np.zeros(d.batch_size, dtype=bool)
+        for a, b in d.adv_ranges:
+            mask[a:b] = True
+        assert adv == d.adv_count == mask.sum() == run.adv_count[k + 1]
+        assert np.array_equal(idx[:adv], batch[mask]) and np.array_equal(idx[adv:], batch[~mask])
+        spread += len(d.adv_ranges) > 1
+        d = sch.step(d.batch_size)
+        if d.eigenvalue_due:
+            sch.eigenvalue(1.0)
+        if run.epoch_end[k + 1]:
+            sch.end_epoch()
+    if rule == "blocks":   # B = 80 with gamma = 0.1: 4 rows at [0, 4) and [40, 44)
+        assert spread > 0
+    else:
+        assert spread == 0

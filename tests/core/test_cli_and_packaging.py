@@ -114,6 +114,27 @@ def test_schedule_json_output_matches_direct_replay(tmp_path, capsys):
     assert [r["batch_end"] for r in rows][:4] == [128, 256, 256, 512]
 
 
+@pytest.mark.parametrize("rule", ["blocks", "batch"])
+def test_schedule_adv_rule_option_reaches_the_config(tmp_path, capsys, rule):
+    trace = tmp_path / "t.json"
+    lams = [10, 4, 1.5, 0.5, 0.2, 0.05, 0.01, 0.001]
+    trace.write_text(json.dumps({"eigenvalues": lams}))
+    rc = main(["schedule", str(trace), "--format", "json", "--epochs", "8", "--method", "absa",
+               "--samples-per-epoch", "1000", "--decay-epochs", "", "--max-batch", "32768",
+               "--adv-stop", "1.0", "--adv-rule", rule])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    cfg = SchedulerConfig(method="absa", lr=0.1, batch_size=128, max_batch_size=32768,
+                          samples_per_epoch=1000, epochs=8, lr_decay_factor=0.2,
+                          adv_stop=1.0, adv_rule=rule)
+    rows, _ = replay_schedule(cfg, lams)
+    assert out["epochs"] == json.loads(json.dumps(rows))
+    # blocks: 25, 12 x 2, 6 x 4, 3 x 8, 1 x 16 per batch, then none (0.2 / 64 * 128 < 1);
+    # batch: floor(gamma * B) = 25 per batch for ever
+    want = [25, 25, 24, 24, 24, 16, 0, 0] if rule == "blocks" else [25] * 8
+    assert [r["adv_start"] for r in out["epochs"]] == want
+
+
 def test_schedule_reads_csv_and_reports_a_short_trace(tmp_path, capsys):
     trace = tmp_path / "t.csv"
     trace.write_text("step,eigenvalue\n1,8.0\n2,3.0\n")

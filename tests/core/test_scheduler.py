@@ -118,17 +118,70 @@ def test_lr_decay_and_adversary_stop_at_epoch_ends():
         sch.step()
 
 
-def test_adversarial_count_rounding_and_minimum():
-    sch = make("absa", batch_size=100, adv_fraction=0.29)
+def test_adversarial_count_rounding_and_minimum_batch_rule():
+    sch = make("absa", batch_size=100, adv_fraction=0.29, adv_rule="batch")
     assert sch.decision.adv_count == 29          # 0.29 * 100 = 28.999999999999996 in binary
-    sch = make("absa", batch_size=40, max_batch_size=80, adv_fraction=0.05)
+    assert sch.decision.adv_ranges == ((0, 29),)
+    sch = make("absa", batch_size=40, max_batch_size=80, adv_fraction=0.05, adv_rule="batch")
     assert sch.decision.adv_count == 2
     assert sch.decision.adversarial_count(30) == 1      # a short last batch: floor(1.5)
     assert sch.decision.adversarial_count(10) == 0      # gamma * n = 0.5 < 1: no adversary
-    sch = make("absa", batch_size=10, max_batch_size=80, adv_fraction=0.05)
+    sch = make("absa", batch_size=10, max_batch_size=80, adv_fraction=0.05, adv_rule="batch")
     assert sch.decision.adv_count == 0 and sch.decision.adv_fraction == 0.05
     sch = make("abs", adv_fraction=0.2)
-    assert sch.decision.adv_count == 0           # abs never uses the adversary
+    assert sch.decision.adv_count == 0 and sch.decision.adv_ranges == ()   # abs: no adversary
+
+
+def test_adversarial_blocks_rule_is_keyed_to_b0_and_spread_one_block_per_b0():
+    # the default rule: blocks of B0 = 100 from the start of the batch, c = floor(0.2 * 100)
+    sch = make("absa", beta=1.5, micro_batch_size=20, max_batch_size=1000, adv_fraction=0.2,
+               adv_decay=1.0)
+    assert sch.config.adv_rule == "blocks"
+    d = sch.decision
+    assert (d.adv_rule, d.adv_ranges, d.adv_count) == ("blocks", ((0, 20),), 20)
+    run_epoch(sch, 8.0)
+    d = run_epoch(sch, 2.0)                       # B = 160: blocks [0, 100) and [100, 160)
+    assert d.batch_size == 160 and d.micro_batch_size == 20
+    assert d.adv_ranges == ((0, 20), (100, 120)) and d.adv_count == 40
+    assert d.adversarial_ranges(110) == ((0, 20), (100, 110))   # a short batch is clipped
+    assert d.adversarial_count(110) == 30 and d.adversarial_ranges(90) == ((0, 20),)
+    assert d.to_dict()["adv_ranges"] == [[0, 20], [100, 120]]
+    with pytest.raises(ValueError, match=r"n_samples must be <= batch_size = 160 \(the scheduler decides B\), got 161"):
+        d.adversarial_ranges(161)
+    with pytest.raises(TypeError, match="n_samples must be an int"):
+        d.adversarial_count(10.0)
+    # a last block shorter than c: all of it (data[:c] of a short block)
+    sch = make("absa", batch_size=10, micro_batch_size=2, max_batch_size=80, beta=1.2,
+               adv_fraction=0.5, adv_decay=1.0)
+    run_epoch(sch, 8.0)
+    d = run_epoch(sch, 2.0)                       # B = 12: blocks [0, 10) and [10, 12), c = 5
+    assert (d.batch_size, d.adv_ranges) == (12, ((0, 5), (10, 12)))
+    # none once gamma * B0 <= 1 (the authors' gamma > 1 / B0), where "batch" still has one
+    blocks = make("absa", adv_fraction=0.01)      # 0.01 * 100 = 1.0
+    batch = make("absa", adv_fraction=0.01, adv_rule="batch")
+    assert (blocks.decision.adv_count, blocks.decision.adv_eps) == (0, 0.0)
+    assert batch.decision.adv_ranges == ((0, 1),)
+    assert make("absa", adv_fraction=0.0101).decision.adv_ranges == ((0, 1),)  # max(1, ...)
+    with pytest.raises(ValueError, match="adv_rule must be one of blocks, batch, got 'head'"):
+        make("absa", adv_rule="head")
+    with pytest.raises(TypeError, match="adv_rule must be a string"):
+        make("absa", adv_rule=None)
+
+
+def test_blocks_rule_makes_the_adversary_vanish_after_five_growths():
+    # the paper's defaults, B0 = 128, gamma0 = 0.2, omega = beta = 2: 25.6, 12.8, 6.4, 3.2,
+    # 1.6 per block, then 0.8 <= 1: none from the fifth growth on
+    sch = make("absa", batch_size=128, max_batch_size=128 * 2 ** 8, samples_per_epoch=128,
+               epochs=20, adv_stop=1.0, patience=1)
+    per_block = []
+    for _ in range(8):
+        d = sch.decision
+        per_block.append(d.adv_ranges[0][1] if d.adv_ranges else 0)
+        assert d.adv_count == per_block[-1] * (d.batch_size // 128)
+        run_epoch(sch, 1.0)
+    assert per_block == [25, 25, 12, 6, 3, 1, 0, 0]   # the first check only sets lam_ref
+    batch = make("absa", batch_size=128, max_batch_size=128 * 2 ** 8, adv_rule="batch")
+    assert batch.decision.adv_count == 25         # and floor(0.2 * 128) forever after
 
 
 def test_fb_warmup_is_linear_from_eta_to_scaled_lr():

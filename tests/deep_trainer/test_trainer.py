@@ -179,7 +179,8 @@ def test_lr_scale_of_a_param_group_multiplies_the_decided_lr():
     assert opt.lrs == [[0.1, 0.025], [0.1, 0.025]]
 
 
-def test_adversarial_samples_are_the_first_of_each_logical_batch_and_the_rest_clean():
+@pytest.mark.parametrize("rule", ["blocks", "batch"])
+def test_adversarial_samples_sit_where_the_core_says_and_the_rest_are_clean(rule):
     n = 40
     data = _data(n)
     marker = 7.0
@@ -196,8 +197,10 @@ def test_adversarial_samples_are_the_first_of_each_logical_batch_and_the_rest_cl
             return self.inner(x)
 
     model = Recorder()
-    cfg = _config("absa", n=n, batch_size=8, max_batch_size=32, micro_batch_size=4, epochs=2,
-                  adv_fraction=0.4)
+    # blocks of B0 = 8, micro-batches of 4: c = floor(0.4 * 8) = 3 per block; after the
+    # growth to 16 (gamma 0.2) one sample at 0 and one at 8, the second in micro-batch 3
+    cfg = _config("absa", n=n, batch_size=8, max_batch_size=32, micro_batch_size=4, epochs=4,
+                  adv_fraction=0.4, patience=1, check_every=16, adv_rule=rule)
     calls = []
 
     def adversary(m, loss_fn, x, y, eps):
@@ -207,17 +210,30 @@ def test_adversarial_samples_are_the_first_of_each_logical_batch_and_the_rest_cl
     tr = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), F.cross_entropy, data,
                  cfg, eigenvalue_fn=_scripted_any_mode([5.0] * 20), adversary=adversary)
     hist = tr.run()
-    pos = 0
-    for n_i, b, lr, micro_batches, n_adv in tr.update_log:
-        flags = [f for mb in seen[pos:pos + micro_batches] for f in mb]
-        pos += micro_batches
-        assert len(flags) == n_i
-        assert flags == [True] * n_adv + [False] * (n_i - n_adv)
-    assert pos == len(seen)
+    replay, pos, steps, spread = Scheduler(cfg), 0, 0, 0
+    for kind, value in tr.events:
+        if kind == "eigenvalue":
+            replay.eigenvalue(value)
+        elif kind == "skip":
+            replay.skip_eigenvalue()
+        elif kind == "end_epoch":
+            replay.end_epoch()
+        else:
+            n_i, b, lr, micro_batches, n_adv = tr.update_log[steps]
+            flags = [f for mb in seen[pos:pos + micro_batches] for f in mb]
+            pos, steps = pos + micro_batches, steps + 1
+            want = [False] * n_i
+            for a, z in replay.decision.adversarial_ranges(n_i):
+                want[a:z] = [True] * (z - a)
+            assert flags == want and n_adv == sum(want)
+            spread += want != sorted(want, reverse=True)     # not all at the head
+            replay.step(value)
+    assert pos == len(seen) and steps == len(tr.update_log)
+    assert (spread > 0) == (rule == "blocks")
     assert sum(r[4] for r in tr.update_log) == sum(m.adversarial_samples for m in hist) > 0
     assert all(eps == cfg.adv_eps for _, eps in calls)
-    # adversary stops at tau * epochs = 0.8 -> after epoch 1; epoch 2 is clean
-    assert hist[0].adversarial_samples > 0 and hist[1].adversarial_samples == 0
+    # adversary stops at tau * epochs = 2 -> after epoch 2; epochs 3 and 4 are clean
+    assert hist[1].adversarial_samples > 0 and hist[2].adversarial_samples == 0
 
 
 # ------------------------------------------------------------------------------ eigenvalues

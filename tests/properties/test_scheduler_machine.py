@@ -42,6 +42,7 @@ from hessbatch.traces import (
     Trace,
     TraceRecorder,
     builtin_traces,
+    decode_tags,
     load_trace,
     replay,
     trace_to_json,
@@ -99,6 +100,7 @@ def config_dicts(draw, methods=METHODS, batch_sizes=None, choices=None) -> dict:
         adv_decay=draw(st.one_of(st.sampled_from([1.0, 2.0]), st.floats(1.0, 8.0))),
         adv_stop=draw(st.one_of(st.sampled_from([0.0, 0.5, 1.0]), st.floats(0.0, 1.0))),
         warmup_epochs=draw(st.one_of(st.sampled_from([0.0, 1.0]), st.floats(0.0, 5.0))),
+        adv_rule=draw(st.sampled_from(["blocks", "batch"])),
     )
     for field, values in (choices or {}).items():
         out[field] = draw(st.sampled_from(values))
@@ -189,6 +191,21 @@ class Model:
                 self.lr *= cfg.lr_decay_factor
         if tau_reached(cfg, self.epoch):
             self.gamma = 0.0
+
+    def adversarial_positions(self, n: int) -> list[int]:
+        """Step 1, restated per sample: which of the n samples of a batch are adversarial.
+        "batch": the first max(1, floor(gamma * n)) while gamma * n >= 1; "blocks" (the
+        authors' code): sample i is adversarial when i mod B0 < c, c = max(1, floor(gamma *
+        B0)) while gamma * B0 > 1 (1e-9 tolerances as everywhere)."""
+        cfg, g = self.cfg, self.gamma
+        if cfg.method != "absa" or g == 0:
+            return []
+        if cfg.adv_rule == "batch":
+            c = max(1, math.floor(g * n + TOL)) if g * n >= 1 - TOL else 0
+            return list(range(c))
+        b0 = cfg.batch_size
+        c = max(1, math.floor(g * b0 + TOL)) if g * b0 > 1 + TOL else 0
+        return [i for i in range(n) if i % b0 < c]
 
     def decision_lr(self) -> float:
         cfg = self.cfg
@@ -414,11 +431,20 @@ class SchedulerMachine(RuleBasedStateMachine):
         if tau_reached(cfg, d.epoch) or d.batch_size == cfg.max_batch_size \
                 or cfg.method != "absa":
             assert d.adv_fraction == 0.0 and d.adv_count == 0
-        # the adversarial count is floor(gamma * B) (at least 1) when gamma * B >= 1
-        g = d.adv_fraction * d.batch_size
-        if g >= 1 - TOL:
-            assert d.adv_count == max(1, math.floor(g + TOL)) and d.adv_eps == cfg.adv_eps
+        # the adversarial samples sit where the model's rule puts them, for the whole batch
+        # and for a short one; the step is eps exactly when there is at least one
+        def positions(ranges):
+            return [i for a, b in ranges for i in range(a, b)]
+        want = self.model.adversarial_positions(d.batch_size)
+        assert positions(d.adv_ranges) == want and d.adv_count == len(want)
+        short = max(1, d.batch_size // 3 + 1)
+        assert positions(d.adversarial_ranges(short)) == \
+            self.model.adversarial_positions(short)
+        if want:
+            assert d.adv_eps == cfg.adv_eps
             self.reached.add("adversarial samples")
+            if len(d.adv_ranges) > 1:
+                self.reached.add("adversarial samples in several blocks")
         else:
             assert d.adv_count == 0 and d.adv_eps == 0.0
             if d.adv_fraction > 0:
@@ -478,7 +504,7 @@ ROBUST_BY_METHOD = {
 EVERY_LABEL = set().union(*ROBUST_BY_METHOD.values()) | {
     "growth on the boundary", "save/load while due", "skip", "gamma decayed",
     "adversary vanished (gamma * B < 1)", "refused eigenvalue: ValueError",
-    "refused eigenvalue: TypeError"}
+    "refused eigenvalue: TypeError", "adversarial samples in several blocks"}
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -505,12 +531,12 @@ def test_machine_along_the_conformance_traces():
         if trace.kind != "events":
             continue
         machine = SchedulerMachine()
-        machine.begin(dict(trace.config), replies=[0.5])
+        machine.begin(decode_tags(dict(trace.config)), replies=[0.5])
         machine.check_all()
         for ev in trace.events:
             name = ev["event"]
             if name == "step":
-                machine.step_of(ev["samples"])
+                machine.step_of(decode_tags(ev["samples"]))
             elif name == "eigenvalue":
                 value = ev["value"]
                 machine.eigenvalue_of(_SPECIAL.get(value, value)
@@ -550,8 +576,14 @@ def _adv_count_without_tolerance(gamma, batch):
     return max(1, math.floor(gamma * batch)) if gamma * batch >= 1 else 0
 
 
+def _blocks_of_the_micro_batch(cfg, gamma, batch):
+    # a wrong reading: blocks keyed to the memory-driven micro-batch instead of B0
+    return ORIGINAL["_adv_ranges"](
+        dataclasses.replace(cfg, batch_size=cfg.micro_batch_size), gamma, batch)
+
+
 ORIGINAL = {name: getattr(_scheduler, name) for name in
-            ("_grow", "on_skip_eigenvalue", "_checks_active", "_adv_count")}
+            ("_grow", "on_skip_eigenvalue", "_checks_active", "_adv_count", "_adv_ranges")}
 
 
 @pytest.mark.parametrize("method, name, wrong, batch_sizes, choices", [
@@ -560,7 +592,9 @@ ORIGINAL = {name: getattr(_scheduler, name) for name in
     ("abs", "_checks_active", _checks_even_at_max, None, None),
     # 0.29 * 100 and 0.58 * 50 fall just below an integer: only such configs show this bug
     ("absa", "_adv_count", _adv_count_without_tolerance, (50, 100),
-     {"adv_fraction": [0.29, 0.58], "adv_stop": [1.0]}),
+     {"adv_fraction": [0.29, 0.58], "adv_stop": [1.0], "adv_rule": ["batch"]}),
+    ("absa", "_adv_ranges", _blocks_of_the_micro_batch, (50, 100),
+     {"adv_fraction": [0.29, 0.58, 0.2], "adv_stop": [1.0], "adv_rule": ["blocks"]}),
 ])
 def test_the_machine_catches_a_wrong_core(monkeypatch, method, name, wrong, batch_sizes,
                                           choices):
