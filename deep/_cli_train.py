@@ -59,7 +59,8 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
                    help="model width (cnn: first conv channels, 16; mlp: 64; resnet18: 64)")
     g.add_argument("--data", default="mnist5k",
                    help="mnist5k (shipped), cifar10:PATH (folder of the python-version "
-                        "batches) or synthetic[:N[:CxHxW]] (default %(default)s)")
+                        "batches; cifar10-partial:PATH if some training batches are "
+                        "missing) or synthetic[:N[:CxHxW]] (default %(default)s)")
     g.add_argument("--test-fraction", type=float, default=0.2,
                    help="held-out share of each class for mnist5k and synthetic, split by "
                         "--seed (default %(default)s)")
@@ -159,6 +160,23 @@ def build_from_spec(spec: dict[str, Any], device: torch.device):
     model = make_model(spec["model"], bundle.input_shape, bundle.num_classes,
                        activation=spec["activation"], width=spec["width"]).to(device)
     return bundle, model
+
+
+def spec_of(state: dict[str, Any], path: Any) -> dict[str, Any]:
+    """The run's spec stored in a checkpoint by `hessbatch train` (``train`` and ``eig``).
+
+    Raises:
+        ValueError: no spec, or one that lacks keys this version needs (named).
+    """
+    extra = state.get("extra")
+    spec = extra.get("spec") if isinstance(extra, dict) else None
+    if not isinstance(spec, dict):
+        raise ValueError(f"{path} has no model spec: it was not written by `hessbatch train`")
+    missing = [k for k in _SPEC_KEYS + ("method",) if k not in spec]
+    if missing:
+        raise ValueError(f"{path}: its spec lacks {missing}: it was not written by this "
+                         "version of `hessbatch train`")
+    return dict(spec)
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -438,11 +456,7 @@ def run(args: argparse.Namespace) -> int:
     state = None
     if args.resume is not None:
         state = load_checkpoint(args.resume)
-        spec = dict(state.get("extra", {}).get("spec", {}))
-        missing = [k for k in _SPEC_KEYS + ("method",) if k not in spec]
-        if missing:
-            raise ValueError(f"{args.resume} was not written by `hessbatch train` (its spec "
-                             f"lacks {missing})")
+        spec = spec_of(state, args.resume)
         saved = dict(state["scheduler"]["config"])
         _refuse_changed_options(args, spec, saved)
         if args.epochs is not None and args.epochs != saved["epochs"]:
@@ -480,7 +494,12 @@ def run(args: argparse.Namespace) -> int:
                       adversary=spec["adversary"], last_batch=spec["last_batch"],
                       seed=spec["seed"])
     if state is not None:
-        trainer.load_state_dict(state)
+        try:
+            trainer.load_state_dict(state)
+        except RuntimeError as exc:
+            raise ValueError(f"{args.resume}: the saved state does not fit the model and "
+                             f"optimizer its spec describes ({str(exc).splitlines()[0]})") \
+                from None
 
     n = len(bundle.train)
     progress = Progress(config.epochs * n, f"{config.method}", enabled=not args.quiet)
