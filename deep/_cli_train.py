@@ -434,9 +434,11 @@ def _report_divergence(exc: TrainingDiverged, args: argparse.Namespace, trainer:
     if args.out is not None:
         ck = args.out / "checkpoint.pt"
         if ck.is_file():
-            where = f"; the last good checkpoint is {ck}"
+            epoch = load_checkpoint(ck)["scheduler"]["state"]["epoch"]
+            where = f"; the last good checkpoint is {ck} (after epoch {epoch})"
         else:
-            where = f"; no checkpoint was written to {args.out} (none before epoch {exc.epoch})"
+            where = (f"; no checkpoint in {args.out}: it diverged in epoch {exc.epoch}, before "
+                     "the first one")
         if trainer.history:
             write_outputs(args.out, trainer, spec, final=False, stopped=str(exc))
     print(f"hessbatch train: error: {exc}{where}", file=sys.stderr)

@@ -10,10 +10,10 @@ through :class:`hessbatch.Scheduler`, or through any object with the same protoc
 describes the protocol for a port; ``python -m hessbatch._make_traces`` regenerates the shipped
 files from their hand-written event scripts.
 
-File format (JSON, UTF-8; ``version`` 1)::
+File format (JSON, UTF-8; ``version`` 2)::
 
-    {"format": "hessbatch.trace", "version": 1, "kind": "events",
-     "name": "...", "description": "...", "covers": ["growth by drop", ...],
+    {"format": "hessbatch.trace", "version": 2, "kind": "events",
+     "name": "...", "description": "...", "covers": ["growth by drop", ...], "count": 42,
      "config": {every SchedulerConfig field},
      "initial": {"decision": {...}, "state": {...}},
      "events": [
@@ -24,6 +24,8 @@ File format (JSON, UTF-8; ``version`` 1)::
        {"event": "skip_eigenvalue", ...}, {"event": "epoch_end", ...},
        {"event": "save_load", ...}]}
 
+``count`` is the number of events (of cases for ``config_errors``): a file whose list was
+truncated, or lost an event in an edit, is refused instead of replaying as a shorter success.
 ``decision`` holds every field of :class:`hessbatch.Decision` and ``state`` every field of the
 state dict's ``state`` (:class:`hessbatch.SchedulerState`), both as they are *after* the event.
 An event with ``error`` must fail with that kind of error (``"protocol"``: events out of order,
@@ -83,15 +85,16 @@ __all__ = [
 ]
 
 TRACE_FORMAT = "hessbatch.trace"
-TRACE_VERSION = 1
+TRACE_VERSION = 2  # 2: "count" states the number of events (or cases)
 EVENTS = ("step", "eigenvalue", "skip_eigenvalue", "epoch_end", "save_load")
 # kind of error in a trace -> the Python exception class that carries it
 ERROR_KINDS: dict[str, type[Exception]] = {
     "protocol": SchedulerError, "value": ValueError, "type": TypeError}
 _SPECIAL_FLOATS = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
-_TOP_KEYS_EVENTS = {"format", "version", "kind", "name", "description", "covers", "config",
-                    "initial", "events"}
-_TOP_KEYS_CONFIGS = {"format", "version", "kind", "name", "description", "covers", "cases"}
+_TOP_KEYS_EVENTS = {"format", "version", "kind", "name", "description", "covers", "count",
+                    "config", "initial", "events"}
+_TOP_KEYS_CONFIGS = {"format", "version", "kind", "name", "description", "covers", "count",
+                     "cases"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -163,7 +166,8 @@ class Trace:
             fail("format", f"must be {TRACE_FORMAT!r}, got {data.get('format')!r}")
         if data.get("version") != TRACE_VERSION:
             fail("version", f"{data.get('version')!r} is not supported (this hessbatch reads "
-                 f"version {TRACE_VERSION})")
+                 f"version {TRACE_VERSION}, whose 'count' guards against a truncated event "
+                 "list; copy the traces again with python -m hessbatch.traces --copy-to DIR)")
         kind = data.get("kind", "events")
         if kind not in ("events", "config_errors"):
             fail("kind", f"must be 'events' or 'config_errors', got {kind!r}")
@@ -178,6 +182,13 @@ class Trace:
         covers = data.get("covers", [])
         if not isinstance(covers, list) or not all(isinstance(c, str) for c in covers):
             fail("covers", f"must be a list of strings, got {covers!r}")
+        seq_key = "cases" if kind == "config_errors" else "events"
+        count = data["count"]
+        if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+            fail("count", f"must be the number of {seq_key} (an int >= 1), got {count!r}")
+        if isinstance(data[seq_key], list) and data[seq_key] and len(data[seq_key]) != count:
+            fail(seq_key, f"the file holds {len(data[seq_key])} {seq_key} but its count says "
+                 f"{count}: the list is truncated or was edited; restore the file")
         if kind == "config_errors":
             cases = data["cases"]
             if not isinstance(cases, list) or not cases:
@@ -218,7 +229,8 @@ class Trace:
     def to_dict(self) -> dict[str, Any]:
         """The JSON-able dict that :func:`trace_to_json` writes (a deep copy: edit freely)."""
         head = {"format": TRACE_FORMAT, "version": TRACE_VERSION, "kind": self.kind,
-                "name": self.name, "description": self.description, "covers": list(self.covers)}
+                "name": self.name, "description": self.description, "covers": list(self.covers),
+                "count": len(self.cases) if self.kind == "config_errors" else len(self.events)}
         if self.kind == "config_errors":
             return copy.deepcopy({**head, "cases": list(self.cases)})
         return copy.deepcopy({**head, "config": self.config, "initial": self.initial,
@@ -570,7 +582,7 @@ class TraceRecorder:
         return Trace.from_dict({
             "format": TRACE_FORMAT, "version": TRACE_VERSION, "kind": "events",
             "name": self.name, "description": self.description, "covers": list(self.covers),
-            "config": self.config_dict, "initial": self.initial,
+            "count": len(self.events), "config": self.config_dict, "initial": self.initial,
             "events": self.events}, self.name)
 
 
@@ -598,7 +610,7 @@ def config_error_trace(name: str, description: str,
         out.append({"config": dict(config), "error": spec})
     return Trace.from_dict({"format": TRACE_FORMAT, "version": TRACE_VERSION,
                             "kind": "config_errors", "name": name, "description": description,
-                            "covers": list(covers), "cases": out}, name)
+                            "covers": list(covers), "count": len(out), "cases": out}, name)
 
 
 # --------------------------------------------------------------------------------------------
@@ -633,10 +645,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     bad = 0
     width = max(len(getattr(p, "name", str(p))) for p in paths)
     for path in paths:
-        trace = load_trace(path)
+        label = getattr(path, "name", str(path)).ljust(width)
+        try:
+            trace = load_trace(path)
+        except (OSError, ValueError) as exc:
+            # a malformed file is a failure, reported with its name; the others still replay
+            print(f"{label}  error: {exc}")
+            bad += 1
+            continue
         found = replay(trace, check_state=not args.no_state)
         size = len(trace.events) or len(trace.cases)
-        label = getattr(path, "name", str(path)).ljust(width)
         print(f"{label}  {size:4d} {'events' if trace.kind == 'events' else 'cases '}  "
               f"{'ok' if not found else f'{len(found)} mismatches'}")
         for m in found[:20]:

@@ -533,7 +533,8 @@ GOOD = json.dumps(TRACES["bl_fixed"].to_dict())
 
 @pytest.mark.parametrize("mutate, match", [
     (lambda d: d.update(format="something"), "format: must be 'hessbatch.trace'"),
-    (lambda d: d.update(version=2), "version: 2 is not supported"),
+    (lambda d: d.update(version=1), "version: 1 is not supported"),
+    (lambda d: d.update(version=3), "version: 3 is not supported"),
     (lambda d: d.update(kind="film"), "kind: must be 'events' or 'config_errors'"),
     (lambda d: d.pop("config"), r"missing keys \['config'\]"),
     (lambda d: d.update(colour=1), r"unknown keys \['colour'\]"),
@@ -626,3 +627,36 @@ def test_traces_module_runs_as_a_script():
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count(" ok") == len(EXPECTED_FILES)
+
+
+# ------------------------------------------------------------- truncated files, bad files in a batch
+
+
+@pytest.mark.parametrize("name", ["bl_fixed", "config_errors"])
+def test_a_truncated_list_is_refused_not_replayed_as_ok(tmp_path, name):
+    data = TRACES[name].to_dict()
+    key = "cases" if data["kind"] == "config_errors" else "events"
+    assert data["count"] == len(data[key])
+    data[key] = data[key][:-2]          # still valid JSON, every kept event still agrees
+    path = tmp_path / "cut.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=f"{key}: the file holds .* count says"):
+        load_trace(path)
+    from hessbatch.traces import main as traces_main
+    assert traces_main([str(path)]) == 1
+
+
+def test_the_command_reports_a_malformed_file_by_name_and_replays_the_others(tmp_path, capsys):
+    from hessbatch.traces import main as traces_main
+
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(TRACES["bl_fixed"].to_dict()))
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"format": "hessbatch.trace", "version": 2, ')
+    missing = tmp_path / "missing.json"
+    assert traces_main([str(broken), str(missing), str(good)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert any(str(broken) in ln and "error:" in ln and "not valid JSON" in ln for ln in out)
+    assert any(str(missing) in ln and "error:" in ln for ln in out)
+    assert any(str(good) in ln and ln.rstrip().endswith("ok") for ln in out)
+    assert traces_main([str(good)]) == 0
