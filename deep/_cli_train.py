@@ -413,7 +413,8 @@ def _fit_to_data(args: argparse.Namespace, spec: dict[str, Any], n: int) -> list
                              f" ({n} samples); use at most {n}")
         fit = max(n // micro * micro, args.batch_size)
         notes.append(f"--max-batch {args.max_batch_size} (default) is larger than the training "
-                     f"set ({n} samples): using {fit}")
+                     f"set ({n} samples): using {fit}, the largest multiple of the "
+                     f"micro-batch {micro} that fits")
         args.max_batch_size = fit
     if spec["hessian_batch"] > n:
         if spec["hessian_batch"] != defaults["hessian_batch"]:
