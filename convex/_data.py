@@ -413,7 +413,7 @@ def load_svmlight(path: str, *, n_features: int | None = None, zero_based: bool 
 def _binary_labels(raw: np.ndarray, where: str) -> np.ndarray:
     values = np.unique(raw)
     if len(values) == 1:
-        raise ValueError(f"labels in {where!r}: a single label {values[0]!r} on every "
+        raise ValueError(f"labels in {where!r}: a single label {float(values[0])!r} on every "
                          "sample: a binary classifier needs both classes; check the file (is "
                          "it one class of a split?)")
     if len(values) > 2:

@@ -399,3 +399,64 @@ def test_plotting_never_switches_the_matplotlib_backend():
         assert mpl.rcParams["backend"] == "template"
     finally:
         mpl.rcParams["backend"] = before
+
+
+# ------------------------------------------------------------------- bad data
+
+
+def test_a_truncated_mnist_npz_names_the_file(tmp_path):
+    import numpy as np
+
+    from hessbatch.deep import load_mnist5k
+    good = tmp_path / "mine.npz"
+    np.savez(good, images=np.zeros((10, 28, 28), np.uint8), labels=np.arange(10, dtype=np.uint8))
+    assert len(load_mnist5k(good, sha256=None)) == 10
+    cut = tmp_path / "cut.npz"
+    cut.write_bytes(good.read_bytes()[:3000])
+    with pytest.raises(ValueError, match=f"cannot read {cut} .*truncated"):
+        load_mnist5k(cut, sha256=None)
+
+
+def _cifar_batch(path, labels):
+    import pickle
+
+    import numpy as np
+    with open(path, "wb") as f:
+        pickle.dump({b"data": np.zeros((len(labels), 3072), np.uint8), b"labels": list(labels)},
+                    f, protocol=2)
+
+
+def test_a_partial_cifar_folder_is_refused_unless_asked(tmp_path, capsys):
+    from hessbatch.deep import load_cifar10, load_data
+    for i in (1, 2, 3):
+        _cifar_batch(tmp_path / f"data_batch_{i}", [0, 1])
+    _cifar_batch(tmp_path / "test_batch", [2, 3])
+    with pytest.raises(FileNotFoundError, match="lacks data_batch_4, data_batch_5 .3 of 5"):
+        load_cifar10(tmp_path)
+    assert len(load_cifar10(tmp_path, partial=True)) == 6
+    assert len(load_data(f"cifar10-partial:{tmp_path}").train) == 6
+    assert main(["train", "--data", f"cifar10:{tmp_path}", "--quiet"]) == 2
+    assert "cifar10-partial" in capsys.readouterr().err
+
+
+def test_a_bad_cifar_label_is_named(tmp_path):
+    from hessbatch.deep import load_cifar10
+    _cifar_batch(tmp_path / "test_batch", [3, 1, 42, 0])
+    with pytest.raises(ValueError, match="got 42 at index 2"):
+        load_cifar10(tmp_path, train=False)
+
+
+def test_a_crafted_cifar_pickle_runs_no_code(tmp_path):
+    import pickle
+
+    from hessbatch.deep import load_cifar10
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+    with open(tmp_path / "test_batch", "wb") as f:
+        pickle.dump({b"data": Evil(), b"labels": [0]}, f)
+    with pytest.raises(ValueError, match="refused global (posix|os|nt).system"):
+        load_cifar10(tmp_path, train=False)
+    assert not marker.exists()
