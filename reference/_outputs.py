@@ -149,8 +149,10 @@ def write_files(folder: str | os.PathLike, files: Mapping[str, Data]) -> list[Pa
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             cause += " (disk full)"
         where = current.name if current is not None else str(folder)
-        raise OSError(exc.errno, f"cannot write {where} in {folder}: {cause}; nothing was "
-                      "replaced, the previous files are intact") from None
+        error = OSError(f"cannot write {where} in {folder}: {cause}; nothing was replaced, "
+                        "the previous files are intact")
+        error.errno = exc.errno  # kept for callers; the message stays one plain line
+        raise error from None
     for tmp, target in temps:
         os.replace(tmp, target)
     _fsync_dir(folder)
