@@ -63,6 +63,7 @@ import importlib.resources
 import json
 import math
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -312,8 +313,8 @@ def trace_to_json(trace: Trace) -> str:
 
 def dump_trace(trace: Trace, path: str | os.PathLike) -> None:
     """Write :func:`trace_to_json` of ``trace`` to ``path`` (UTF-8, ``\\n`` line ends)."""
-    with open(path, "w", encoding="utf-8", newline="\n") as fh:
-        fh.write(trace_to_json(trace))
+    from ._outputs import write_file
+    write_file(path, trace_to_json(trace))  # atomic: an old file is never left truncated
 
 
 def builtin_traces() -> list[Any]:
@@ -633,12 +634,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-state", action="store_true",
                         help="compare decisions only, not the state dicts")
     args = parser.parse_args(argv)
-    if args.copy_to:
-        os.makedirs(args.copy_to, exist_ok=True)
-        for path in builtin_traces():
-            with open(os.path.join(args.copy_to, path.name), "w", encoding="utf-8",
-                      newline="\n") as fh:
-                fh.write(path.read_text(encoding="utf-8"))
+    if args.copy_to is not None:
+        from ._outputs import check_out_dir, write_files
+        try:
+            # updating a port's vendored copies is the normal use: replacing files is allowed
+            out = check_out_dir(args.copy_to, option="--copy-to", overwrite=True)
+            write_files(out, {p.name: p.read_text(encoding="utf-8") for p in builtin_traces()})
+        except (OSError, ValueError) as exc:
+            print(f"python -m hessbatch.traces: error: {exc}", file=sys.stderr)
+            return 2
         print(f"copied {len(builtin_traces())} traces to {args.copy_to}")
         return 0
     paths = args.files or builtin_traces()

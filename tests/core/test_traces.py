@@ -629,7 +629,7 @@ def test_traces_module_runs_as_a_script():
     assert proc.stdout.count(" ok") == len(EXPECTED_FILES)
 
 
-# ------------------------------------------------------------- truncated files, bad files in a batch
+# ------------------------------------------------------ truncated files, bad files in a batch
 
 
 @pytest.mark.parametrize("name", ["bl_fixed", "config_errors"])
@@ -660,3 +660,19 @@ def test_the_command_reports_a_malformed_file_by_name_and_replays_the_others(tmp
     assert any(str(missing) in ln and "error:" in ln for ln in out)
     assert any(str(good) in ln and ln.rstrip().endswith("ok") for ln in out)
     assert traces_main([str(good)]) == 0
+
+
+def test_copy_to_checks_the_folder_and_replaces_old_copies_whole(tmp_path, capsys):
+    from hessbatch.traces import main as traces_main
+
+    (tmp_path / "FILE").write_text("x")
+    assert traces_main(["--copy-to", ""]) == 2
+    assert traces_main(["--copy-to", str(tmp_path / "FILE")]) == 2
+    err = capsys.readouterr().err
+    assert "--copy-to is empty" in err and "is a file, not a folder" in err
+    out = tmp_path / "vendored"
+    out.mkdir()
+    (out / "bl_fixed.json").write_text("an old, truncated cop")
+    assert traces_main(["--copy-to", str(out)]) == 0
+    assert load_trace(out / "bl_fixed.json").to_dict() == TRACES["bl_fixed"].to_dict()
+    assert not list(out.glob("*.tmp"))

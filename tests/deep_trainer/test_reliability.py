@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from hessbatch import Scheduler, SchedulerConfig, _outputs
+from hessbatch import SchedulerConfig, _outputs
 from hessbatch.cli import main
 from hessbatch.deep import (MLP, Trainer, TrainingDiverged, checkpoint_digest, load_checkpoint,
                             synthetic_classification)
