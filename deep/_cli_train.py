@@ -321,6 +321,8 @@ def write_outputs(out: Path, trainer: Trainer, spec: dict[str, Any], final: bool
 
 def _output_folder(args: argparse.Namespace) -> Path | None:
     """--out checked before any work; with --resume and no --out, the checkpoint's folder."""
+    if args.resume is not None and not args.resume.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {args.resume}")
     if args.out is None and args.resume is not None:
         args.out = str(args.resume.parent)
         print(f"writing to {args.out} (the checkpoint's folder; --out to write elsewhere)",
