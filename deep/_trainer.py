@@ -532,6 +532,8 @@ class Trainer:
 
         Raises:
             SchedulerError: the scheduler has finished all its epochs.
+            TrainingDiverged: a training loss or gradient was NaN or infinite; raised before
+                the optimizer step that would have used it.
         """
         sch = self.scheduler
         if sch.decision.finished:
