@@ -62,6 +62,9 @@ def run(args: argparse.Namespace) -> int:
     except RuntimeError as exc:
         raise ValueError(f"{args.checkpoint}: the saved weights do not fit the model its spec "
                          f"describes ({str(exc).splitlines()[0]})") from None
+    if args.hessian_batch is not None and args.hessian_batch > len(bundle.train):
+        raise ValueError(f"--hessian-batch {args.hessian_batch} is larger than the training set "
+                         f"({len(bundle.train)} samples); use at most {len(bundle.train)}")
     size = min(args.hessian_batch or spec["hessian_batch"], len(bundle.train))
     gen = torch.Generator().manual_seed(args.seed)
     idx = torch.randperm(len(bundle.train), generator=gen)[:size]

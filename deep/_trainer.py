@@ -252,7 +252,9 @@ class Trainer:
         eigenvalue_fn: ``f(model, loss_fn, batches, *, seed) -> float | result with .value``
             (default :func:`hessbatch.deep.top_eigenvalue` with ``eig_method``, ``max_hvp``,
             ``eig_tol``).
-        hessian_batch_size: training samples per eigenvalue (the paper: a fresh 128 each time).
+        hessian_batch_size: training samples per eigenvalue (the paper: a fresh 128 each time);
+            above ``len(train_data)`` the whole training set is used (``hessbatch train``
+            refuses such a value, or lowers its default with a recorded note).
         eig_method, max_hvp, eig_tol: options of the default eigenvalue function.
         adversary: ``"fgsm"`` (ABSA), ``"random"`` (random signs of the same size: the
             reviewers' ablation) or a callable ``f(model, loss_fn, x, y, eps) -> x_adv``.

@@ -265,6 +265,15 @@ def test_sizes_and_momentum_out_of_range_are_errors(extra, match, capsys):
     assert match in capsys.readouterr().err
 
 
+def test_eig_refuses_a_hessian_batch_larger_than_the_training_set(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert _train("--method", "bl", "--epochs", "1", "--out", str(run)) == 0
+    capsys.readouterr()
+    assert main(["eig", str(run / "checkpoint.pt"), "--hessian-batch", "1000"]) == 2
+    assert "--hessian-batch 1000 is larger than the training set (95 samples)" in \
+        capsys.readouterr().err
+
+
 def test_a_default_max_batch_larger_than_the_data_is_lowered_and_recorded(tmp_path, capsys):
     argv = [a for a in TINY]
     i = argv.index("--max-batch")
