@@ -79,8 +79,10 @@ def train(out: Path, name: str, seed: int) -> tuple[str, int, float, int]:
 
 def _train(path: Path, name: str, seed: int) -> tuple[str, int, float, int]:
     # later options win in argparse, so a run's own options override the common ones
+    # --overwrite: the folder holds this script's .running lock, and an unfinished run from
+    # an earlier attempt is started again from scratch (finished ones are skipped above)
     cmd = [sys.executable, "-m", "hessbatch.cli", "train", *COMMON, *RUNS[name],
-           "--seed", str(seed), "--out", str(path)]
+           "--seed", str(seed), "--out", str(path), "--overwrite"]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     path.mkdir(parents=True, exist_ok=True)

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import math
-import os
 import sys
 import time
 from typing import Any
@@ -28,6 +28,7 @@ import numpy as np
 
 from hessbatch import SchedulerConfig, __version__
 from hessbatch._cli_common import Progress, add_scheduler_arguments, format_table
+from hessbatch._outputs import check_out_dir, write_files
 from hessbatch.theory import bound_sequence, max_eta0, noise_floor
 
 from ._data import Dataset, load_mushroom, load_svmlight, split_dataset
@@ -156,7 +157,10 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
 
     o = parser.add_argument_group("output")
     o.add_argument("--out", default=None, metavar="DIR",
-                   help="write results.json, curves.csv and (with matplotlib) gap.png here")
+                   help="write results.json, curves.csv and (with matplotlib) gap.png here; "
+                        "it must be new or empty unless --overwrite (checked before the runs)")
+    o.add_argument("--overwrite", action="store_true",
+                   help="allow a non-empty --out: its files are replaced (all at once)")
     o.add_argument("--no-plot", action="store_true",
                    help="with --out, skip gap.png (no matplotlib import)")
     o.add_argument("--backend", choices=("numba", "numpy"), default="numba",
@@ -197,6 +201,12 @@ def _resolve(args: argparse.Namespace) -> None:
         raise ValueError(f"--eig-tol must be finite and > 0, got {args.eig_tol}")
     if args.eig_max_iter < 1:
         raise ValueError(f"--eig-max-iter must be >= 1, got {args.eig_max_iter}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.micro_batch_size is not None and args.micro_batch_size < 1:
+        raise ValueError(f"--micro-batch must be >= 1, got {args.micro_batch_size}")
+    if args.max_batch_size < 1:
+        raise ValueError(f"--max-batch must be >= 1, got {args.max_batch_size}")
 
 
 def _dataset(args: argparse.Namespace) -> Dataset:
@@ -270,9 +280,13 @@ def _theorem1(consts, run: RunResult, gap0: float,
 def run(args: argparse.Namespace) -> int:
     """Run the comparison, print the table, write the files; returns the exit code."""
     _resolve(args)
+    args.out = check_out_dir(args.out, overwrite=args.overwrite)  # before any work
     ds = _dataset(args)
     model = LogisticRegression(ds.X_train, ds.y_train, args.lam, backend=args.backend)
     n = model.n_samples
+    if args.batch_size > n:
+        raise ValueError(f"--batch-size must not exceed the training rows ({n}), got "
+                         f"{args.batch_size}")
     if args.max_batch_size > n:
         raise ValueError(f"--max-batch must not exceed the training rows ({n}): a batch larger "
                          f"than the data, got {args.max_batch_size}")
@@ -367,15 +381,15 @@ def run(args: argparse.Namespace) -> int:
     print("('-': target not reached within the run's budget; samples: rows read by gradients, "
           "HVP rows: rows read by the eigenvalue checks' Hessian-vector products)", file=out)
 
-    if args.out:
+    if args.out is not None:
         _write_outputs(args, ds, consts, opt, eta0, lr0, within, runs, rows, f_star)
     return 0
 
 
 def _write_outputs(args, ds, consts, opt, eta0, lr0, within, runs, rows, f_star) -> None:
-    os.makedirs(args.out, exist_ok=True)
     options = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()
                if k not in ("func",)}
+    options["out"] = str(args.out)
     result = {
         "format": "hessbatch.mushroom", "version": 1, "hessbatch": __version__,
         "seed": args.seed, "lam": args.lam, "f_star": f_star,
@@ -389,21 +403,25 @@ def _write_outputs(args, ds, consts, opt, eta0, lr0, within, runs, rows, f_star)
         "runs": [dict(row, config=run.config.to_dict(), sampling=run.sampling)
                  for row, run in zip(rows, runs)],
     }
-    with open(os.path.join(args.out, "results.json"), "w", encoding="utf-8") as fh:
-        json.dump(result, fh, indent=2, allow_nan=False, default=_json_default)
-        fh.write("\n")
-    with open(os.path.join(args.out, "curves.csv"), "w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        names = list(runs[0].curves()) if runs else []
-        w.writerow(["method"] + names + ["gap"])
-        for run in runs:
-            cols = list(run.curves().values())
-            gap = run.gap(f_star)
-            for i in range(len(run.update)):
-                w.writerow([run.label] + [_cell(c[i]) for c in cols] + [_cell(gap[i])])
-    print(f"wrote {os.path.join(args.out, 'results.json')} and curves.csv", file=sys.stdout)
-    if not args.no_plot:
-        _plot(args, runs, f_star)
+    files: dict[str, str | bytes] = {
+        "results.json": json.dumps(result, indent=2, allow_nan=False,
+                                   default=_json_default) + "\n"}
+    fh = io.StringIO(newline="")
+    w = csv.writer(fh)
+    names = list(runs[0].curves()) if runs else []
+    w.writerow(["method"] + names + ["gap"])
+    for run in runs:
+        cols = list(run.curves().values())
+        gap = run.gap(f_star)
+        for i in range(len(run.update)):
+            w.writerow([run.label] + [_cell(c[i]) for c in cols] + [_cell(gap[i])])
+    files["curves.csv"] = fh.getvalue()
+    png = None if args.no_plot else _plot(args, runs, f_star)
+    if png is not None:
+        files["gap.png"] = png
+    # one set: results.json, curves.csv and gap.png are all from this run, or all old
+    written = write_files(args.out, files)
+    print(f"wrote {', '.join(str(p) for p in written)}", file=sys.stdout)
 
 
 def _cell(v) -> str:
@@ -422,16 +440,19 @@ def _json_default(o):
     raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
 
 
-def _plot(args, runs, f_star) -> None:
+def _plot(args, runs, f_star) -> bytes | None:
+    """gap.png's bytes (None without matplotlib). Agg canvas: the process's backend is kept."""
     try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib  # noqa: F401  (first: a blocked or missing matplotlib fails here)
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
     except ImportError:
         print("matplotlib is not installed: pip install 'hessbatch[plot]' to get the plot "
               "(gap.png)", file=sys.stdout)
-        return
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+        return None
+    fig = Figure(figsize=(12, 4.5))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 2)
     styles = {"abs": "-", "absa": ":", "sgd": "-.", "sgd-limit": (0, (5, 1, 1, 1)), "gd": "--"}
     for run in runs:
         gap = run.gap(f_star)
@@ -454,7 +475,6 @@ def _plot(args, runs, f_star) -> None:
     fig.suptitle(f"mushroom, L2 logistic regression (lam={args.lam:g}): gap against updates "
                  f"and samples")
     fig.tight_layout()
-    path = os.path.join(args.out, "gap.png")
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    print(f"wrote {path}", file=sys.stdout)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    return buf.getvalue()

@@ -296,8 +296,11 @@ def load_mushroom(seed: int = 0, n_train: int = 6905, *, path: str | None = None
 # LIBSVM / svmlight text files
 
 
-def load_svmlight(path: str, *, n_features: int | None = None,
-                  zero_based: bool = False) -> tuple[np.ndarray, np.ndarray]:
+_MAX_DENSE_BYTES = 2 ** 31  # 2 GiB: the dense X a LIBSVM file may expand to by default
+
+
+def load_svmlight(path: str, *, n_features: int | None = None, zero_based: bool = False,
+                  max_dense_bytes: int = _MAX_DENSE_BYTES) -> tuple[np.ndarray, np.ndarray]:
     """Read a LIBSVM/svmlight text file into dense arrays, binary labels mapped to {0, 1}.
 
     Format: one sample per line, ``label index:value index:value ...``; ``#`` starts a comment;
@@ -309,13 +312,18 @@ def load_svmlight(path: str, *, n_features: int | None = None,
         path: the file.
         n_features: columns of X (default: the largest index seen); an index beyond it is an error.
         zero_based: indices start at 0.
+        max_dense_bytes: the largest dense X (float64) to build, default 2 GiB; a huge feature
+            index in a small file is an error naming its line instead of a MemoryError.
 
     Returns:
         ``(X, y)``: X (n, d) float64 dense, y (n,) float64 in {0, 1}.
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: a malformed line (its number is given), more than two labels, no sample.
+        ValueError: naming the file and, where there is one, the line: a malformed line,
+            bytes that are not UTF-8 text, a feature value that is not finite (it overflows
+            float64), an index that would make X larger than ``max_dense_bytes``, more than
+            two labels or a single class, no sample.
 
     Example:
         >>> import tempfile, os
@@ -331,8 +339,15 @@ def load_svmlight(path: str, *, n_features: int | None = None,
     labels: list[float] = []
     entries: list[list[tuple[int, float]]] = []
     offset = 0 if zero_based else 1
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
+    widest = (0, 0)  # (largest index + 1, its line)
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ValueError(f"{path}:{lineno}: not UTF-8 text (byte "
+                                 f"0x{raw[exc.start]:02x} at column {exc.start + 1}): not a "
+                                 "LIBSVM/svmlight text file") from None
             line = line.split("#", 1)[0].strip()
             if not line:
                 continue
@@ -354,6 +369,9 @@ def load_svmlight(path: str, *, n_features: int | None = None,
                     if j <= last:
                         raise ValueError(f"indices must increase, got {k} after "
                                          f"{last + offset}")
+                    if not np.isfinite(val):
+                        raise ValueError(f"feature {k} has value {v!r}, which is not finite "
+                                         "(it overflows float64)")
                     last = j
                     row.append((j, val))
             except ValueError as exc:
@@ -363,6 +381,8 @@ def load_svmlight(path: str, *, n_features: int | None = None,
                 raise ValueError(f"{path}:{lineno}: label must be finite, got {parts[0]!r}")
             labels.append(label)
             entries.append(row)
+            if row and row[-1][0] + 1 > widest[0]:
+                widest = (row[-1][0] + 1, lineno)
     if not labels:
         raise ValueError(f"svmlight file {path!r} holds no sample")
     width = max((r[-1][0] + 1 for r in entries if r), default=0)
@@ -373,6 +393,15 @@ def load_svmlight(path: str, *, n_features: int | None = None,
                          f"{path!r} ({width - 1 + offset})")
     if n_features < 1:
         raise ValueError(f"svmlight file {path!r} has no feature")
+    size = len(labels) * n_features * 8
+    if size > max_dense_bytes:
+        where = f"{path}:{widest[1]}: feature index {widest[0] - 1 + offset}" \
+            if n_features == width else f"{path}: n_features={n_features}"
+        raise ValueError(f"{where} makes a dense X of {len(labels)} x {n_features} float64 "
+                         f"({size / 2 ** 30:.3g} GiB, above max_dense_bytes = "
+                         f"{max_dense_bytes / 2 ** 30:.3g} GiB): the index is likely corrupt; "
+                         "fix the line, or raise max_dense_bytes if the data is really that "
+                         "wide")
     X = np.zeros((len(labels), n_features))
     for i, r in enumerate(entries):
         for j, v in r:
@@ -383,6 +412,10 @@ def load_svmlight(path: str, *, n_features: int | None = None,
 
 def _binary_labels(raw: np.ndarray, where: str) -> np.ndarray:
     values = np.unique(raw)
+    if len(values) == 1:
+        raise ValueError(f"labels in {where!r}: a single label {float(values[0])!r} on every "
+                         "sample: a binary classifier needs both classes; check the file (is "
+                         "it one class of a split?)")
     if len(values) > 2:
         raise ValueError(f"labels in {where!r} must be binary, got {len(values)} distinct "
                          f"values {values[:5].tolist()}")
@@ -390,7 +423,4 @@ def _binary_labels(raw: np.ndarray, where: str) -> np.ndarray:
         return raw.astype(np.float64)
     if set(values.tolist()) <= {-1.0, 1.0}:
         return (raw > 0).astype(np.float64)
-    if len(values) == 1:
-        raise ValueError(f"labels in {where!r}: a single label {values[0]!r} that is not 0/1 "
-                         "or -1/+1 cannot be mapped")
     return (raw == values[1]).astype(np.float64)

@@ -4,7 +4,8 @@
 from ._data import (DataBundle, load_cifar10, load_data, load_mnist5k, split_dataset,
                     synthetic_classification)
 from ._models import MLP, ResNet18, SmallCNN, make_activation, make_model
-from ._trainer import EpochMetrics, Trainer, load_checkpoint
+from ._trainer import (EpochMetrics, Trainer, TrainingDiverged, checkpoint_digest,
+                       load_checkpoint)
 # --- end trainer block ---
 
 # --- curvature and adversarial (owner: deep curvature) ---

@@ -15,7 +15,7 @@ import torch
 
 from hessbatch._cli_common import format_table
 
-from ._cli_train import block_parameters, build_from_spec, resolve_device
+from ._cli_train import block_parameters, build_from_spec, resolve_device, spec_of
 from ._trainer import load_checkpoint
 
 DESCRIPTION = """\
@@ -49,18 +49,22 @@ def run(args: argparse.Namespace) -> int:
     """Compute and print the eigenvalue; returns the exit code."""
     from . import top_eigenvalue
 
-    state = load_checkpoint(args.checkpoint)
-    spec = state.get("extra", {}).get("spec")
-    if not isinstance(spec, dict):
-        raise ValueError(f"{args.checkpoint} has no model spec: it was not written by "
-                         "`hessbatch train`")
+    state = load_checkpoint(args.checkpoint)  # format, version and checksum verified
+    spec = spec_of(state, args.checkpoint)
     for name in ("hessian_batch", "max_hvp", "micro_batch"):
         v = getattr(args, name)
         if v is not None and v < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
     device = resolve_device(args.device)
     bundle, model = build_from_spec(spec, device)
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise ValueError(f"{args.checkpoint}: the saved weights do not fit the model its spec "
+                         f"describes ({str(exc).splitlines()[0]})") from None
+    if args.hessian_batch is not None and args.hessian_batch > len(bundle.train):
+        raise ValueError(f"--hessian-batch {args.hessian_batch} is larger than the training set "
+                         f"({len(bundle.train)} samples); use at most {len(bundle.train)}")
     size = min(args.hessian_batch or spec["hessian_batch"], len(bundle.train))
     gen = torch.Generator().manual_seed(args.seed)
     idx = torch.randperm(len(bundle.train), generator=gen)[:size]

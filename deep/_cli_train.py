@@ -12,6 +12,7 @@ writes ``runs/abs/metrics.json`` (every epoch's metrics and the configuration),
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
 import sys
@@ -22,12 +23,14 @@ from typing import Any
 import torch
 
 from hessbatch import Scheduler, SchedulerConfig
+from hessbatch._scheduler import _ROUND_TOL
 from hessbatch._cli_common import Progress, add_scheduler_arguments, config_from_args, \
     format_table
+from hessbatch._outputs import check_out_dir, write_file, write_files
 
 from ._data import load_data
 from ._models import ACTIVATIONS, MODELS, make_model
-from ._trainer import EpochMetrics, Trainer, load_checkpoint
+from ._trainer import EpochMetrics, Trainer, TrainingDiverged, load_checkpoint
 
 DESCRIPTION = """\
 Train a PyTorch model with one of the paper's methods (bl, fb, gg, abs, absa). Every schedule
@@ -56,7 +59,8 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
                    help="model width (cnn: first conv channels, 16; mlp: 64; resnet18: 64)")
     g.add_argument("--data", default="mnist5k",
                    help="mnist5k (shipped), cifar10:PATH (folder of the python-version "
-                        "batches) or synthetic[:N[:CxHxW]] (default %(default)s)")
+                        "batches; cifar10-partial:PATH if some training batches are "
+                        "missing) or synthetic[:N[:CxHxW]] (default %(default)s)")
     g.add_argument("--test-fraction", type=float, default=0.2,
                    help="held-out share of each class for mnist5k and synthetic, split by "
                         "--seed (default %(default)s)")
@@ -99,15 +103,19 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
                    help="cpu, cuda or cuda:N (default %(default)s)")
     g.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (default: torch's choice)")
-    g.add_argument("--out", type=Path, default=None,
-                   help="folder for metrics.json, curves.png and checkpoint.pt "
-                        "(default: write nothing)")
+    g.add_argument("--out", default=None,
+                   help="folder for metrics.json, curves.png and checkpoint.pt; it must be "
+                        "empty or new unless --overwrite (default: write nothing; with "
+                        "--resume: the checkpoint's folder)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="allow a non-empty --out: its files are replaced")
     g.add_argument("--checkpoint-every", type=int, default=1,
                    help="epochs between checkpoints in --out; 0: only at the end "
                         "(default %(default)s)")
     g.add_argument("--resume", type=Path, default=None,
-                   help="continue from a checkpoint.pt; the model, data, optimizer and "
-                        "schedule options are taken from it")
+                   help="continue from a checkpoint.pt, writing into its folder (or --out); "
+                        "the model, data, optimizer and schedule options are taken from it, "
+                        "and giving one with another value is an error")
     g.add_argument("--quiet", action="store_true", help="no progress line")
 
 
@@ -154,6 +162,23 @@ def build_from_spec(spec: dict[str, Any], device: torch.device):
     return bundle, model
 
 
+def spec_of(state: dict[str, Any], path: Any) -> dict[str, Any]:
+    """The run's spec stored in a checkpoint by `hessbatch train` (``train`` and ``eig``).
+
+    Raises:
+        ValueError: no spec, or one that lacks keys this version needs (named).
+    """
+    extra = state.get("extra")
+    spec = extra.get("spec") if isinstance(extra, dict) else None
+    if not isinstance(spec, dict):
+        raise ValueError(f"{path} has no model spec: it was not written by `hessbatch train`")
+    missing = [k for k in _SPEC_KEYS + ("method",) if k not in spec]
+    if missing:
+        raise ValueError(f"{path}: its spec lacks {missing}: it was not written by this "
+                         "version of `hessbatch train`")
+    return dict(spec)
+
+
 def _check_args(args: argparse.Namespace) -> None:
     for name in ("epochs", "hessian_batch", "max_hvp"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
@@ -167,6 +192,9 @@ def _check_args(args: argparse.Namespace) -> None:
         v = getattr(args, name)
         if not (math.isfinite(v) and v >= 0):
             raise ValueError(f"--{name.replace('_', '-')} must be finite and >= 0, got {v}")
+    if not args.momentum < 1:
+        raise ValueError(f"--momentum must be in [0, 1), got {args.momentum} (at 1 or above "
+                         "SGD's velocity never decays)")
     if args.width is not None and args.width < 1:
         raise ValueError(f"--width must be >= 1, got {args.width}")
 
@@ -211,16 +239,29 @@ def summary_table(s: dict[str, Any]) -> str:
 def plot_curves(history: list[EpochMetrics], path: Path, title: str) -> bool:
     """Four panels against epochs: test accuracy, train loss, eigenvalue, batch and lr.
 
-    Returns False (and writes nothing) when matplotlib is not installed.
+    Written atomically to ``path``. Returns False (and writes nothing) when matplotlib is not
+    installed. Uses matplotlib's Agg canvas directly: the process's backend (a notebook's)
+    is never switched.
     """
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    png = curves_png(history, title)
+    if png is None:
         return False
+    write_file(path, png)
+    return True
+
+
+def curves_png(history: list[EpochMetrics], title: str) -> bytes | None:
+    """The PNG bytes of :func:`plot_curves`' figure; None without matplotlib."""
+    try:
+        import matplotlib  # noqa: F401  (first: a blocked or missing matplotlib fails here)
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        return None
     ep = [m.epoch for m in history]
-    fig, ax = plt.subplots(2, 2, figsize=(9, 6.5))
+    fig = Figure(figsize=(9, 6.5))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots(2, 2)
     ax[0, 0].plot(ep, [100 * (m.test_accuracy or 0) for m in history], marker=".")
     ax[0, 0].set_ylabel("test accuracy (%)")
     ax[0, 1].plot(ep, [m.train_loss for m in history], marker=".")
@@ -244,26 +285,167 @@ def plot_curves(history: list[EpochMetrics], path: Path, title: str) -> bool:
         a.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    return buf.getvalue()
 
 
-def write_outputs(out: Path, trainer: Trainer, spec: dict[str, Any], final: bool) -> None:
-    out.mkdir(parents=True, exist_ok=True)
+def write_outputs(out: Path, trainer: Trainer, spec: dict[str, Any], final: bool, *,
+                  checkpoint: bool = False, stopped: str | None = None) -> None:
+    """Write metrics.json (and checkpoint.pt, and at the end curves.png) as one set.
+
+    The files are written with :func:`hessbatch._outputs.write_files`: all old or all new, a
+    failed write (disk full) replaces nothing and leaves no ``.tmp``.
+    """
     doc = {"spec": spec, "scheduler": trainer.scheduler.config.to_dict(),
            "history": [m.to_dict() for m in trainer.history],
            "summary": summary(trainer.history) if trainer.history else None,
            "finished": trainer.scheduler.decision.finished}
-    tmp = out / "metrics.json.tmp"
-    tmp.write_text(json.dumps(doc, indent=1))
-    tmp.replace(out / "metrics.json")
+    if stopped is not None:
+        doc["stopped"] = stopped
+    files: dict[str, bytes | str] = {}
+    if checkpoint:
+        files["checkpoint.pt"] = trainer.checkpoint_bytes(extra={"spec": spec})
+    files["metrics.json"] = json.dumps(doc, indent=1)
     if final and trainer.history:
         title = (f"{spec['method']} {spec['model']}/{spec['activation']} on {spec['data']}, "
                  f"seed {spec['seed']}")
-        if not plot_curves(trainer.history, out / "curves.png", title):
+        png = curves_png(trainer.history, title)
+        if png is None:
             print("curves.png not written: matplotlib is missing; pip install "
                   "'hessbatch[plot]' to get the plot", file=sys.stderr)
+        else:
+            files["curves.png"] = png
+    write_files(out, files)
+
+
+def _output_folder(args: argparse.Namespace) -> Path | None:
+    """--out checked before any work; with --resume and no --out, the checkpoint's folder."""
+    if args.resume is not None and not args.resume.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {args.resume}")
+    if args.out is None and args.resume is not None:
+        args.out = str(args.resume.parent)
+        print(f"writing to {args.out} (the checkpoint's folder; --out to write elsewhere)",
+              file=sys.stderr)
+    return check_out_dir(args.out, overwrite=args.overwrite, resume_from=args.resume)
+
+
+def _parser_defaults() -> dict[str, Any]:
+    parser = argparse.ArgumentParser(add_help=False)
+    build_parser(parser)
+    return vars(parser.parse_args([]))
+
+
+# option destination -> SchedulerConfig field (the schedule options a checkpoint remembers)
+_CONFIG_FIELDS = {"method": "method", "lr": "lr", "batch_size": "batch_size",
+                  "max_batch_size": "max_batch_size", "micro_batch_size": "micro_batch_size",
+                  "decay_epochs": "lr_decay_epochs", "decay_factor": "lr_decay_factor",
+                  "alpha": "alpha", "beta": "beta", "check_every": "check_every",
+                  "patience": "patience", "adv_eps": "adv_eps", "adv_fraction": "adv_fraction",
+                  "adv_decay": "adv_decay", "adv_stop": "adv_stop",
+                  "warmup_epochs": "warmup_epochs"}
+
+
+def _refuse_changed_options(args: argparse.Namespace, spec: dict[str, Any],
+                            saved: dict[str, Any]) -> None:
+    """A resumed run keeps the checkpoint's options: one given with another value is an error.
+
+    An option counts as given when its value is not the parser's default (a default value
+    stands for "not given", and the checkpoint's value is used).
+    """
+    defaults = _parser_defaults()
+
+    def norm(v):
+        return tuple(v) if isinstance(v, (list, tuple)) else v
+
+    changed = []
+    pairs = [(k, spec.get(k)) for k in _SPEC_KEYS] + \
+        [(dest, saved.get(field)) for dest, field in _CONFIG_FIELDS.items()]
+    for dest, kept in pairs:
+        given = getattr(args, dest)
+        if norm(given) != norm(defaults[dest]) and norm(given) != norm(kept):
+            changed.append(f"--{dest.replace('_', '-')} {given!r} (checkpoint: {kept!r})")
+    if changed:
+        raise ValueError(f"--resume {args.resume}: a resumed run keeps the checkpoint's options,"
+                         f" but these were given with other values: {'; '.join(changed)}; drop "
+                         "them, or start a fresh run with --out elsewhere")
+
+
+def _resume_epochs(args: argparse.Namespace, state: dict[str, Any],
+                   saved: dict[str, Any]) -> None:
+    """Apply --epochs to a resumed run when the result is what a fresh run would do.
+
+    Only tau's epoch (absa: the adversary stops after ``adv_stop * epochs`` epochs) depends on
+    the number of epochs; decay and warm-up epochs are absolute. So a new ``--epochs`` is
+    accepted unless it moves tau's epoch across the epochs already trained (the checkpoint's
+    adversary would then differ from a fresh run's); that case is refused with the reason.
+    """
+    done = state["scheduler"]["state"]["epoch"]
+    new = args.epochs
+    if new < done:
+        raise ValueError(f"--epochs {new}: the checkpoint has already trained {done} epochs")
+    if saved["method"] == "absa" and saved["adv_fraction"] > 0:
+        def stop(epochs):  # first epoch end at which the adversary is over (core's rule)
+            return max(0, math.ceil(saved["adv_stop"] * epochs - _ROUND_TOL))
+
+        old_stop, new_stop = stop(saved["epochs"]), stop(new)
+        if old_stop != new_stop and done >= min(old_stop, new_stop):
+            raise ValueError(
+                f"--epochs {new}: absa stops the adversary after tau * epochs = "
+                f"{saved['adv_stop']} * epochs, epoch {new_stop} with --epochs {new} instead of "
+                f"epoch {old_stop}, but the checkpoint is at epoch {done}, past the first of "
+                f"them: a fresh run with --epochs {new} would have trained differently. Resume "
+                f"with --epochs {saved['epochs']}, or start a fresh run")
+    saved["epochs"] = new
+    state["scheduler"] = dict(state["scheduler"], config=saved)
+    state.pop("checksum", None)  # verified on load; the scheduler part is now rewritten
+
+
+def _fit_to_data(args: argparse.Namespace, spec: dict[str, Any], n: int) -> list[str]:
+    """Batch sizes against the training set: an error if given too large, a recorded note if
+    a default is too large (it is lowered to fit). Returns the notes."""
+    defaults, notes = _parser_defaults(), []
+    if args.batch_size > n:
+        raise ValueError(f"--batch-size {args.batch_size} is larger than the training set "
+                         f"({n} samples); use at most {n}")
+    micro = args.micro_batch_size or args.batch_size
+    if args.max_batch_size is not None and args.max_batch_size > n:
+        if args.max_batch_size != defaults["max_batch_size"]:
+            raise ValueError(f"--max-batch {args.max_batch_size} is larger than the training set"
+                             f" ({n} samples); use at most {n}")
+        fit = max(n // micro * micro, args.batch_size)
+        notes.append(f"--max-batch {args.max_batch_size} (default) is larger than the training "
+                     f"set ({n} samples): using {fit}, the largest multiple of the "
+                     f"micro-batch {micro} that fits")
+        args.max_batch_size = fit
+    if spec["hessian_batch"] > n:
+        if spec["hessian_batch"] != defaults["hessian_batch"]:
+            raise ValueError(f"--hessian-batch {spec['hessian_batch']} is larger than the "
+                             f"training set ({n} samples); use at most {n}")
+        notes.append(f"--hessian-batch {spec['hessian_batch']} (default) is larger than the "
+                     f"training set ({n} samples): using {n}")
+        spec["hessian_batch"] = n
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    return notes
+
+
+def _report_divergence(exc: TrainingDiverged, args: argparse.Namespace, trainer: Trainer,
+                       spec: dict[str, Any]) -> int:
+    """The NaN stop: one message, metrics.json says why, the last good checkpoint is kept."""
+    where = ""
+    if args.out is not None:
+        ck = args.out / "checkpoint.pt"
+        if ck.is_file():
+            epoch = load_checkpoint(ck)["scheduler"]["state"]["epoch"]
+            where = f"; the last good checkpoint is {ck} (after epoch {epoch})"
+        else:
+            where = (f"; no checkpoint in {args.out}: it diverged in epoch {exc.epoch}, before "
+                     "the first one")
+        if trainer.history:
+            write_outputs(args.out, trainer, spec, final=False, stopped=str(exc))
+    print(f"hessbatch train: error: {exc}{where}", file=sys.stderr)
+    return 3
 
 
 # --------------------------------------------------------------------------------------------
@@ -272,27 +454,18 @@ def write_outputs(out: Path, trainer: Trainer, spec: dict[str, Any], final: bool
 def run(args: argparse.Namespace) -> int:
     """Train as the options say; returns the exit code."""
     _check_args(args)
+    args.out = _output_folder(args)
     device = resolve_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     state = None
     if args.resume is not None:
         state = load_checkpoint(args.resume)
-        spec = dict(state.get("extra", {}).get("spec", {}))
-        missing = [k for k in _SPEC_KEYS + ("method",) if k not in spec]
-        if missing:
-            raise ValueError(f"{args.resume} was not written by `hessbatch train` (its spec "
-                             f"lacks {missing})")
+        spec = spec_of(state, args.resume)
         saved = dict(state["scheduler"]["config"])
+        _refuse_changed_options(args, spec, saved)
         if args.epochs is not None and args.epochs != saved["epochs"]:
-            done = state["scheduler"]["state"]["epoch"]
-            if args.epochs < done:
-                raise ValueError(f"--epochs {args.epochs}: the checkpoint has already trained "
-                                 f"{done} epochs")
-            # Extending (or shortening) a run changes only the number of epochs; tau's epoch
-            # moves with it, as it would have in a run started with this many epochs.
-            saved["epochs"] = args.epochs
-            state["scheduler"] = dict(state["scheduler"], config=saved)
+            _resume_epochs(args, state, saved)
         config = SchedulerConfig.from_dict(saved)
         print(f"resuming {args.resume}: the model, data, optimizer and schedule options come "
               "from the checkpoint", file=sys.stderr)
@@ -302,8 +475,12 @@ def run(args: argparse.Namespace) -> int:
         config = None
     bundle, model = build_from_spec(spec, device)
     if config is None:
-        config = config_from_args(args, samples_per_epoch=len(bundle.train),
-                                  epochs=10 if args.epochs is None else args.epochs)
+        epochs = 10 if args.epochs is None else args.epochs
+        config = config_from_args(args, samples_per_epoch=len(bundle.train), epochs=epochs)
+        notes = _fit_to_data(args, spec, len(bundle.train))  # after the values are checked
+        if notes:
+            spec["adjusted"] = notes  # recorded in metrics.json and the checkpoint
+            config = config_from_args(args, samples_per_epoch=len(bundle.train), epochs=epochs)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=spec["momentum"],
                                 weight_decay=spec["weight_decay"])
     params = block_parameters(model, spec["block"])
@@ -322,7 +499,12 @@ def run(args: argparse.Namespace) -> int:
                       adversary=spec["adversary"], last_batch=spec["last_batch"],
                       seed=spec["seed"])
     if state is not None:
-        trainer.load_state_dict(state)
+        try:
+            trainer.load_state_dict(state)
+        except RuntimeError as exc:
+            raise ValueError(f"{args.resume}: the saved state does not fit the model and "
+                             f"optimizer its spec describes ({str(exc).splitlines()[0]})") \
+                from None
 
     n = len(bundle.train)
     progress = Progress(config.epochs * n, f"{config.method}", enabled=not args.quiet)
@@ -341,17 +523,19 @@ def run(args: argparse.Namespace) -> int:
 
     def on_epoch(tr: Trainer, m: EpochMetrics) -> None:
         if args.out is not None:
-            if args.checkpoint_every and m.epoch % args.checkpoint_every == 0:
-                tr.save(args.out / "checkpoint.pt", extra={"spec": spec})
-            write_outputs(args.out, tr, spec, final=False)
+            due = bool(args.checkpoint_every and m.epoch % args.checkpoint_every == 0)
+            write_outputs(args.out, tr, spec, final=False, checkpoint=due)
 
     started = time.perf_counter()
-    trainer.run(on_update=on_update, on_epoch=on_epoch)
+    try:
+        trainer.run(on_update=on_update, on_epoch=on_epoch)
+    except TrainingDiverged as exc:
+        progress.close()
+        return _report_divergence(exc, args, trainer, spec)
     progress.close()
     wall = time.perf_counter() - started
     if args.out is not None:
-        trainer.save(args.out / "checkpoint.pt", extra={"spec": spec})
-        write_outputs(args.out, trainer, spec, final=True)
+        write_outputs(args.out, trainer, spec, final=True, checkpoint=True)
     if not trainer.history:
         print("nothing to train: the checkpoint has finished all its epochs")
         return 0

@@ -89,12 +89,14 @@ def load_mnist5k(path: str | os.PathLike | None = None, *,
                              "file is altered or truncated; restore the shipped copy")
     try:
         with np.load(path, allow_pickle=False) as npz:
-            if "images" not in npz.files or "labels" not in npz.files:
-                raise ValueError(f"{path} must hold arrays 'images' and 'labels', "
-                                 f"found {sorted(npz.files)}")
-            images, labels = npz["images"], npz["labels"]
-    except (OSError, EOFError, pickle.UnpicklingError) as exc:  # not an npz at all
-        raise ValueError(f"cannot read {path} as an .npz archive: {exc}") from None
+            files = list(npz.files)
+            images = npz["images"] if "images" in files else None
+            labels = npz["labels"] if "labels" in files else None
+    except Exception as exc:  # not an npz, truncated, a corrupt member: numpy raises many types
+        raise ValueError(f"cannot read {path} as an .npz archive ({type(exc).__name__}: "
+                         f"{exc}); the file is truncated or not an .npz") from None
+    if images is None or labels is None:
+        raise ValueError(f"{path} must hold arrays 'images' and 'labels', found {sorted(files)}")
     if images.ndim != 3 or labels.shape != (images.shape[0],) or images.dtype != np.uint8:
         raise ValueError(f"{path}: expected uint8 images (N, H, W) and labels (N,), got "
                          f"images {images.dtype}{images.shape} and labels {labels.shape}")
@@ -103,13 +105,39 @@ def load_mnist5k(path: str | os.PathLike | None = None, *,
     return _to_dataset(images[:, None], labels)
 
 
+# The only globals a CIFAR-10 python batch references (numpy arrays of uint8, lists of ints,
+# bytes keys): everything else, os.system included, is refused before it can be called.
+_CIFAR_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+    ("builtins", "bytes"), ("builtins", "bytearray"), ("builtins", "list"),
+    ("builtins", "dict"), ("builtins", "int"), ("builtins", "str"),
+    ("__builtin__", "bytes"), ("__builtin__", "list"), ("__builtin__", "dict"),
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """An unpickler that resolves only :data:`_CIFAR_GLOBALS` (so a crafted file runs nothing)."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _CIFAR_GLOBALS:
+            raise pickle.UnpicklingError(f"refused global {module}.{name}: a CIFAR-10 batch "
+                                         "holds only numpy arrays, lists and bytes")
+        if module.startswith("numpy") and name == "_reconstruct":
+            return np.zeros(0).__reduce__()[0]  # numpy's own _reconstruct, whatever its module
+        if module == "__builtin__":
+            module = "builtins"
+        return super().find_class(module, name)
+
+
 def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         with open(path, "rb") as f:
             # The official files are pickled numpy arrays and lists (their documented format);
-            # only read files you trust, as with any pickle.
-            batch = pickle.load(f, encoding="bytes")
-    except (pickle.UnpicklingError, EOFError, AttributeError, ValueError, IndexError) as exc:
+            # a restricted unpickler builds only those, so a crafted file cannot run code.
+            batch = _CifarUnpickler(f, encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, AttributeError, ValueError, IndexError,
+            TypeError, KeyError) as exc:
         raise ValueError(f"{path} is not a CIFAR-10 python batch (unpickling failed: "
                          f"{exc})") from None
     if not isinstance(batch, dict):
@@ -125,29 +153,38 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         raise ValueError(f"{path}: b'data' must be uint8 of shape (N, 3072), got "
                          f"{data.dtype}{data.shape}")
-    if labels.shape != (data.shape[0],) or (labels.size and (labels.min() < 0
-                                                              or labels.max() > 9)):
+    if labels.shape != (data.shape[0],):
         raise ValueError(f"{path}: b'labels' must be N = {data.shape[0]} ints in 0..9, got "
                          f"shape {labels.shape}")
+    bad = np.flatnonzero((labels < 0) | (labels > 9))
+    if bad.size:
+        raise ValueError(f"{path}: b'labels' must be ints in 0..9, got {int(labels[bad[0]])} "
+                         f"at index {int(bad[0])} ({bad.size} such labels)")
     # rows are 1024 red, 1024 green, 1024 blue values, each image row-major
     return data.reshape(-1, 3, 32, 32), labels
 
 
-def load_cifar10(folder: str | os.PathLike, *, train: bool = True) -> TensorDataset:
+def load_cifar10(folder: str | os.PathLike, *, train: bool = True,
+                 partial: bool = False) -> TensorDataset:
     """CIFAR-10 from the standard python-pickle batches in a local folder.
+
+    The batches are read with a restricted unpickler that builds only numpy arrays, lists
+    and bytes: a crafted file is refused before any of its code runs.
 
     Args:
         folder: the folder holding ``data_batch_1`` ... ``data_batch_5`` and ``test_batch``
-            (``cifar-10-batches-py`` after unpacking the official archive). A folder with only
-            some of the training batches loads those that exist.
+            (``cifar-10-batches-py`` after unpacking the official archive).
         train: the training batches (True) or ``test_batch`` (False).
+        partial: accept a folder with only some of the five training batches (and train on
+            those); without it such a folder is an error naming the missing batches.
 
     Returns:
         ``TensorDataset(x, y)``: ``x`` float32 ``(N, 3, 32, 32)`` in ``[0, 1]``, ``y`` int64.
 
     Raises:
-        FileNotFoundError: no such folder, or none of the expected files in it.
-        ValueError: a file that is not a CIFAR-10 batch.
+        FileNotFoundError: no such folder, none of the expected files in it, or (without
+            ``partial``) some of the training batches missing.
+        ValueError: a file that is not a CIFAR-10 batch, or a label outside 0..9 (named).
 
     Example:
         >>> train = load_cifar10("cifar-10-batches-py")            # doctest: +SKIP
@@ -161,6 +198,13 @@ def load_cifar10(folder: str | os.PathLike, *, train: bool = True) -> TensorData
     if not files:
         raise FileNotFoundError(f"{folder} holds none of {', '.join(names)}: not a CIFAR-10 "
                                 "python-version folder")
+    missing = [n for n in names if not (folder / n).is_file()]
+    if missing and not partial:
+        raise FileNotFoundError(
+            f"{folder} lacks {', '.join(missing)} ({len(files)} of {len(names)} training "
+            "batches): a partial folder would train on part of CIFAR-10; unpack the whole "
+            "archive, or ask for it: load_cifar10(..., partial=True) / --data "
+            "cifar10-partial:PATH")
     parts = [_read_cifar_batch(f) for f in files]
     return _to_dataset(np.concatenate([p[0] for p in parts]),
                        np.concatenate([p[1] for p in parts]))
@@ -269,7 +313,8 @@ def load_data(spec: str, *, seed: int = 0, test_fraction: float = 0.2,
 
     Args:
         spec: ``"mnist5k"`` (shipped, split by ``seed`` with ``test_fraction``),
-            ``"cifar10:PATH"`` (the official train and test batches in folder PATH), or
+            ``"cifar10:PATH"`` (the official train and test batches in folder PATH; all five
+            training batches; ``"cifar10-partial:PATH"`` accepts fewer), or
             ``"synthetic[:N[:CxHxW]]"`` (N samples, default 2000, of ``default_shape``; split
             like mnist5k; the data seed is ``seed``).
         seed: seeds the split (and the synthetic data).
@@ -289,9 +334,10 @@ def load_data(spec: str, *, seed: int = 0, test_fraction: float = 0.2,
     if kind == "mnist5k" and not rest:
         train, test = split_dataset(load_mnist5k(), test_fraction, seed=seed)
         return DataBundle(train, test, (1, 28, 28), 10, spec)
-    if kind == "cifar10" and rest:
-        return DataBundle(load_cifar10(rest, train=True), load_cifar10(rest, train=False),
-                          (3, 32, 32), 10, spec)
+    if kind in ("cifar10", "cifar10-partial") and rest:
+        partial = kind == "cifar10-partial"
+        return DataBundle(load_cifar10(rest, train=True, partial=partial),
+                          load_cifar10(rest, train=False), (3, 32, 32), 10, spec)
     if kind == "synthetic":
         parts = rest.split(":") if rest else []
         try:

@@ -80,7 +80,10 @@ Example:
 from __future__ import annotations
 
 import bisect
+import copy
 import dataclasses
+import hashlib
+import io
 import math
 import os
 import time
@@ -95,10 +98,10 @@ from torch.utils.data import Dataset, TensorDataset, default_collate
 from hessbatch import Decision, Scheduler, SchedulerConfig
 
 __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "EpochMetrics", "Trainer",
-           "load_checkpoint"]
+           "TrainingDiverged", "checkpoint_digest", "load_checkpoint"]
 
 CHECKPOINT_FORMAT = "hessbatch.deep.trainer"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: a sha256 of the payload ("checksum")
 _ADVERSARIES = ("fgsm", "random")
 _LAST_BATCH = ("step", "drop")
 
@@ -175,6 +178,61 @@ def _check_int(name: str, value: Any, low: int) -> int:
     return value
 
 
+class TrainingDiverged(ValueError):
+    """A training loss or gradient was NaN or infinite: training stopped before that update.
+
+    The optimizer step that would have used it was not taken, so the model and the optimizer
+    hold the state of the previous update. Attributes: ``epoch`` (1-based, the epoch being
+    trained), ``update`` (1-based number of the update that was refused, over the whole run),
+    ``what`` (``"loss"`` or ``"gradient"``).
+    """
+
+    def __init__(self, message: str, *, epoch: int, update: int, what: str):
+        super().__init__(message)
+        self.epoch, self.update, self.what = epoch, update, what
+
+
+def _training_modes(model: nn.Module) -> list[tuple[nn.Module, bool]]:
+    """Put ``model`` in train mode for an update, keeping each sub-module's own flag.
+
+    A model handed over in train mode keeps its per-module flags (a BatchNorm or Dropout the
+    user froze with ``.eval()`` stays frozen); a model whose root is in eval mode is switched
+    to train mode as a whole first. Returns the flags, for :func:`_restore_modes`.
+    """
+    if not model.training:
+        model.train()
+    return [(m, m.training) for m in model.modules()]
+
+
+def _restore_modes(modes: list[tuple[nn.Module, bool]]) -> None:
+    for module, flag in modes:
+        module.training = flag
+
+
+def _diverged(trainer: "Trainer", what: str, detail: str) -> TrainingDiverged:
+    d = trainer.scheduler.decision
+    lr = d.lr
+    return TrainingDiverged(
+        f"training diverged in epoch {d.epoch + 1}, update {d.updates + 1} (B={d.batch_size}, "
+        f"lr={lr:.4g}): {detail}; stopped before that update, so the model holds the weights "
+        f"of update {d.updates}. Lower the learning rate (or check the data and the loss)",
+        epoch=d.epoch + 1, update=d.updates + 1, what=what)
+
+
+def _check_finite_loss(value: float, trainer: "Trainer", micro_batch: int) -> None:
+    if not math.isfinite(value):
+        raise _diverged(trainer, "loss", f"the training loss is {value} (micro-batch "
+                                         f"{micro_batch})")
+
+
+def _check_finite_gradients(trainer: "Trainer") -> None:
+    grads = [p.grad for p in trainer.model.parameters() if p.grad is not None]
+    if grads and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
+        bad = sum(1 for g in grads if not bool(torch.isfinite(g).all()))
+        raise _diverged(trainer, "gradient", f"the gradient is not finite in {bad} of "
+                                             f"{len(grads)} parameter tensors")
+
+
 class Trainer:
     """Train ``model`` with the decisions of a :class:`hessbatch.Scheduler`.
 
@@ -195,7 +253,9 @@ class Trainer:
         eigenvalue_fn: ``f(model, loss_fn, batches, *, seed) -> float | result with .value``
             (default :func:`hessbatch.deep.top_eigenvalue` with ``eig_method``, ``max_hvp``,
             ``eig_tol``).
-        hessian_batch_size: training samples per eigenvalue (the paper: a fresh 128 each time).
+        hessian_batch_size: training samples per eigenvalue (the paper: a fresh 128 each time);
+            above ``len(train_data)`` the whole training set is used (``hessbatch train``
+            refuses such a value, or lowers its default with a recorded note).
         eig_method, max_hvp, eig_tol: options of the default eigenvalue function.
         adversary: ``"fgsm"`` (ABSA), ``"random"`` (random signs of the same size: the
             reviewers' ablation) or a callable ``f(model, loss_fn, x, y, eps) -> x_adv``.
@@ -328,7 +388,16 @@ class Trainer:
 
     def _perturb(self, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
         if callable(self.adversary):
-            return self.adversary(self.model, self.loss_fn, x, y, eps)
+            # A custom adversary may call loss.backward(): its parameter gradients must not
+            # reach the update, so the accumulated .grad are set aside and put back after.
+            saved = [(p, p.grad) for p in self.model.parameters()]
+            for p, _ in saved:
+                p.grad = None
+            try:
+                return self.adversary(self.model, self.loss_fn, x, y, eps)
+            finally:
+                for p, g in saved:
+                    p.grad = g
         from . import fgsm, random_sign
         if self.adversary == "fgsm":
             return fgsm(self.model, self.loss_fn, x, y, eps, clip=self.input_range)
@@ -352,7 +421,7 @@ class Trainer:
         start_time = time.perf_counter()
         adv_time = 0.0
         self.optimizer.zero_grad(set_to_none=True)
-        self.model.train()
+        modes = _training_modes(self.model)
         local = self._shard(idx)
         micro_batches = 0
         for start in range(0, local.numel(), micro):
@@ -367,14 +436,17 @@ class Trainer:
                 t0 = time.perf_counter()
                 x = x.clone()
                 x[k] = self._perturb(x[k], y[k], d.adv_eps).detach()
-                self.model.train()  # the adversary restores the mode; be explicit anyway
+                _restore_modes(modes)  # whatever mode the adversary left, the user's flags
                 self._sync()
                 adv_time += time.perf_counter() - t0
             loss = self.loss_fn(self.model(x), y)
             # m / n: the accumulated gradient is the gradient of the mean over all n samples
             (loss * (m / n)).backward()
-            acc.loss_sum += float(loss.detach()) * m
+            loss_value = float(loss.detach())
+            _check_finite_loss(loss_value, self, start // micro + 1)
+            acc.loss_sum += loss_value * m
             micro_batches += 1
+        _check_finite_gradients(self)
         lr = self._set_lr(d.lr)
         self.optimizer.step()
         self._sync()
@@ -467,6 +539,8 @@ class Trainer:
 
         Raises:
             SchedulerError: the scheduler has finished all its epochs.
+            TrainingDiverged: a training loss or gradient was NaN or infinite; raised before
+                the optimizer step that would have used it.
         """
         sch = self.scheduler
         if sch.decision.finished:
@@ -538,9 +612,25 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         """Everything a resumed run needs: model, optimizer, core, RNG states, history.
 
+        Only at an epoch end (or before the first update): a checkpoint stores no position
+        inside an epoch, so a snapshot taken mid-epoch could not resume exactly.
+
         Returns:
             A dict of tensors and plain data (``torch.save`` it, or use :meth:`save`).
+
+        Raises:
+            RuntimeError: called in the middle of an epoch (e.g. from ``on_update``).
         """
+        st = self.scheduler.state
+        if st.samples_seen != st.epoch_start_samples:
+            raise RuntimeError(
+                f"cannot checkpoint in the middle of epoch {st.epoch + 1} "
+                f"({st.samples_seen - st.epoch_start_samples} of its samples done): a "
+                "checkpoint stores no position inside an epoch; save at an epoch end "
+                "(e.g. from run's on_epoch)")
+        return self._state_dict()
+
+    def _state_dict(self) -> dict[str, Any]:
         out = {
             "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -555,17 +645,31 @@ class Trainer:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore a :meth:`state_dict` taken from a trainer built the same way.
 
+        All or nothing: if any part fails to load (a model of another shape, an optimizer of
+        another kind, a scheduler config that differs), the trainer is put back as it was
+        before the call and the error is raised.
+
         Raises:
-            ValueError: not a trainer checkpoint, an unsupported version, or a scheduler state
-                whose config differs from this trainer's (the differing fields are named).
+            ValueError: not a trainer checkpoint, an unsupported version, a checksum that does
+                not match the payload, or a scheduler state whose config differs from this
+                trainer's (the differing fields are named).
+            RuntimeError: the model or optimizer state does not fit (torch's message).
         """
         if not isinstance(state, Mapping) or state.get("format") != CHECKPOINT_FORMAT:
             got = state.get("format") if isinstance(state, Mapping) else type(state).__name__
             raise ValueError(f"not a hessbatch trainer checkpoint (format {got!r}, expected "
                              f"{CHECKPOINT_FORMAT!r})")
-        if state.get("version") != CHECKPOINT_VERSION:
-            raise ValueError(f"trainer checkpoint version {state.get('version')!r} is not "
-                             f"supported (this hessbatch reads {CHECKPOINT_VERSION})")
+        _check_version(state.get("version"), "trainer checkpoint")
+        if "checksum" in state:
+            _verify_checksum(state, "trainer state")
+        backup = copy.deepcopy(self._state_dict())
+        try:
+            self._apply_state(state)
+        except Exception:
+            self._apply_state(backup)
+            raise
+
+    def _apply_state(self, state: Mapping[str, Any]) -> None:
         self.scheduler.load_state_dict(state["scheduler"])
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -575,33 +679,107 @@ class Trainer:
             torch.cuda.set_rng_state(state["cuda_rng"], self.device)
         self.history = [EpochMetrics(**m) for m in state["history"]]
 
+    def checkpoint_bytes(self, extra: Mapping[str, Any] | None = None) -> bytes:
+        """The checkpoint file's content: :meth:`state_dict`, ``extra`` and their checksum.
+
+        For writing a checkpoint together with other files (see
+        :func:`hessbatch._outputs.write_files`); :meth:`save` writes it alone.
+        """
+        state = self.state_dict()
+        state["extra"] = dict(extra or {})
+        state["checksum"] = checkpoint_digest(state)
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        return buf.getvalue()
+
     def save(self, path: str | os.PathLike, extra: Mapping[str, Any] | None = None) -> Path:
         """Write a checkpoint atomically (a temporary file, then a rename).
+
+        The file carries a sha256 of its payload (:func:`checkpoint_digest`), verified by
+        :func:`load_checkpoint`. A failed write (disk full) leaves the previous file intact
+        and no ``.tmp`` behind.
 
         Args:
             path: the file to write.
             extra: plain data stored beside the state under ``"extra"`` (the command line keeps
                 the model and data spec there, so ``hessbatch eig`` can rebuild the model).
+
+        Raises:
+            RuntimeError: called in the middle of an epoch (see :meth:`state_dict`).
+            OSError: the file cannot be written (one line naming it and the cause).
         """
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        state = self.state_dict()
-        state["extra"] = dict(extra or {})
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-        return path
+        from hessbatch._outputs import write_file
+        return write_file(Path(path), self.checkpoint_bytes(extra))
+
+
+def _check_version(version: Any, what: str) -> None:
+    if version != CHECKPOINT_VERSION:
+        raise ValueError(f"{what} version {version!r} is not supported (this hessbatch reads "
+                         f"version {CHECKPOINT_VERSION}; checkpoints without a checksum are "
+                         "version 1: train again, or resume with the hessbatch that wrote it)")
+
+
+def checkpoint_digest(state: Mapping[str, Any]) -> str:
+    """sha256 of a checkpoint's payload: every key except ``"checksum"``, tensors by content.
+
+    The walk is canonical: mapping keys in sorted order of their ``repr``, sequences in order,
+    each tensor as its dtype, shape and raw bytes (on the CPU), every other value as its
+    ``repr`` (floats round-trip exactly), each item tagged with its type. So a flipped byte
+    anywhere in a weight, an optimizer buffer, the RNG states or the history changes it.
+
+    Args:
+        state: a dict as written by :meth:`Trainer.save`.
+
+    Returns:
+        The hex digest.
+    """
+    h = hashlib.sha256()
+
+    def walk(obj: Any) -> None:
+        if isinstance(obj, torch.Tensor):
+            t = obj.detach().cpu().contiguous().reshape(-1)
+            h.update(f"T{t.dtype}{tuple(obj.shape)}:".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes())
+        elif isinstance(obj, Mapping):
+            h.update(f"D{len(obj)}:".encode())
+            for key in sorted(obj, key=repr):
+                h.update(f"K{key!r}=".encode())
+                walk(obj[key])
+        elif isinstance(obj, (list, tuple)):
+            h.update(f"{type(obj).__name__[0]}{len(obj)}:".encode())
+            for item in obj:
+                walk(item)
+        else:
+            h.update(f"V{type(obj).__name__}:{obj!r};".encode())
+
+    walk({k: v for k, v in state.items() if k != "checksum"})
+    return h.hexdigest()
+
+
+def _verify_checksum(state: Mapping[str, Any], where: Any) -> None:
+    saved = state.get("checksum")
+    if not isinstance(saved, str):
+        raise ValueError(f"{where}: the checkpoint has no checksum (version "
+                         f"{CHECKPOINT_VERSION} checkpoints carry one); it was not written by "
+                         "Trainer.save")
+    got = checkpoint_digest(state)
+    if got != saved:
+        raise ValueError(f"{where}: checksum mismatch (stored {saved[:12]}..., payload "
+                         f"{got[:12]}...): the file is corrupt or was altered; use an earlier "
+                         "checkpoint or train again")
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a checkpoint written by :meth:`Trainer.save` (tensors on the CPU).
+    """Read and verify a checkpoint written by :meth:`Trainer.save` (tensors on the CPU).
 
     Loads with ``weights_only=True``: a checkpoint holds tensors and plain data only, so a
-    tampered file cannot run code.
+    tampered file cannot run code. Then checks the format, the version and the checksum of the
+    payload (:func:`checkpoint_digest`), so a file with flipped bytes is refused, not used.
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: the file is not a readable trainer checkpoint.
+        ValueError: the file is not a readable trainer checkpoint, has another version, or its
+            checksum does not match (corrupt or altered).
     """
     path = Path(path)
     if not path.is_file():
@@ -613,4 +791,6 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a hessbatch trainer checkpoint")
+    _check_version(state.get("version"), f"{path}: checkpoint")
+    _verify_checksum(state, path)
     return state

@@ -13,7 +13,7 @@ files from their hand-written event scripts.
 File format (JSON, UTF-8; ``version`` 2)::
 
     {"format": "hessbatch.trace", "version": 2, "kind": "events",
-     "name": "...", "description": "...", "covers": ["growth by drop", ...],
+     "name": "...", "description": "...", "covers": ["growth by drop", ...], "count": 42,
      "config": {SchedulerConfig fields, as given},
      "initial": {"decision": {...}, "state": {...}},
      "events": [
@@ -27,6 +27,8 @@ File format (JSON, UTF-8; ``version`` 2)::
        {"event": "skip_eigenvalue", ...}, {"event": "epoch_end", ...},
        {"event": "save_load", ...}]}
 
+``count`` is the number of events (of cases for ``config_errors``): a file whose list was
+truncated, or lost an event in an edit, is refused instead of replaying as a shorter success.
 ``decision`` holds every field of :class:`hessbatch.Decision` and ``state`` every field of the
 state dict's ``state`` (:class:`hessbatch.SchedulerState`), both as they are *after* the event;
 an accepted step also records ``adv_ranges``, where its ``samples`` put their adversarial
@@ -72,6 +74,7 @@ import importlib.resources
 import json
 import math
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -103,7 +106,7 @@ __all__ = [
 ]
 
 TRACE_FORMAT = "hessbatch.trace"
-TRACE_VERSION = 2
+TRACE_VERSION = 2  # 2: language-neutral numbers, and "count" states the number of events (or cases)
 KINDS = ("events", "config_errors", "state_dicts")
 EVENTS = ("step", "eigenvalue", "skip_eigenvalue", "epoch_end", "save_load")
 FLOAT_TAG = "float"  # {"float": 100.0}: a float where an int is expected (see TYPES)
@@ -138,9 +141,10 @@ INT_INPUTS = frozenset(k for k, v in CONFIG_TYPES.items() if v in ("int", "int l
 ERROR_KINDS: dict[str, type[Exception]] = {
     "protocol": SchedulerError, "value": ValueError, "type": TypeError}
 _SPECIAL_FLOATS = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
-_TOP_KEYS_EVENTS = {"format", "version", "kind", "name", "description", "covers", "config",
-                    "initial", "events"}
-_TOP_KEYS_CONFIGS = {"format", "version", "kind", "name", "description", "covers", "cases"}
+_TOP_KEYS_EVENTS = {"format", "version", "kind", "name", "description", "covers", "count",
+                    "config", "initial", "events"}
+_TOP_KEYS_CONFIGS = {"format", "version", "kind", "name", "description", "covers", "count",
+                     "cases"}
 _STATE_CASE_KEYS = {"note", "load_into", "state_dict", "error", "decision", "saved"}
 
 
@@ -213,7 +217,8 @@ class Trace:
             fail("format", f"must be {TRACE_FORMAT!r}, got {data.get('format')!r}")
         if data.get("version") != TRACE_VERSION:
             fail("version", f"{data.get('version')!r} is not supported (this hessbatch reads "
-                 f"version {TRACE_VERSION})")
+                 f"version {TRACE_VERSION}, whose 'count' guards against a truncated event "
+                 "list; copy the traces again with python -m hessbatch.traces --copy-to DIR)")
         kind = data.get("kind", "events")
         if kind not in KINDS:
             fail("kind", f"must be one of {', '.join(map(repr, KINDS))}, got {kind!r}")
@@ -228,6 +233,13 @@ class Trace:
         covers = data.get("covers", [])
         if not isinstance(covers, list) or not all(isinstance(c, str) for c in covers):
             fail("covers", f"must be a list of strings, got {covers!r}")
+        seq_key = "events" if kind == "events" else "cases"
+        count = data["count"]
+        if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+            fail("count", f"must be the number of {seq_key} (an int >= 1), got {count!r}")
+        if isinstance(data[seq_key], list) and data[seq_key] and len(data[seq_key]) != count:
+            fail(seq_key, f"the file holds {len(data[seq_key])} {seq_key} but its count says "
+                 f"{count}: the list is truncated or was edited; restore the file")
         if kind in ("config_errors", "state_dicts"):
             cases = data["cases"]
             if not isinstance(cases, list) or not cases:
@@ -290,7 +302,8 @@ class Trace:
     def to_dict(self) -> dict[str, Any]:
         """The JSON-able dict that :func:`trace_to_json` writes (a deep copy: edit freely)."""
         head = {"format": TRACE_FORMAT, "version": TRACE_VERSION, "kind": self.kind,
-                "name": self.name, "description": self.description, "covers": list(self.covers)}
+                "name": self.name, "description": self.description, "covers": list(self.covers),
+                "count": len(self.events) if self.kind == "events" else len(self.cases)}
         if self.kind != "events":
             return copy.deepcopy({**head, "cases": list(self.cases)})
         return copy.deepcopy({**head, "config": self.config, "initial": self.initial,
@@ -372,8 +385,8 @@ def trace_to_json(trace: Trace) -> str:
 
 def dump_trace(trace: Trace, path: str | os.PathLike) -> None:
     """Write :func:`trace_to_json` of ``trace`` to ``path`` (UTF-8, ``\\n`` line ends)."""
-    with open(path, "w", encoding="utf-8", newline="\n") as fh:
-        fh.write(trace_to_json(trace))
+    from ._outputs import write_file
+    write_file(path, trace_to_json(trace))  # atomic: an old file is never left truncated
 
 
 def builtin_traces() -> list[Any]:
@@ -796,7 +809,7 @@ class TraceRecorder:
         return Trace.from_dict({
             "format": TRACE_FORMAT, "version": TRACE_VERSION, "kind": "events",
             "name": self.name, "description": self.description, "covers": list(self.covers),
-            "config": self.config_dict, "initial": self.initial,
+            "count": len(self.events), "config": self.config_dict, "initial": self.initial,
             "events": self.events}, self.name)
 
 
@@ -824,7 +837,7 @@ def config_error_trace(name: str, description: str,
         out.append({"config": encode_tags(dict(config)), "error": spec})
     return Trace.from_dict({"format": TRACE_FORMAT, "version": TRACE_VERSION,
                             "kind": "config_errors", "name": name, "description": description,
-                            "covers": list(covers), "cases": out}, name)
+                            "covers": list(covers), "count": len(out), "cases": out}, name)
 
 
 def state_dict_trace(name: str, description: str, cases: Iterable[Mapping[str, Any]],
@@ -864,7 +877,7 @@ def state_dict_trace(name: str, description: str, cases: Iterable[Mapping[str, A
         out.append(row)
     return Trace.from_dict({"format": TRACE_FORMAT, "version": TRACE_VERSION,
                             "kind": "state_dicts", "name": name, "description": description,
-                            "covers": list(covers), "cases": out}, name)
+                            "covers": list(covers), "count": len(out), "cases": out}, name)
 
 
 # --------------------------------------------------------------------------------------------
@@ -887,23 +900,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-state", action="store_true",
                         help="compare decisions only, not the state dicts")
     args = parser.parse_args(argv)
-    if args.copy_to:
-        os.makedirs(args.copy_to, exist_ok=True)
-        for path in builtin_traces():
-            with open(os.path.join(args.copy_to, path.name), "w", encoding="utf-8",
-                      newline="\n") as fh:
-                fh.write(path.read_text(encoding="utf-8"))
+    if args.copy_to is not None:
+        from ._outputs import check_out_dir, write_files
+        try:
+            # updating a port's vendored copies is the normal use: replacing files is allowed
+            out = check_out_dir(args.copy_to, option="--copy-to", overwrite=True)
+            write_files(out, {p.name: p.read_text(encoding="utf-8") for p in builtin_traces()})
+        except (OSError, ValueError) as exc:
+            print(f"python -m hessbatch.traces: error: {exc}", file=sys.stderr)
+            return 2
         print(f"copied {len(builtin_traces())} traces to {args.copy_to}")
         return 0
     paths = args.files or builtin_traces()
     bad = 0
     width = max(len(getattr(p, "name", str(p))) for p in paths)
     for path in paths:
-        trace = load_trace(path)
+        label = getattr(path, "name", str(path)).ljust(width)
+        try:
+            trace = load_trace(path)
+        except (OSError, ValueError) as exc:
+            # a malformed file is a failure, reported with its name; the others still replay
+            print(f"{label}  error: {exc}")
+            bad += 1
+            continue
         found = replay(trace, check_state=not args.no_state)
         untyped = check_language_neutral(trace.to_dict())
         size = len(trace.events) or len(trace.cases)
-        label = getattr(path, "name", str(path)).ljust(width)
         verdict = [f"{len(found)} mismatches"] * bool(found) + \
             [f"{len(untyped)} numbers not language-neutral"] * bool(untyped)
         print(f"{label}  {size:4d} {'events' if trace.kind == 'events' else 'cases '}  "

@@ -632,7 +632,8 @@ GOOD = json.dumps(TRACES["bl_fixed"].to_dict())
 
 @pytest.mark.parametrize("mutate, match", [
     (lambda d: d.update(format="something"), "format: must be 'hessbatch.trace'"),
-    (lambda d: d.update(version=99), "version: 99 is not supported"),
+    (lambda d: d.update(version=1), "version: 1 is not supported"),
+    (lambda d: d.update(version=3), "version: 3 is not supported"),
     (lambda d: d.update(kind="film"), "kind: must be one of 'events', 'config_errors'"),
     (lambda d: d.pop("config"), r"missing keys \['config'\]"),
     (lambda d: d.update(colour=1), r"unknown keys \['colour'\]"),
@@ -844,7 +845,7 @@ def _typed_state_dict(sd):
 
 
 def _rebuild(data):
-    out = dict(data, version=int(data["version"]))
+    out = dict(data, version=int(data["version"]), count=int(data["count"]))
     if data["kind"] == "events":
         out["config"] = _typed_config(data["config"])
         out["initial"] = _typed_snapshot(data["initial"])
@@ -887,3 +888,52 @@ def test_without_the_tag_a_parser_without_ints_would_accept_step_100():
     untagged = text.replace('"samples": {"float": 100.0}', '"samples": 100.0')
     found = replay(_rebuild(_js_parse(untagged)))
     assert found and found[0].field == "error"       # step(100) is accepted: not the trace
+
+
+# ------------------------------------------------------ truncated files, bad files in a batch
+
+
+@pytest.mark.parametrize("name", ["bl_fixed", "config_errors", "state_dicts"])
+def test_a_truncated_list_is_refused_not_replayed_as_ok(tmp_path, name):
+    data = TRACES[name].to_dict()
+    key = "events" if data["kind"] == "events" else "cases"
+    assert data["count"] == len(data[key])
+    data[key] = data[key][:-2]          # still valid JSON, every kept event still agrees
+    path = tmp_path / "cut.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=f"{key}: the file holds .* count says"):
+        load_trace(path)
+    from hessbatch.traces import main as traces_main
+    assert traces_main([str(path)]) == 1
+
+
+def test_the_command_reports_a_malformed_file_by_name_and_replays_the_others(tmp_path, capsys):
+    from hessbatch.traces import main as traces_main
+
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(TRACES["bl_fixed"].to_dict()))
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"format": "hessbatch.trace", "version": 2, ')
+    missing = tmp_path / "missing.json"
+    assert traces_main([str(broken), str(missing), str(good)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert any(str(broken) in ln and "error:" in ln and "not valid JSON" in ln for ln in out)
+    assert any(str(missing) in ln and "error:" in ln for ln in out)
+    assert any(str(good) in ln and ln.rstrip().endswith("ok") for ln in out)
+    assert traces_main([str(good)]) == 0
+
+
+def test_copy_to_checks_the_folder_and_replaces_old_copies_whole(tmp_path, capsys):
+    from hessbatch.traces import main as traces_main
+
+    (tmp_path / "FILE").write_text("x")
+    assert traces_main(["--copy-to", ""]) == 2
+    assert traces_main(["--copy-to", str(tmp_path / "FILE")]) == 2
+    err = capsys.readouterr().err
+    assert "--copy-to is empty" in err and "is a file, not a folder" in err
+    out = tmp_path / "vendored"
+    out.mkdir()
+    (out / "bl_fixed.json").write_text("an old, truncated cop")
+    assert traces_main(["--copy-to", str(out)]) == 0
+    assert load_trace(out / "bl_fixed.json").to_dict() == TRACES["bl_fixed"].to_dict()
+    assert not list(out.glob("*.tmp"))

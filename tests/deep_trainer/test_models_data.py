@@ -148,7 +148,7 @@ def test_cifar10_reader_uses_the_python_pickle_layout(tmp_path):
     _write_cifar_batch(tmp_path / "data_batch_1", train1, [0, 1, 2])
     _write_cifar_batch(tmp_path / "data_batch_2", train2, [9, 3])
     _write_cifar_batch(tmp_path / "test_batch", test, [4, 5, 6, 7])
-    tr = load_cifar10(tmp_path)
+    tr = load_cifar10(tmp_path, partial=True)  # 2 of the 5 training batches, asked for
     te = load_cifar10(tmp_path, train=False)
     assert tr.tensors[0].shape == (5, 3, 32, 32) and tr.tensors[1].tolist() == [0, 1, 2, 9, 3]
     assert te.tensors[1].tolist() == [4, 5, 6, 7]
@@ -158,7 +158,7 @@ def test_cifar10_reader_uses_the_python_pickle_layout(tmp_path):
     assert x[0, 0, 1, 2] * 255 == float(train1[0, 32 + 2])
     assert x[1, 1, 3, 4] * 255 == float(train1[1, 1024 + 3 * 32 + 4])
     assert x[4, 2, 31, 31] * 255 == float(train2[1, 3071])
-    bundle = load_data(f"cifar10:{tmp_path}")
+    bundle = load_data(f"cifar10-partial:{tmp_path}")
     assert bundle.input_shape == (3, 32, 32) and len(bundle.train) == 5 and len(bundle.test) == 4
 
 
@@ -168,18 +168,20 @@ def test_cifar10_reader_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="none of"):
         load_cifar10(tmp_path)
     (tmp_path / "data_batch_1").write_bytes(b"garbage")
-    with pytest.raises(ValueError, match="not a CIFAR-10"):
+    with pytest.raises(FileNotFoundError, match="lacks data_batch_2"):
         load_cifar10(tmp_path)
+    with pytest.raises(ValueError, match="not a CIFAR-10"):
+        load_cifar10(tmp_path, partial=True)
     _write_cifar_batch(tmp_path / "data_batch_1", np.zeros((2, 100), np.uint8), [0, 1])
     with pytest.raises(ValueError, match=r"\(N, 3072\)"):
-        load_cifar10(tmp_path)
+        load_cifar10(tmp_path, partial=True)
     _write_cifar_batch(tmp_path / "data_batch_1", np.zeros((2, 3072), np.uint8), [0, 10])
     with pytest.raises(ValueError, match="labels"):
-        load_cifar10(tmp_path)
+        load_cifar10(tmp_path, partial=True)
     with open(tmp_path / "data_batch_1", "wb") as f:
         pickle.dump([1, 2, 3], f)
     with pytest.raises(ValueError, match="expected a dict"):
-        load_cifar10(tmp_path)
+        load_cifar10(tmp_path, partial=True)
 
 
 # ------------------------------------------------------------------------------------ synthetic
