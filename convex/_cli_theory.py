@@ -8,6 +8,7 @@ prints the tables and writes ``theory.json`` / ``theory.png``.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
 import sys
@@ -18,6 +19,7 @@ import numpy as np
 
 from hessbatch import theory as thm
 from hessbatch._cli_common import format_table
+from hessbatch._outputs import check_out_dir, write_files
 
 from ._theory_check import REGIME_TEXT, TheoryReport, least_squares_check, mushroom_check
 
@@ -203,27 +205,39 @@ def _batch_summary(batches: Sequence[int]) -> str:
     return ", ".join(f"{b}x{c}" for b, c in out)
 
 
-def save_report(rep: TheoryReport, out: str | Path) -> list[Path]:
-    """Write ``theory.json`` and, with matplotlib, ``theory.png`` into ``out``.
+def save_report(rep: TheoryReport, out: str | Path, *, overwrite: bool = True) -> list[Path]:
+    """Write ``theory.json`` and, with matplotlib, ``theory.png`` into ``out``, as one set.
+
+    Both files are written to ``NAME.tmp`` and renamed only when both are on disk
+    (:func:`hessbatch._outputs.write_files`): a kill or a full disk leaves the previous pair
+    whole. ``overwrite=False`` refuses a non-empty folder (the command checks before the run).
 
     Returns:
         The paths written.
     """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "theory.json"
-    path.write_text(json.dumps(_jsonable(rep.to_dict()), indent=1) + "\n", encoding="utf-8")
-    written = [path]
+    out = check_out_dir(out, overwrite=overwrite)
+    files: dict[str, str | bytes] = {
+        "theory.json": json.dumps(_jsonable(rep.to_dict()), indent=1) + "\n"}
+    png = _plot(rep)
+    if png is not None:
+        files["theory.png"] = png
+    write_files(out, files)
+    return [out / name for name in files]
+
+
+def _plot(rep: TheoryReport) -> bytes | None:
+    """theory.png's bytes (None without matplotlib); an Agg canvas, the backend is kept."""
     try:
-        import matplotlib
+        import matplotlib  # noqa: F401  (first: a missing matplotlib fails here)
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
     except ImportError:
         print("theory: matplotlib is not installed, so no plot was made; "
               "pip install 'hessbatch[plot]' to get the plot", file=sys.stderr)
-        return written
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+        return None
+    fig = Figure(figsize=(11, 4.2))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 2)
     colors = {"sgd": "tab:blue", "abs": "tab:red"}
     for name, sc in rep.schedules.items():
         cps = np.array(sc.checkpoints)
@@ -253,11 +267,9 @@ def save_report(rep: TheoryReport, out: str | Path) -> list[Path]:
     axes[1].set_title("per sample drawn")
     fig.suptitle(f"Theorem 1 on {rep.problem}: eta0={rep.eta0:.3g}, G={rep.noise_floor:.3g}")
     fig.tight_layout()
-    png = out / "theory.png"
-    fig.savefig(png, dpi=120)
-    plt.close(fig)
-    written.append(png)
-    return written
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    return buf.getvalue()
 
 
 def _jsonable(obj: Any) -> Any:
@@ -356,7 +368,11 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("output")
     g.add_argument("--out", default=None,
                    help="directory for theory.json and theory.png (the empirical band "
-                        "against the bound)")
+                        "against the bound); checked before any work, and it must be empty or "
+                        "new unless --overwrite")
+    g.add_argument("--overwrite", action="store_true",
+                   help="allow a non-empty --out (its theory.json and theory.png are replaced, "
+                        "both or neither)")
     g.add_argument("--threads", type=int, default=None,
                    help="Numba threads for the Monte-Carlo (default: all cores)")
     g.add_argument("--quiet", action="store_true", help="no progress display")
@@ -365,6 +381,7 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the checks, print the tables, write ``--out``; the exit code of DESCRIPTION."""
     d = _DEFAULTS[args.problem]
+    out = check_out_dir(args.out, overwrite=args.overwrite)    # before minutes of work
     regimes = [r.strip() for r in (args.regimes or d["regimes"]).split(",") if r.strip()]
     kw = dict(
         lam=args.lam if args.lam is not None else d["lam"], seed=args.seed,
@@ -387,8 +404,8 @@ def run(args: argparse.Namespace) -> int:
         rep = least_squares_check(n_samples=args.n_samples, dim=args.dim, cond=args.cond,
                                   noise=args.noise, **kw)
     print(format_report(rep))
-    if args.out:
-        for p in save_report(rep, args.out):
+    if out is not None:
+        for p in save_report(rep, out, overwrite=True):
             print(f"wrote {p}")
     if not rep.passed:
         return 1

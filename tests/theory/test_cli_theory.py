@@ -170,3 +170,50 @@ def test_mushroom_controls_at_the_ci_run_count(mushroom_report):
     assert rep.sensitivity["M"]["factor"] is None or rep.sensitivity["M"]["factor"] > 10
     assert rep.sensitivity["c"]["factor"] <= 2.0
     assert rep.confidence["compared"] > 0 and rep.confidence["per_update"] > 0.999
+
+
+# ---- outputs: checked first, written as one set (issue 10's rule, applied to theory) --------
+
+
+LSQ_QUICK = ["theory", "--problem", "least-squares", "--quiet", "--epochs", "1",
+             "--no-controls", "--regimes", "zero"]
+
+
+@pytest.mark.parametrize("out, match", [("", "--out is empty"),
+                                        ("FILE", "is a file, not a folder")])
+def test_a_bad_out_is_refused_before_the_checks(tmp_path, monkeypatch, capsys, out, match):
+    from hessbatch.convex import _cli_theory
+    (tmp_path / "FILE").write_text("x")
+    monkeypatch.setattr(_cli_theory, "least_squares_check",
+                        lambda **kw: pytest.fail("work started before --out was checked"))
+    assert main([*LSQ_QUICK, "--out", out.replace("FILE", str(tmp_path / "FILE"))]) == 2
+    assert match in capsys.readouterr().err
+
+
+def test_a_non_empty_out_needs_overwrite_and_a_failed_write_keeps_the_old_pair(
+        tmp_path, monkeypatch, capsys):
+    import errno
+    import os
+
+    from hessbatch import _outputs
+    out = tmp_path / "o"
+    assert main([*LSQ_QUICK, "--out", str(out)]) == 0
+    assert main([*LSQ_QUICK, "--out", str(out)]) == 2
+    assert "not empty" in capsys.readouterr().err
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert set(before) == {"theory.json", "theory.png"}
+    calls = {"n": 0}
+    real = os.fsync
+
+    def fsync(fd):                       # the second file (theory.png) hits a full disk
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd)
+    monkeypatch.setattr(_outputs.os, "fsync", fsync)
+    assert main([*LSQ_QUICK, "--seed", "1", "--out", str(out), "--overwrite"]) == 2
+    assert "disk full" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before   # all old, no .tmp
+    monkeypatch.setattr(_outputs.os, "fsync", real)
+    assert main([*LSQ_QUICK, "--seed", "1", "--out", str(out), "--overwrite"]) == 0
+    assert json.loads((out / "theory.json").read_text())["settings"]["seed"] == 1
