@@ -494,15 +494,21 @@ def confidence_band(values, confidence: float = 0.99):
     """
     from statistics import NormalDist
 
+    return _limits(values, "confidence", confidence,
+                   lambda _runs: NormalDist().inv_cdf(0.5 + confidence / 2))
+
+
+def _limits(values, name: str, level: float, quantile):
+    """``(mean, mean - q sd/sqrt(R), mean + q sd/sqrt(R), sd)`` per column, ``q = quantile(R)``."""
     values = np.asarray(values, dtype=np.float64)
     if values.ndim != 2 or values.shape[0] < 2:
         raise ValueError(f"values must be (R, C) with R >= 2 runs, got shape {values.shape}")
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
-    z = NormalDist().inv_cdf(0.5 + confidence / 2)
+    if not 0 < level < 1:
+        raise ValueError(f"{name} must be in (0, 1), got {level!r}")
+    q = quantile(values.shape[0])
     mean = values.mean(axis=0)
     sd = values.std(axis=0, ddof=1)
-    half = z * sd / math.sqrt(values.shape[0])
+    half = q * sd / math.sqrt(values.shape[0])
     return mean, mean - half, mean + half, sd
 
 
@@ -530,13 +536,4 @@ def one_sided_limits(values, level: float = 0.999):
     """
     from hessbatch.theory import t_quantile
 
-    values = np.asarray(values, dtype=np.float64)
-    if values.ndim != 2 or values.shape[0] < 2:
-        raise ValueError(f"values must be (R, C) with R >= 2 runs, got shape {values.shape}")
-    if not 0 < level < 1:
-        raise ValueError(f"level must be in (0, 1), got {level!r}")
-    t = t_quantile(level, values.shape[0] - 1)
-    mean = values.mean(axis=0)
-    sd = values.std(axis=0, ddof=1)
-    half = t * sd / math.sqrt(values.shape[0])
-    return mean, mean - half, mean + half, sd
+    return _limits(values, "level", level, lambda runs: t_quantile(level, runs - 1))

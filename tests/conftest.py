@@ -45,3 +45,24 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def full_disk_at():
+    """``full_disk_at(monkeypatch, n)``: the ``n``-th fsync of ``hessbatch._outputs`` fails
+    with ENOSPC (the n-th file of a set hits a full disk); returns the real fsync."""
+    import errno
+
+    def install(monkeypatch, n: int):
+        from hessbatch import _outputs
+        calls = {"n": 0}
+        real = os.fsync
+
+        def fsync(fd):
+            calls["n"] += 1
+            if calls["n"] == n:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real(fd)
+        monkeypatch.setattr(_outputs.os, "fsync", fsync)
+        return real
+    return install

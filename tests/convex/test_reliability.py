@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import errno
 import json
-import os
 
 import pytest
 
-from hessbatch import _outputs
 from hessbatch.cli import main
 from hessbatch.convex import _cli_mushroom, load_svmlight
 
@@ -50,19 +47,12 @@ def test_a_non_empty_out_needs_overwrite(tmp_path, capsys):
     assert json.loads((out / "results.json").read_text())["format"] == "hessbatch.mushroom"
 
 
-def test_a_failed_write_leaves_the_previous_files_all_old(tmp_path, monkeypatch, capsys):
+def test_a_failed_write_leaves_the_previous_files_all_old(tmp_path, monkeypatch, capsys,
+                                                           full_disk_at):
     out = tmp_path / "o"
     assert main(["mushroom", *QUICK, "--out", str(out)]) == 0
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    calls = {"n": 0}
-    real = os.fsync
-
-    def fsync(fd):                       # the second file (curves.csv) hits a full disk
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real(fd)
-    monkeypatch.setattr(_outputs.os, "fsync", fsync)
+    full_disk_at(monkeypatch, 2)         # the second file (curves.csv) hits a full disk
     capsys.readouterr()
     assert main(["mushroom", *QUICK, "--seed", "1", "--out", str(out), "--overwrite"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -191,10 +191,7 @@ def test_a_bad_out_is_refused_before_the_checks(tmp_path, monkeypatch, capsys, o
 
 
 def test_a_non_empty_out_needs_overwrite_and_a_failed_write_keeps_the_old_pair(
-        tmp_path, monkeypatch, capsys):
-    import errno
-    import os
-
+        tmp_path, monkeypatch, capsys, full_disk_at):
     from hessbatch import _outputs
     out = tmp_path / "o"
     assert main([*LSQ_QUICK, "--out", str(out)]) == 0
@@ -202,15 +199,7 @@ def test_a_non_empty_out_needs_overwrite_and_a_failed_write_keeps_the_old_pair(
     assert "not empty" in capsys.readouterr().err
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     assert set(before) == {"theory.json", "theory.png"}
-    calls = {"n": 0}
-    real = os.fsync
-
-    def fsync(fd):                       # the second file (theory.png) hits a full disk
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real(fd)
-    monkeypatch.setattr(_outputs.os, "fsync", fsync)
+    real = full_disk_at(monkeypatch, 2)          # the second file (theory.png) hits a full disk
     assert main([*LSQ_QUICK, "--seed", "1", "--out", str(out), "--overwrite"]) == 2
     assert "disk full" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before   # all old, no .tmp
