@@ -12,6 +12,8 @@ writes ``runs/abs/metrics.json`` (every epoch's metrics and the configuration),
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import json
 import math
 import sys
@@ -20,11 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.data import TensorDataset
 
 from hessbatch import Scheduler, SchedulerConfig
 from hessbatch._cli_common import Progress, add_scheduler_arguments, config_from_args, \
     format_table
 
+from . import _cli_distributed
 from ._data import load_data
 from ._models import ACTIVATIONS, MODELS, make_model
 from ._trainer import EpochMetrics, Trainer, load_checkpoint
@@ -109,6 +113,7 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
                    help="continue from a checkpoint.pt; the model, data, optimizer and "
                         "schedule options are taken from it")
     g.add_argument("--quiet", action="store_true", help="no progress line")
+    _cli_distributed.add_arguments(parser)
 
 
 # --------------------------------------------------------------------------------------------
@@ -151,6 +156,13 @@ def build_from_spec(spec: dict[str, Any], device: torch.device):
     torch.manual_seed(spec["seed"])  # the model's initial weights
     model = make_model(spec["model"], bundle.input_shape, bundle.num_classes,
                        activation=spec["activation"], width=spec["width"]).to(device)
+    dtype = _cli_distributed.dtype_of(spec.get("dtype"))  # checkpoints before --dtype: float32
+    if dtype != torch.float32:
+        model = model.to(dtype)
+        bundle = dataclasses.replace(bundle, **{
+            part: TensorDataset(getattr(bundle, part).tensors[0].to(dtype),
+                                *getattr(bundle, part).tensors[1:])
+            for part in ("train", "test")})
     return bundle, model
 
 
@@ -272,7 +284,12 @@ def write_outputs(out: Path, trainer: Trainer, spec: dict[str, Any], final: bool
 def run(args: argparse.Namespace) -> int:
     """Train as the options say; returns the exit code."""
     _check_args(args)
+    if _cli_distributed.wants_launch(args):
+        return _cli_distributed.launch(args)  # --nproc N: N workers, each runs this function
     device = resolve_device(args.device)
+    ctx = _cli_distributed.setup(args, device)  # a torchrun/elastic worker; None otherwise
+    device = ctx.device if ctx is not None else device
+    is_main = ctx is None or ctx.is_main
     if args.threads:
         torch.set_num_threads(args.threads)
     state = None
@@ -294,11 +311,16 @@ def run(args: argparse.Namespace) -> int:
             saved["epochs"] = args.epochs
             state["scheduler"] = dict(state["scheduler"], config=saved)
         config = SchedulerConfig.from_dict(saved)
-        print(f"resuming {args.resume}: the model, data, optimizer and schedule options come "
-              "from the checkpoint", file=sys.stderr)
+        if args.dtype is not None and args.dtype != spec.get("dtype", "float32"):
+            raise ValueError(f"--dtype {args.dtype}: the checkpoint was trained in "
+                             f"{spec.get('dtype', 'float32')}; leave --dtype out to resume")
+        if is_main:
+            print(f"resuming {args.resume}: the model, data, optimizer and schedule options "
+                  "come from the checkpoint", file=sys.stderr)
     else:
         spec = {k: getattr(args, k) for k in _SPEC_KEYS}
         spec["method"] = args.method
+        spec["dtype"] = args.dtype or "float32"
         config = None
     bundle, model = build_from_spec(spec, device)
     if config is None:
@@ -308,14 +330,20 @@ def run(args: argparse.Namespace) -> int:
                                 weight_decay=spec["weight_decay"])
     params = block_parameters(model, spec["block"])
     eig_fn = None
-    if params is not None:
+    trainer_cls: Any = Trainer
+    if ctx is not None:
+        from ._distributed import DistributedTrainer
+        trainer_cls = functools.partial(
+            DistributedTrainer, eig_params=params, sync_batchnorm=args.sync_batchnorm,
+            config_extra={"spec": spec, "checkpoint_every": args.checkpoint_every})
+    elif params is not None:
         from . import top_eigenvalue
 
         def eig_fn(m, loss_fn, batches, *, seed):
             return top_eigenvalue(m, loss_fn, batches, params=params,
                                   method=spec["eig_method"], max_hvp=spec["max_hvp"],
                                   tol=spec["eig_tol"], seed=seed)
-    trainer = Trainer(model, optimizer, torch.nn.functional.cross_entropy, bundle.train,
+    trainer = trainer_cls(model, optimizer, torch.nn.functional.cross_entropy, bundle.train,
                       Scheduler(config), test_data=bundle.test, eigenvalue_fn=eig_fn,
                       hessian_batch_size=spec["hessian_batch"], eig_method=spec["eig_method"],
                       max_hvp=spec["max_hvp"], eig_tol=spec["eig_tol"],
@@ -325,7 +353,8 @@ def run(args: argparse.Namespace) -> int:
         trainer.load_state_dict(state)
 
     n = len(bundle.train)
-    progress = Progress(config.epochs * n, f"{config.method}", enabled=not args.quiet)
+    progress = Progress(config.epochs * n, f"{config.method}",
+                        enabled=not args.quiet and is_main)
     progress.done = trainer.scheduler.decision.samples_seen  # resumed runs start part-way
 
     pending = {"n": 0, "t": 0.0}
@@ -343,7 +372,8 @@ def run(args: argparse.Namespace) -> int:
         if args.out is not None:
             if args.checkpoint_every and m.epoch % args.checkpoint_every == 0:
                 tr.save(args.out / "checkpoint.pt", extra={"spec": spec})
-            write_outputs(args.out, tr, spec, final=False)
+            if is_main:
+                write_outputs(args.out, tr, spec, final=False)
 
     started = time.perf_counter()
     trainer.run(on_update=on_update, on_epoch=on_epoch)
@@ -351,7 +381,10 @@ def run(args: argparse.Namespace) -> int:
     wall = time.perf_counter() - started
     if args.out is not None:
         trainer.save(args.out / "checkpoint.pt", extra={"spec": spec})
-        write_outputs(args.out, trainer, spec, final=True)
+        if is_main:
+            write_outputs(args.out, trainer, spec, final=True)
+    if not is_main:
+        return 0
     if not trainer.history:
         print("nothing to train: the checkpoint has finished all its epochs")
         return 0

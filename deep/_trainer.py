@@ -79,6 +79,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -125,6 +126,10 @@ class EpochMetrics:
         time_eigenvalue: eigenvalue computations, Hessian batch included.
         time_adversarial: generating adversarial samples.
         time_eval: test-set evaluation.
+        time_grad_comm: gradient all-reduce (data parallel; 0 in one process), not included
+            in time_train.
+        time_eigenvalue_comm: the part of time_eigenvalue spent in all-reduces of
+            Hessian-vector products (data parallel; 0 in one process).
     """
 
     epoch: int
@@ -145,6 +150,8 @@ class EpochMetrics:
     time_eigenvalue: float
     time_adversarial: float
     time_eval: float
+    time_grad_comm: float = 0.0
+    time_eigenvalue_comm: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict."""
@@ -164,6 +171,8 @@ class _EpochAccumulator:
     time_train: float = 0.0
     time_eig: float = 0.0
     time_adv: float = 0.0
+    time_comm: float = 0.0
+    time_eig_comm: float = 0.0
 
 
 def _check_int(name: str, value: Any, low: int) -> int:
@@ -307,10 +316,28 @@ class Trainer:
         dev = self.device
         return x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
 
-    def _shard(self, idx: torch.Tensor) -> torch.Tensor:
-        # The single-process case: this rank holds the whole logical batch. A DDP version
-        # returns its contiguous part of idx here (see the module doc).
-        return idx
+    def _shard(self, idx: torch.Tensor) -> tuple[torch.Tensor, int]:
+        # The single-process case: this rank holds the whole logical batch, from position 0.
+        # The data-parallel trainer (_distributed.py) returns its contiguous part of idx and
+        # where that part starts in the logical batch.
+        return idx, 0
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        # The training forward pass (the data-parallel trainer runs it through DDP).
+        return self.model(x)
+
+    def _accumulate(self, last: bool) -> Any:
+        # Context of one micro-batch's forward/backward; the data-parallel trainer skips the
+        # gradient all-reduce (DDP no_sync) unless ``last``.
+        return contextlib.nullcontext()
+
+    def _reduce_gradients(self, idx: torch.Tensor, acc: _EpochAccumulator) -> None:
+        # After the micro-batches of an update, before the step: nothing in one process.
+        pass
+
+    def _finish_epoch(self, acc: _EpochAccumulator) -> None:
+        # Before an epoch's metrics are built: the data-parallel trainer sums over ranks here.
+        pass
 
     def _sync(self) -> None:
         # CUDA runs asynchronously: wait before reading the clock, or time lands elsewhere.
@@ -350,13 +377,13 @@ class Trainer:
         adv_time = 0.0
         self.optimizer.zero_grad(set_to_none=True)
         self.model.train()
-        local = self._shard(idx)
+        local, offset = self._shard(idx)
         micro_batches = 0
         for start in range(0, local.numel(), micro):
             part = local[start:start + micro]
             m = int(part.numel())
             x, y = self._fetch(self.train_data, part)
-            k = min(max(n_adv - start, 0), m)  # adversarial samples in this micro-batch
+            k = min(max(n_adv - offset - start, 0), m)  # adversarial samples in it
             if k:
                 self._sync()
                 t0 = time.perf_counter()
@@ -365,11 +392,14 @@ class Trainer:
                 self.model.train()  # the adversary restores the mode; be explicit anyway
                 self._sync()
                 adv_time += time.perf_counter() - t0
-            loss = self.loss_fn(self.model(x), y)
-            # m / n: the accumulated gradient is the gradient of the mean over all n samples
-            (loss * (m / n)).backward()
+            with self._accumulate(last=start + micro >= local.numel()):
+                loss = self.loss_fn(self._forward(x), y)
+                # m / n: the accumulated gradient is the gradient of the mean over all n
+                # samples (n global: over all ranks in data parallelism)
+                (loss * (m / n)).backward()
             acc.loss_sum += float(loss.detach()) * m
             micro_batches += 1
+        self._reduce_gradients(idx, acc)
         lr = self._set_lr(d.lr)
         self.optimizer.step()
         self._sync()
@@ -489,6 +519,7 @@ class Trainer:
         t0 = time.perf_counter()
         test_loss, test_acc = self.evaluate() if self.test_data is not None else (None, None)
         time_eval = time.perf_counter() - t0
+        self._finish_epoch(acc)
         metrics = EpochMetrics(
             epoch=d.epoch, train_loss=acc.loss_sum / max(acc.samples, 1), test_loss=test_loss,
             test_accuracy=test_acc,
@@ -497,7 +528,8 @@ class Trainer:
             batch_size=acc.batch_size, next_batch_size=d.batch_size, lr=acc.lr,
             updates=d.updates, samples=d.samples_seen, adversarial_samples=acc.adversarial,
             time_train=acc.time_train, time_eigenvalue=acc.time_eig,
-            time_adversarial=acc.time_adv, time_eval=time_eval)
+            time_adversarial=acc.time_adv, time_eval=time_eval, time_grad_comm=acc.time_comm,
+            time_eigenvalue_comm=acc.time_eig_comm)
         self.history.append(metrics)
         return metrics
 
