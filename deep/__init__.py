@@ -12,3 +12,8 @@ from ._adversarial import fgsm, random_sign
 from ._eigen import EigenResult, lanczos, power_iteration, top_eigenvalue
 from ._hvp import HessianOperator, hessian_vector_product
 # --- end curvature block ---
+
+# --- data parallelism over torch.distributed (owner: distributed) ---
+from ._distributed import (DistributedConfigError, DistributedHessianOperator,
+                           DistributedTrainer, distributed_top_eigenvalue)
+# --- end data parallelism block ---

@@ -180,9 +180,19 @@ def setup(args: argparse.Namespace, device: torch.device) -> WorkerContext | Non
         args.resume = args.out / "checkpoint.pt"
         print(f"[rank {rank}] restart {restart}: resuming from {args.resume}", file=sys.stderr)
     if not torch.distributed.is_initialized():
+        timeout = timedelta(seconds=args.dist_timeout)
+        kw: dict = {}
+        if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == str(True):
+            # The agent's store outlives a restart, and the keys of the failed attempt (rank
+            # 0's old gloo address) are still in it: a restarted rank could read them and fail
+            # with "Connection refused". One key prefix per attempt keeps the attempts apart.
+            base = torch.distributed.TCPStore(
+                os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size=world,
+                is_master=False, timeout=timeout)
+            kw = dict(store=torch.distributed.PrefixStore(f"hessbatch/attempt_{restart}", base),
+                      rank=rank, world_size=world)
         torch.distributed.init_process_group(
-            backend, timeout=timedelta(seconds=args.dist_timeout),
-            device_id=device if backend == "nccl" else None)
+            backend, timeout=timeout, device_id=device if backend == "nccl" else None, **kw)
         atexit.register(_destroy)
     return WorkerContext(rank, world, local_rank, device, backend, restart)
 

@@ -128,11 +128,12 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _timed_all_reduce(t: torch.Tensor, group: Any, op=dist.ReduceOp.SUM) -> float:
-    """All-reduce ``t`` in place; returns the seconds it took (device synchronised)."""
+def _timed_all_reduce(t: torch.Tensor, group: Any, op: Any = None) -> float:
+    """All-reduce (sum by default) ``t`` in place; returns the seconds it took (device
+    synchronised)."""
     _sync(t.device)
     t0 = time.perf_counter()
-    dist.all_reduce(t, op=op, group=group)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM if op is None else op, group=group)
     _sync(t.device)
     return time.perf_counter() - t0
 

@@ -52,16 +52,16 @@ RNG (dropout), the model, the optimizer, the core's state and the history, so a 
 from an epoch-end checkpoint is identical to the uninterrupted one on CPU (tested).
 Checkpoints are taken at epoch ends only (no mid-epoch position is stored).
 
-Data parallelism (torch.distributed, a later issue) fits this design without a rewrite: the
-core's decisions are global, so every rank runs the same scheduler and receives the same events
-(the eigenvalue is computed on all ranks' Hessian shards with all-reduced HVPs, or on rank 0 and
-broadcast). The logical batch of ``n`` global indices (same permutation on all ranks, same seed)
-is split into ``world_size`` shards; rank ``r`` takes its shard, runs its micro-batches with the
-same ``m_j / n`` scaling (``n`` global), and the gradients are summed by one all-reduce on the
-last micro-batch (``no_sync`` before), which gives the global mean. ``B`` must then be a multiple
-of ``world_size * micro_batch_size``, a constraint for the config, not for the loop. Nothing
-here assumes one process except :meth:`Trainer._shard`, the single place that would take the
-rank's part of a logical batch.
+Data parallelism: :class:`hessbatch.deep.DistributedTrainer` (deep/_distributed.py,
+docs/distributed.md) is this loop on ``world_size`` processes. The core's decisions are global,
+so every rank runs the same scheduler and receives the same events; the logical batch of ``n``
+global indices (same permutation on all ranks, same seed) is split into ``world_size``
+contiguous shards, rank ``r`` runs its micro-batches with the same ``m_j / n`` scaling (``n``
+global), and DDP sums the gradients on the last micro-batch (``no_sync`` before), which gives
+the global mean; eigenvalues come from all-reduced HVPs on all ranks' Hessian shards. It plugs
+in through five small hooks here, each the identity in one process: :meth:`Trainer._shard`
+(the rank's part of a logical batch and where it starts), ``_forward``, ``_accumulate``,
+``_reduce_gradients`` and ``_finish_epoch``.
 
 Example:
     >>> import torch

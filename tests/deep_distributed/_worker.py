@@ -47,12 +47,12 @@ def model(seed: int = 0):
     return MLP(SHAPE, 3, hidden=(6,), activation="softplus").double()
 
 
-def make_trainer(name: str, distributed: bool, seed: int = 0):
+def make_trainer(name: str, distributed: bool, seed: int = 0, device: str = "cpu", **extra):
     """The run ``name``: a Trainer (one process) or a DistributedTrainer (in a group)."""
     kw = dict(RUNS[name])
     cfg = SchedulerConfig(samples_per_epoch=N_TRAIN, **kw)
     train, test = data()
-    net = model()
+    net = model().to(device)
     opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=0.9)
     cls = Trainer
     if distributed:
@@ -60,7 +60,7 @@ def make_trainer(name: str, distributed: bool, seed: int = 0):
         cls = DistributedTrainer
     return cls(net, opt, F.cross_entropy, train, cfg, test_data=test, seed=seed,
                hessian_batch_size=15, max_hvp=6, eig_tol=1e-3,
-               adversary="random" if name == "absa_random" else "fgsm")
+               adversary="random" if name == "absa_random" else "fgsm", **extra)
 
 
 def record(trainer) -> dict:
