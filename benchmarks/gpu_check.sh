@@ -20,13 +20,45 @@
 # failed steps. Checking the script itself without a GPU: GPU_CHECK_DEVICE=cpu
 # GPU_CHECK_BACKEND=gloo GPU_CHECK_ONLY=cli runs step 4 alone on the CPU.
 set -uo pipefail
-cd "$(dirname "$0")/.."
-OUT_DIR=${1:-${OUT:-gpu_check_out}}
-mkdir -p "$OUT_DIR"
+SELF="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
+cd "$(dirname "$SELF")/.."   # the repository root; a relative OUT_DIR is taken from here
 PY=${PYTHON:-python}
 DEVICE=${GPU_CHECK_DEVICE:-cuda}
 BACKEND=${GPU_CHECK_BACKEND:-nccl}
 ONLY=${GPU_CHECK_ONLY:-all}
+
+TINY=(--model mlp --width 8 --data synthetic:600:1x8x8 --batch-size 32 --micro-batch 16
+      --max-batch 128 --hessian-batch 64 --method absa --patience 1 --epochs 2 --dtype float64
+      --device "$DEVICE" --quiet --seed 1 --threads 1)
+nccl_cli() {
+    "$PY" -m hessbatch.cli train "${TINY[@]}" --out "$OUT_DIR/plain" &&
+    "$PY" -m torch.distributed.run --standalone --nproc_per_node 1 -m hessbatch.cli train \
+        "${TINY[@]}" --backend "$BACKEND" --out "$OUT_DIR/nccl" &&
+    "$PY" - "$OUT_DIR" <<'PY'
+import json, math, sys, torch
+out = sys.argv[1]
+a = json.load(open(f"{out}/plain/metrics.json"))["history"]
+b = json.load(open(f"{out}/nccl/metrics.json"))["history"]
+keys = ("train_loss", "test_loss", "test_accuracy", "batch_size", "lr", "updates")
+bad = [(i, k, x[k], y[k]) for i, (x, y) in enumerate(zip(a, b)) for k in keys
+       if not math.isclose(x[k], y[k], rel_tol=1e-7)]
+wa = torch.load(f"{out}/plain/checkpoint.pt", weights_only=True)["model"]
+wb = torch.load(f"{out}/nccl/checkpoint.pt", weights_only=True)["model"]
+err = max(float((wa[k] - wb[k]).abs().max() / wa[k].abs().max().clamp_min(1e-300)) for k in wa)
+ok = len(a) == len(b) == 2 and not bad and err <= 1e-7
+print(f"epochs {len(a)} / {len(b)}; metric mismatches {bad}; max weight error {err:.3g}")
+print("agree" if ok else "DIFFER")
+sys.exit(0 if ok else 1)
+PY
+}
+if [ "${1:-}" = --nccl-cli-step ]; then  # step 4, re-entered under `timeout`
+    OUT_DIR=$2
+    nccl_cli
+    exit
+fi
+
+OUT_DIR=${1:-${OUT:-gpu_check_out}}
+mkdir -p "$OUT_DIR"
 start=$(date +%s)
 failed=0
 summary="$OUT_DIR/summary.txt"
@@ -78,32 +110,8 @@ step "BL vs ABS epoch (ResNet18, CUDA)" 120 \
 fi
 
 # 4. the command line under torch.distributed.run with nccl, against the plain run
-TINY=(--model mlp --width 8 --data synthetic:600:1x8x8 --batch-size 32 --micro-batch 16
-      --max-batch 128 --hessian-batch 64 --method absa --patience 1 --epochs 2 --dtype float64
-      --device "$DEVICE" --quiet --seed 1 --threads 1)
-nccl_cli() {
-    "$PY" -m hessbatch.cli train "${TINY[@]}" --out "$OUT_DIR/plain" &&
-    "$PY" -m torch.distributed.run --standalone --nproc_per_node 1 -m hessbatch.cli train \
-        "${TINY[@]}" --backend "$BACKEND" --out "$OUT_DIR/nccl" &&
-    "$PY" - "$OUT_DIR" <<'PY'
-import json, math, sys, torch
-out = sys.argv[1]
-a = json.load(open(f"{out}/plain/metrics.json"))["history"]
-b = json.load(open(f"{out}/nccl/metrics.json"))["history"]
-keys = ("train_loss", "test_loss", "test_accuracy", "batch_size", "lr", "updates")
-bad = [(i, k, x[k], y[k]) for i, (x, y) in enumerate(zip(a, b)) for k in keys
-       if not math.isclose(x[k], y[k], rel_tol=1e-7)]
-wa = torch.load(f"{out}/plain/checkpoint.pt", weights_only=True)["model"]
-wb = torch.load(f"{out}/nccl/checkpoint.pt", weights_only=True)["model"]
-err = max(float((wa[k] - wb[k]).abs().max() / wa[k].abs().max().clamp_min(1e-300)) for k in wa)
-ok = len(a) == len(b) == 2 and not bad and err <= 1e-7
-print(f"epochs {len(a)} / {len(b)}; metric mismatches {bad}; max weight error {err:.3g}")
-print("agree" if ok else "DIFFER")
-sys.exit(0 if ok else 1)
-PY
-}
 step "hessbatch train under torch.distributed.run, $BACKEND, 1 process" 90 \
-    nccl_cli > "$OUT_DIR/nccl_cli.txt" 2>&1
+    bash "$SELF" --nccl-cli-step "$OUT_DIR" > "$OUT_DIR/nccl_cli.txt" 2>&1
 tail -2 "$OUT_DIR/nccl_cli.txt" | tee "$OUT_DIR/nccl_cli_compare.txt"
 
 echo "total $(( $(date +%s) - start )) s, $failed failed step(s)" | tee -a "$summary"
