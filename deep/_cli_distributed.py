@@ -97,6 +97,11 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise ValueError(f"--dist-timeout must be > 0 seconds, got {args.dist_timeout}")
     if args.sync_batchnorm and args.nproc == 1 and not launched():
         raise ValueError("--sync-batchnorm needs several processes (--nproc N or torchrun)")
+    if args.nproc > 1 and not launched() and str(args.device).startswith("cuda"):
+        count = torch.cuda.device_count()
+        if args.device == "cuda" and args.nproc > count:
+            raise ValueError(f"--nproc {args.nproc} --device cuda: one GPU per worker, and "
+                             f"this machine has {count}; use --nproc {max(count, 1)} or fewer")
 
 
 def wants_launch(args: argparse.Namespace) -> bool:
@@ -173,6 +178,10 @@ def setup(args: argparse.Namespace, device: torch.device) -> WorkerContext | Non
     if backend == "nccl" and device.type != "cuda":
         raise ValueError("--backend nccl needs --device cuda (nccl moves CUDA tensors only); "
                          "use gloo on the CPU")
+    if backend == "nccl" and local_world > 1 and args.device != "cuda":
+        raise ValueError(f"--device {args.device} puts all {local_world} local workers on one "
+                         "GPU, which nccl refuses; use --device cuda (worker LOCAL_RANK gets "
+                         "cuda:LOCAL_RANK)")
     if not args.threads:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(local_world, 1)))
     restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
