@@ -199,6 +199,8 @@ def summary(history: list[EpochMetrics]) -> dict[str, Any]:
         "time_eigenvalue": sum(m.time_eigenvalue for m in history),
         "time_adversarial": sum(m.time_adversarial for m in history),
         "time_eval": sum(m.time_eval for m in history),
+        "time_grad_comm": sum(m.time_grad_comm for m in history),
+        "time_eigenvalue_comm": sum(m.time_eigenvalue_comm for m in history),
     }
 
 

@@ -414,7 +414,7 @@ class DistributedTrainer(Trainer):
     (``torch.distributed.init_process_group``; torchrun provides the rendezvous). Each rank
     trains on its shard of every logical batch (module docstring); the per-epoch metrics
     (train loss, test loss and accuracy, eigenvalues, B, lr, updates) are global and the same
-    on every rank; times are the slowest rank's.
+    on every rank; times are the slowest rank's (``time_eval``: this rank's).
 
     Args:
         group: the process group (default: the world).
