@@ -398,12 +398,16 @@ def distributed_top_eigenvalue(model: nn.Module, loss_fn: LossFn, batches: Seque
 
 def _sum_hook(trainer, bucket):  # no annotations: DDP checks them against its own types
     """DDP communication hook: *sum* the bucket (the loss scaling already makes it the mean),
-    synchronously so that its time is measured; returns a completed future."""
+    waited for here so that its time is measured; returns the collective's own future (on
+    CUDA a device-aware one), resolved to the reduced bucket."""
     buf = bucket.buffer()
-    trainer._comm_pending += _timed_all_reduce(buf, trainer.group)
-    fut: torch.futures.Future = torch.futures.Future()
-    fut.set_result(buf)
-    return fut
+    _sync(buf.device)
+    t0 = time.perf_counter()
+    work = dist.all_reduce(buf, group=trainer.group, async_op=True)
+    work.wait()
+    _sync(buf.device)
+    trainer._comm_pending += time.perf_counter() - t0
+    return work.get_future().then(lambda fut: fut.value()[0])
 
 
 class DistributedTrainer(Trainer):

@@ -371,3 +371,11 @@ def test_resume_with_another_dtype_is_refused(cli_reference, capsys):
     assert main(["train", "--resume", str(cli_reference / "one" / "checkpoint.pt"),
                  "--dtype", "float32", "--quiet"]) == 2
     assert "trained in float64" in capsys.readouterr().err
+
+
+def test_docstring_examples():
+    import doctest
+
+    from hessbatch.deep import _distributed
+    result = doctest.testmod(_distributed, optionflags=doctest.ELLIPSIS)
+    assert result.attempted >= 1 and result.failed == 0
