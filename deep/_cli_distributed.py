@@ -120,6 +120,9 @@ def launch(args: argparse.Namespace) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
+    if args.max_restarts and args.out is None:
+        print("hessbatch train: warning: --max-restarts without --out: a restarted run has no "
+              "checkpoint to resume from and starts again from the beginning", file=sys.stderr)
     config = LaunchConfig(
         min_nodes=1, max_nodes=1, nproc_per_node=args.nproc,
         run_id=f"hessbatch-{uuid.uuid4().hex[:12]}", rdzv_backend="c10d",
