@@ -24,7 +24,7 @@ from torch.nn import functional as F
 
 from hessbatch import SchedulerConfig
 from hessbatch.cli import main
-from hessbatch.deep import HessianOperator, lanczos, power_iteration, top_eigenvalue
+from hessbatch.deep import HessianOperator, lanczos, power_iteration
 from hessbatch.deep._distributed import (DistributedConfigError, DistributedTrainer,
                                          check_batch_layout, reachable_batch_sizes,
                                          shard_bounds)
