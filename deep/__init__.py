@@ -18,3 +18,7 @@ from ._hvp import HessianOperator, hessian_vector_product
 # The Lightning callback lives in hessbatch.deep.lightning (extra [lightning]); never imported here.
 from ._loop import AdaptiveBatchSampler, LoopAdapter
 # --- end integrations block ---
+# --- data parallelism over torch.distributed (owner: distributed) ---
+from ._distributed import (DistributedConfigError, DistributedHessianOperator,
+                           DistributedTrainer, distributed_top_eigenvalue)
+# --- end data parallelism block ---

@@ -12,15 +12,19 @@ writes ``runs/abs/metrics.json`` (every epoch's metrics and the configuration),
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import io
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.data import TensorDataset
 
 from hessbatch import Scheduler, SchedulerConfig
 from hessbatch._scheduler import _ROUND_TOL
@@ -28,6 +32,7 @@ from hessbatch._cli_common import Progress, add_scheduler_arguments, config_from
     format_table
 from hessbatch._outputs import check_out_dir, write_file, write_files
 
+from . import _cli_distributed
 from ._data import load_data
 from ._models import ACTIVATIONS, MODELS, make_model
 from ._trainer import EpochMetrics, Trainer, TrainingDiverged, load_checkpoint
@@ -117,6 +122,7 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
                         "the model, data, optimizer and schedule options are taken from it, "
                         "and giving one with another value is an error")
     g.add_argument("--quiet", action="store_true", help="no progress line")
+    _cli_distributed.add_arguments(parser)
 
 
 # --------------------------------------------------------------------------------------------
@@ -159,6 +165,13 @@ def build_from_spec(spec: dict[str, Any], device: torch.device):
     torch.manual_seed(spec["seed"])  # the model's initial weights
     model = make_model(spec["model"], bundle.input_shape, bundle.num_classes,
                        activation=spec["activation"], width=spec["width"]).to(device)
+    dtype = _cli_distributed.dtype_of(spec.get("dtype"))  # checkpoints before --dtype: float32
+    if dtype != torch.float32:
+        model = model.to(dtype)
+        bundle = dataclasses.replace(bundle, **{
+            part: TensorDataset(getattr(bundle, part).tensors[0].to(dtype),
+                                *getattr(bundle, part).tensors[1:])
+            for part in ("train", "test")})
     return bundle, model
 
 
@@ -215,6 +228,8 @@ def summary(history: list[EpochMetrics]) -> dict[str, Any]:
         "time_eigenvalue": sum(m.time_eigenvalue for m in history),
         "time_adversarial": sum(m.time_adversarial for m in history),
         "time_eval": sum(m.time_eval for m in history),
+        "time_grad_comm": sum(m.time_grad_comm for m in history),
+        "time_eigenvalue_comm": sum(m.time_eigenvalue_comm for m in history),
     }
 
 
@@ -291,7 +306,8 @@ def curves_png(history: list[EpochMetrics], title: str) -> bytes | None:
 
 
 def write_outputs(out: Path, trainer: Trainer, spec: dict[str, Any], final: bool, *,
-                  checkpoint: bool = False, stopped: str | None = None) -> None:
+                  checkpoint: bool = False, stopped: str | None = None,
+                  extra: dict[str, Any] | None = None) -> None:
     """Write metrics.json (and checkpoint.pt, and at the end curves.png) as one set.
 
     The files are written with :func:`hessbatch._outputs.write_files`: all old or all new, a
@@ -305,7 +321,7 @@ def write_outputs(out: Path, trainer: Trainer, spec: dict[str, Any], final: bool
         doc["stopped"] = stopped
     files: dict[str, bytes | str] = {}
     if checkpoint:
-        files["checkpoint.pt"] = trainer.checkpoint_bytes(extra={"spec": spec})
+        files["checkpoint.pt"] = trainer.checkpoint_bytes(extra={"spec": spec, **(extra or {})})
     files["metrics.json"] = json.dumps(doc, indent=1)
     if final and trainer.history:
         title = (f"{spec['method']} {spec['model']}/{spec['activation']} on {spec['data']}, "
@@ -317,6 +333,18 @@ def write_outputs(out: Path, trainer: Trainer, spec: dict[str, Any], final: bool
         else:
             files["curves.png"] = png
     write_files(out, files)
+
+
+def _checkpoint_extra(trainer: Trainer) -> dict[str, Any]:
+    """What a checkpoint records besides the spec: the world size it was written from."""
+    return {"world_size": int(getattr(trainer, "world_size", 1))}
+
+
+def _wait_for_rank0(trainer: Trainer) -> None:
+    """With several ranks, every rank waits until rank 0 has written its files."""
+    group = getattr(trainer, "group", None)
+    if getattr(trainer, "world_size", 1) > 1:
+        torch.distributed.barrier(group=group)
 
 
 def _output_folder(args: argparse.Namespace) -> Path | None:
@@ -434,6 +462,8 @@ def _report_divergence(exc: TrainingDiverged, args: argparse.Namespace, trainer:
                        spec: dict[str, Any]) -> int:
     """The NaN stop: one message, metrics.json says why, the last good checkpoint is kept."""
     where = ""
+    if getattr(trainer, "rank", 0) != 0:
+        return 3  # every rank stopped at the same update; rank 0 reports and writes
     if args.out is not None:
         ck = args.out / "checkpoint.pt"
         if ck.is_file():
@@ -454,8 +484,18 @@ def _report_divergence(exc: TrainingDiverged, args: argparse.Namespace, trainer:
 def run(args: argparse.Namespace) -> int:
     """Train as the options say; returns the exit code."""
     _check_args(args)
-    args.out = _output_folder(args)
+    if _cli_distributed.wants_launch(args):
+        args.out = _output_folder(args)  # checked once, before any worker starts
+        return _cli_distributed.launch(args)  # --nproc N: N workers, each runs this function
+    if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:
+        # a restarted worker: the first attempt checked --out and wrote into it
+        args.out = None if args.out is None else Path(args.out)
+    else:
+        args.out = _output_folder(args)
     device = resolve_device(args.device)
+    ctx = _cli_distributed.setup(args, device)  # a torchrun/elastic worker; None otherwise
+    device = ctx.device if ctx is not None else device
+    is_main = ctx is None or ctx.is_main
     if args.threads:
         torch.set_num_threads(args.threads)
     state = None
@@ -467,11 +507,16 @@ def run(args: argparse.Namespace) -> int:
         if args.epochs is not None and args.epochs != saved["epochs"]:
             _resume_epochs(args, state, saved)
         config = SchedulerConfig.from_dict(saved)
-        print(f"resuming {args.resume}: the model, data, optimizer and schedule options come "
-              "from the checkpoint", file=sys.stderr)
+        if args.dtype is not None and args.dtype != spec.get("dtype", "float32"):
+            raise ValueError(f"--dtype {args.dtype}: the checkpoint was trained in "
+                             f"{spec.get('dtype', 'float32')}; leave --dtype out to resume")
+        if is_main:
+            print(f"resuming {args.resume}: the model, data, optimizer and schedule options "
+                  "come from the checkpoint", file=sys.stderr)
     else:
         spec = {k: getattr(args, k) for k in _SPEC_KEYS}
         spec["method"] = args.method
+        spec["dtype"] = args.dtype or "float32"
         config = None
     bundle, model = build_from_spec(spec, device)
     if config is None:
@@ -485,14 +530,20 @@ def run(args: argparse.Namespace) -> int:
                                 weight_decay=spec["weight_decay"])
     params = block_parameters(model, spec["block"])
     eig_fn = None
-    if params is not None:
+    trainer_cls: Any = Trainer
+    if ctx is not None:
+        from ._distributed import DistributedTrainer
+        trainer_cls = functools.partial(
+            DistributedTrainer, eig_params=params, sync_batchnorm=args.sync_batchnorm,
+            config_extra={"spec": spec, "checkpoint_every": args.checkpoint_every})
+    elif params is not None:
         from . import top_eigenvalue
 
         def eig_fn(m, loss_fn, batches, *, seed):
             return top_eigenvalue(m, loss_fn, batches, params=params,
                                   method=spec["eig_method"], max_hvp=spec["max_hvp"],
                                   tol=spec["eig_tol"], seed=seed)
-    trainer = Trainer(model, optimizer, torch.nn.functional.cross_entropy, bundle.train,
+    trainer = trainer_cls(model, optimizer, torch.nn.functional.cross_entropy, bundle.train,
                       Scheduler(config), test_data=bundle.test, eigenvalue_fn=eig_fn,
                       hessian_batch_size=spec["hessian_batch"], eig_method=spec["eig_method"],
                       max_hvp=spec["max_hvp"], eig_tol=spec["eig_tol"],
@@ -507,7 +558,8 @@ def run(args: argparse.Namespace) -> int:
                 from None
 
     n = len(bundle.train)
-    progress = Progress(config.epochs * n, f"{config.method}", enabled=not args.quiet)
+    progress = Progress(config.epochs * n, f"{config.method}",
+                        enabled=not args.quiet and is_main)
     progress.done = trainer.scheduler.decision.samples_seen  # resumed runs start part-way
 
     pending = {"n": 0, "t": 0.0}
@@ -524,7 +576,10 @@ def run(args: argparse.Namespace) -> int:
     def on_epoch(tr: Trainer, m: EpochMetrics) -> None:
         if args.out is not None:
             due = bool(args.checkpoint_every and m.epoch % args.checkpoint_every == 0)
-            write_outputs(args.out, tr, spec, final=False, checkpoint=due)
+            if is_main:
+                write_outputs(args.out, tr, spec, final=False, checkpoint=due,
+                              extra=_checkpoint_extra(tr))
+            _wait_for_rank0(tr)
 
     started = time.perf_counter()
     try:
@@ -535,7 +590,12 @@ def run(args: argparse.Namespace) -> int:
     progress.close()
     wall = time.perf_counter() - started
     if args.out is not None:
-        write_outputs(args.out, trainer, spec, final=True, checkpoint=True)
+        if is_main:
+            write_outputs(args.out, trainer, spec, final=True, checkpoint=True,
+                          extra=_checkpoint_extra(trainer))
+        _wait_for_rank0(trainer)
+    if not is_main:
+        return 0
     if not trainer.history:
         print("nothing to train: the checkpoint has finished all its epochs")
         return 0

@@ -52,16 +52,16 @@ RNG (dropout), the model, the optimizer, the core's state and the history, so a 
 from an epoch-end checkpoint is identical to the uninterrupted one on CPU (tested).
 Checkpoints are taken at epoch ends only (no mid-epoch position is stored).
 
-Data parallelism (torch.distributed, a later issue) fits this design without a rewrite: the
-core's decisions are global, so every rank runs the same scheduler and receives the same events
-(the eigenvalue is computed on all ranks' Hessian shards with all-reduced HVPs, or on rank 0 and
-broadcast). The logical batch of ``n`` global indices (same permutation on all ranks, same seed)
-is split into ``world_size`` shards; rank ``r`` takes its shard, runs its micro-batches with the
-same ``m_j / n`` scaling (``n`` global), and the gradients are summed by one all-reduce on the
-last micro-batch (``no_sync`` before), which gives the global mean. ``B`` must then be a multiple
-of ``world_size * micro_batch_size``, a constraint for the config, not for the loop. Nothing
-here assumes one process except :meth:`Trainer._shard`, the single place that would take the
-rank's part of a logical batch.
+Data parallelism: :class:`hessbatch.deep.DistributedTrainer` (deep/_distributed.py,
+docs/distributed.md) is this loop on ``world_size`` processes. The core's decisions are global,
+so every rank runs the same scheduler and receives the same events; the logical batch of ``n``
+global indices (same permutation on all ranks, same seed) is split into ``world_size``
+contiguous shards, rank ``r`` runs its micro-batches with the same ``m_j / n`` scaling (``n``
+global), and DDP sums the gradients on the last micro-batch (``no_sync`` before), which gives
+the global mean; eigenvalues come from all-reduced HVPs on all ranks' Hessian shards. It plugs
+in through five small hooks here, each the identity in one process: :meth:`Trainer._shard`
+(the rank's part of a logical batch and where it starts), ``_forward``, ``_accumulate``,
+``_reduce_gradients`` and ``_finish_epoch``.
 
 Example:
     >>> import torch
@@ -80,6 +80,7 @@ Example:
 from __future__ import annotations
 
 import bisect
+import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -129,6 +130,10 @@ class EpochMetrics:
         time_eigenvalue: eigenvalue computations, Hessian batch included.
         time_adversarial: generating adversarial samples.
         time_eval: test-set evaluation.
+        time_grad_comm: gradient all-reduce (data parallel; 0 in one process), not included
+            in time_train.
+        time_eigenvalue_comm: the part of time_eigenvalue spent in all-reduces of
+            Hessian-vector products (data parallel; 0 in one process).
     """
 
     epoch: int
@@ -149,6 +154,8 @@ class EpochMetrics:
     time_eigenvalue: float
     time_adversarial: float
     time_eval: float
+    time_grad_comm: float = 0.0
+    time_eigenvalue_comm: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict."""
@@ -168,6 +175,8 @@ class _EpochAccumulator:
     time_train: float = 0.0
     time_eig: float = 0.0
     time_adv: float = 0.0
+    time_comm: float = 0.0
+    time_eig_comm: float = 0.0
 
 
 def _check_int(name: str, value: Any, low: int) -> int:
@@ -368,10 +377,33 @@ class Trainer:
         dev = self.device
         return x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
 
-    def _shard(self, idx: torch.Tensor) -> torch.Tensor:
-        # The single-process case: this rank holds the whole logical batch. A DDP version
-        # returns its contiguous part of idx here (see the module doc).
-        return idx
+    def _shard(self, idx: torch.Tensor) -> tuple[torch.Tensor, int]:
+        # The single-process case: this rank holds the whole logical batch, from position 0.
+        # The data-parallel trainer (_distributed.py) returns its contiguous part of idx and
+        # where that part starts in the logical batch.
+        return idx, 0
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        # The training forward pass (the data-parallel trainer runs it through DDP).
+        return self.model(x)
+
+    def _accumulate(self, last: bool) -> Any:
+        # Context of one micro-batch's forward/backward; the data-parallel trainer skips the
+        # gradient all-reduce (DDP no_sync) unless ``last``.
+        return contextlib.nullcontext()
+
+    def _reduce_gradients(self, idx: torch.Tensor, acc: _EpochAccumulator) -> None:
+        # After the micro-batches of an update, before the step: nothing in one process.
+        pass
+
+    # A non-finite micro-batch loss stops the update at once in one process. With several
+    # ranks a rank that stopped alone would leave the others waiting in the all-reduce, so the
+    # data-parallel trainer sets this False and relies on the check after the reduction.
+    _local_finiteness_checks = True
+
+    def _finish_epoch(self, acc: _EpochAccumulator) -> None:
+        # Before an epoch's metrics are built: the data-parallel trainer sums over ranks here.
+        pass
 
     def _sync(self) -> None:
         # CUDA runs asynchronously: wait before reading the clock, or time lands elsewhere.
@@ -422,15 +454,17 @@ class Trainer:
         adv_time = 0.0
         self.optimizer.zero_grad(set_to_none=True)
         modes = _training_modes(self.model)
-        local = self._shard(idx)
+        local, offset = self._shard(idx)
         micro_batches = 0
         for start in range(0, local.numel(), micro):
             part = local[start:start + micro]
             m = int(part.numel())
             x, y = self._fetch(self.train_data, part)
-            # the adversarial positions of this micro-batch (start: its place in the batch)
-            k = [i - start for i in adv_at[bisect.bisect_left(adv_at, start):
-                                           bisect.bisect_left(adv_at, start + m)]]
+            # the adversarial positions of this micro-batch, in the logical batch's numbering:
+            # the micro-batch covers [offset + start, offset + start + m) of it
+            lo = offset + start
+            k = [i - lo for i in adv_at[bisect.bisect_left(adv_at, lo):
+                                        bisect.bisect_left(adv_at, lo + m)]]
             if k:
                 self._sync()
                 t0 = time.perf_counter()
@@ -439,13 +473,19 @@ class Trainer:
                 _restore_modes(modes)  # whatever mode the adversary left, the user's flags
                 self._sync()
                 adv_time += time.perf_counter() - t0
-            loss = self.loss_fn(self.model(x), y)
-            # m / n: the accumulated gradient is the gradient of the mean over all n samples
-            (loss * (m / n)).backward()
+            with self._accumulate(last=start + micro >= local.numel()):
+                loss = self.loss_fn(self._forward(x), y)
+                # m / n: the accumulated gradient is the gradient of the mean over all n
+                # samples (n global: over all ranks in data parallelism)
+                (loss * (m / n)).backward()
             loss_value = float(loss.detach())
-            _check_finite_loss(loss_value, self, start // micro + 1)
+            if self._local_finiteness_checks:
+                _check_finite_loss(loss_value, self, start // micro + 1)
             acc.loss_sum += loss_value * m
             micro_batches += 1
+        self._reduce_gradients(idx, acc)
+        # after the reduction: with several ranks a NaN anywhere is a NaN on every rank, so
+        # every rank stops at the same update instead of one rank waiting for the others
         _check_finite_gradients(self)
         lr = self._set_lr(d.lr)
         self.optimizer.step()
@@ -568,6 +608,7 @@ class Trainer:
         t0 = time.perf_counter()
         test_loss, test_acc = self.evaluate() if self.test_data is not None else (None, None)
         time_eval = time.perf_counter() - t0
+        self._finish_epoch(acc)
         metrics = EpochMetrics(
             epoch=d.epoch, train_loss=acc.loss_sum / max(acc.samples, 1), test_loss=test_loss,
             test_accuracy=test_acc,
@@ -576,7 +617,8 @@ class Trainer:
             batch_size=acc.batch_size, next_batch_size=d.batch_size, lr=acc.lr,
             updates=d.updates, samples=d.samples_seen, adversarial_samples=acc.adversarial,
             time_train=acc.time_train, time_eigenvalue=acc.time_eig,
-            time_adversarial=acc.time_adv, time_eval=time_eval)
+            time_adversarial=acc.time_adv, time_eval=time_eval, time_grad_comm=acc.time_comm,
+            time_eigenvalue_comm=acc.time_eig_comm)
         self.history.append(metrics)
         return metrics
 

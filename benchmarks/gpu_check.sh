@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# Everything this project checks on a GPU, in one run of under 8 minutes on one CUDA device.
+#
+#   bash benchmarks/gpu_check.sh [OUT_DIR]        (default: $OUT if set, else gpu_check_out)
+#
+# Writes every figure and log to OUT_DIR:
+#   pytest_cuda.txt          `pytest -m cuda`: CUDA against CPU in float64 (HVPs, eigenvalues,
+#                            FGSM, the trainer), nccl with one process (distributed HVP,
+#                            eigenvalue and trainer on the device, SyncBatchNorm)
+#   curvature.json           ResNet18 (base 64), batch 128: gradient, HVP, rebuilt HVP, top
+#                            eigenvalue (ms), HVP / gradient
+#   bl_vs_abs_epoch.json     ResNet18 epoch on 10,000 synthetic 32x32 images, BL against ABS
+#                            (one eigenvalue per epoch): seconds and the ratio
+#   nccl_cli.txt, nccl_cli_compare.txt
+#                            `hessbatch train` in float64 on CUDA plainly and under
+#                            torch.distributed.run with nccl (1 process): same metrics
+#   summary.txt              pass/fail of each step and the wall time
+# Each step has its own time limit (timeout; 465 s in all) so the whole script stays under 8
+# minutes; a step that fails is reported and the others still run. Exit code: the number of
+# failed steps. Checking the script itself without a GPU: GPU_CHECK_DEVICE=cpu
+# GPU_CHECK_BACKEND=gloo GPU_CHECK_ONLY=cli runs step 4 alone on the CPU.
+set -uo pipefail
+SELF="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
+cd "$(dirname "$SELF")/.."   # the repository root; a relative OUT_DIR is taken from here
+PY=${PYTHON:-python}
+DEVICE=${GPU_CHECK_DEVICE:-cuda}
+BACKEND=${GPU_CHECK_BACKEND:-nccl}
+ONLY=${GPU_CHECK_ONLY:-all}
+
+TINY=(--model mlp --width 8 --data synthetic:600:1x8x8 --batch-size 32 --micro-batch 16
+      --max-batch 128 --hessian-batch 64 --method absa --patience 1 --epochs 2 --dtype float64
+      --device "$DEVICE" --quiet --seed 1 --threads 1)
+nccl_cli() {
+    "$PY" -m hessbatch.cli train "${TINY[@]}" --out "$OUT_DIR/plain" &&
+    "$PY" -m torch.distributed.run --standalone --nproc_per_node 1 -m hessbatch.cli train \
+        "${TINY[@]}" --backend "$BACKEND" --out "$OUT_DIR/nccl" &&
+    "$PY" - "$OUT_DIR" <<'PY'
+import json, math, sys, torch
+out = sys.argv[1]
+a = json.load(open(f"{out}/plain/metrics.json"))["history"]
+b = json.load(open(f"{out}/nccl/metrics.json"))["history"]
+keys = ("train_loss", "test_loss", "test_accuracy", "batch_size", "lr", "updates")
+bad = [(i, k, x[k], y[k]) for i, (x, y) in enumerate(zip(a, b)) for k in keys
+       if not math.isclose(x[k], y[k], rel_tol=1e-7)]
+wa = torch.load(f"{out}/plain/checkpoint.pt", weights_only=True)["model"]
+wb = torch.load(f"{out}/nccl/checkpoint.pt", weights_only=True)["model"]
+err = max(float((wa[k] - wb[k]).abs().max() / wa[k].abs().max().clamp_min(1e-300)) for k in wa)
+ok = len(a) == len(b) == 2 and not bad and err <= 1e-7
+print(f"epochs {len(a)} / {len(b)}; metric mismatches {bad}; max weight error {err:.3g}")
+print("agree" if ok else "DIFFER")
+sys.exit(0 if ok else 1)
+PY
+}
+if [ "${1:-}" = --nccl-cli-step ]; then  # step 4, re-entered under `timeout`
+    OUT_DIR=$2
+    nccl_cli
+    exit
+fi
+
+OUT_DIR=${1:-${OUT:-gpu_check_out}}
+mkdir -p "$OUT_DIR"
+start=$(date +%s)
+failed=0
+summary="$OUT_DIR/summary.txt"
+: > "$summary"
+
+step() {  # step NAME SECONDS COMMAND...: run with a time limit, log pass/fail and duration
+    local name=$1 limit=$2
+    shift 2
+    local t0=$(date +%s)
+    if timeout "$limit" "$@"; then
+        echo "PASS $name ($(( $(date +%s) - t0 )) s)" | tee -a "$summary"
+    else
+        echo "FAIL $name (exit $?, $(( $(date +%s) - t0 )) s, limit $limit s)" | tee -a "$summary"
+        failed=$((failed + 1))
+    fi
+}
+
+"$PY" - <<'PY' > "$OUT_DIR/device.txt" 2>&1
+import torch, torch.distributed as dist
+print("torch", torch.__version__, "cuda", torch.version.cuda)
+print("device", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "NO CUDA")
+print("nccl available", dist.is_available() and dist.is_nccl_available())
+PY
+cat "$OUT_DIR/device.txt"
+if [ "$DEVICE" = cuda ] && ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+    echo "FAIL no CUDA device: nothing to check" | tee -a "$summary"
+    exit 1
+fi
+
+if [ "$ONLY" = all ]; then
+# 1. the CUDA tests (they are skipped on the CPU-only CI)
+step "pytest -m cuda" 180 \
+    "$PY" -m pytest -m cuda -q -rs tests > "$OUT_DIR/pytest_cuda.txt" 2>&1
+tail -3 "$OUT_DIR/pytest_cuda.txt"
+# `-m cuda` must have run tests, not skipped them all
+if ! grep -qE "[0-9]+ passed" "$OUT_DIR/pytest_cuda.txt" \
+        || grep -qE "[0-9]+ skipped" "$OUT_DIR/pytest_cuda.txt"; then
+    echo "FAIL pytest -m cuda ran nothing or skipped tests (see pytest_cuda.txt)" \
+        | tee -a "$summary"
+    failed=$((failed + 1))
+fi
+
+# 2. curvature cost on ResNet18, batch 128, and 3. a BL-vs-ABS epoch
+step "curvature benchmark (ResNet18, batch 128)" 75 \
+    "$PY" benchmarks/bench_gpu.py --part curvature --device cuda --batch 128 --out "$OUT_DIR"
+step "BL vs ABS epoch (ResNet18, CUDA)" 120 \
+    "$PY" benchmarks/bench_gpu.py --part epoch --device cuda --samples 10000 --epochs 3 \
+    --out "$OUT_DIR"
+fi
+
+# 4. the command line under torch.distributed.run with nccl, against the plain run
+step "hessbatch train under torch.distributed.run, $BACKEND, 1 process" 90 \
+    bash "$SELF" --nccl-cli-step "$OUT_DIR" > "$OUT_DIR/nccl_cli.txt" 2>&1
+tail -2 "$OUT_DIR/nccl_cli.txt" | tee "$OUT_DIR/nccl_cli_compare.txt"
+
+echo "total $(( $(date +%s) - start )) s, $failed failed step(s)" | tee -a "$summary"
+exit "$failed"

@@ -1,0 +1,630 @@
+"""Data-parallel ABS/ABSA over torch.distributed: one global schedule on N processes.
+
+Every rank runs the same core (:class:`hessbatch.Scheduler`) and reports the same events, so
+``B``, the lr, the adversarial fraction and the eigenvalue timing are decided once, globally.
+What each rank does with a decision (``W`` ranks, rank ``r``)::
+
+    perm = randperm(N)                   # the trainer's generator: the same on every rank
+    logical batch = perm[pos:pos + n]    # n = min(B, samples left): n global indices
+    shard r = the r-th of W contiguous, near-equal parts of it (sizes differ by <= 1)
+    for each micro-batch j of the shard (m_j samples):
+        with DDP.no_sync() unless j is the shard's last:
+            (loss_fn(model(x_j), y_j) * m_j / n).backward()
+    the last backward all-reduces (sums) the gradients:  g = sum_r sum_j (m_j / n) grad_j
+                                                           = gradient of the mean over all n
+
+so the update is the single-process update on the same ``n`` samples, up to floating-point
+summation order, also for a short last batch that does not split evenly (a rank whose shard is
+empty runs one forward/backward scaled by 0 so that every rank joins the all-reduce). The
+gradients go through :class:`torch.nn.parallel.DistributedDataParallel` with a communication
+hook that *sums* each bucket (DDP's default hook averages; here the ``m_j / n`` scaling with the
+global ``n`` already gives the mean) and times the all-reduce.
+
+Curvature: :func:`torch.autograd.grad` does not go through DDP's hooks, so the Hessian of the
+mean loss over a Hessian batch of ``N_H`` samples sharded ``N_H = sum_r N_r`` is assembled by
+hand: ``H v = sum_r (N_r / N_H) H_r v`` with ``H_r`` the Hessian of rank ``r``'s mean loss, one
+all-reduce per product (:class:`DistributedHessianOperator`). Every rank then holds the same
+Lanczos / power-iteration state and the same eigenvalue (rank 0's value is broadcast at the
+end, so the decisions cannot drift apart), equal to the single-process eigenvalue on the same
+Hessian batch up to rounding. FGSM runs on each rank's part of the adversarial samples (the
+first ``adversarial_count(n)`` samples of the logical batch, as in one process); random-sign
+noise is drawn for all of them on every rank, so the generator stays in step everywhere.
+
+BatchNorm: statistics are per rank (per micro-batch) by default, and running statistics are not
+broadcast (``broadcast_buffers=False``: ranks may run different numbers of forward passes on a
+short last batch); checkpoints hold rank 0's. ``sync_batchnorm=True`` converts BatchNorm layers
+to :class:`torch.nn.SyncBatchNorm` (CUDA only, a PyTorch restriction). Dropout masks are drawn
+per rank, so a run with dropout is not the single-process run sample for sample.
+
+Constraints, checked before training with an error that names the fix: ``B`` must be a multiple
+of ``world_size * micro_batch_size`` for every ``B`` the schedule can reach (the shards are whole
+micro-batches, the work is balanced), and the Hessian batch must give every rank a sample. All
+ranks must be started with the same options: a hash of the configuration (schedule, trainer
+options, model shapes, data length and a digest of the data) is compared across ranks.
+
+docs/distributed.md is the user guide (launching, what is global and what is per rank, restarts).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import inspect
+import json
+import math
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import Dataset, Subset, TensorDataset
+
+from hessbatch import SchedulerConfig
+
+from ._eigen import EigenResult, _check_options, lanczos, power_iteration
+from ._hvp import Batch, HessianOperator, LossFn, flatten, unflatten
+from ._trainer import Trainer, _EpochAccumulator
+
+__all__ = ["DistributedConfigError", "DistributedHessianOperator", "DistributedTrainer",
+           "check_batch_layout", "distributed_top_eigenvalue", "reachable_batch_sizes",
+           "shard_bounds"]
+
+#: Test hook: ``"RANK:UPDATE:MARKER"`` makes rank RANK kill itself (SIGKILL) before its
+#: UPDATE-th update (1-based, counted from the start of the process) unless the file MARKER
+#: exists, which it creates first; the restart test uses it. Unset: nothing happens.
+FAULT_ENV = "HESSBATCH_TEST_KILL"
+
+
+class DistributedConfigError(ValueError):
+    """The ranks cannot run this configuration together (found before training starts)."""
+
+
+_STARTED = {"training": False}
+
+
+def training_started() -> bool:
+    """Whether a :class:`DistributedTrainer` of this process has passed its start-up checks
+    (before: an error is the same on every rank; after: a rank may fail alone)."""
+    return _STARTED["training"]
+
+
+# ------------------------------------------------------------------------------------------
+# small helpers
+
+
+def _require_group(group: Any) -> tuple[int, int]:
+    if not (dist.is_available() and dist.is_initialized()):
+        raise RuntimeError("torch.distributed is not initialised: call "
+                           "torch.distributed.init_process_group first (torchrun and "
+                           "`hessbatch train --nproc N` do it for you)")
+    return dist.get_rank(group), dist.get_world_size(group)
+
+
+def shard_bounds(n: int, world_size: int, rank: int) -> tuple[int, int]:
+    """``[start, stop)`` of rank ``rank``'s contiguous part of ``n`` items split ``world_size``
+    ways: the first ``n % world_size`` ranks get ``ceil(n / W)`` items, the others ``floor``.
+
+    Example:
+        >>> [shard_bounds(10, 3, r) for r in range(3)]
+        [(0, 4), (4, 7), (7, 10)]
+    """
+    for name, v, low in (("n", n, 0), ("world_size", world_size, 1), ("rank", rank, 0)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            raise ValueError(f"{name} must be an int >= {low}, got {v!r}")
+    if rank >= world_size:
+        raise ValueError(f"rank must be < world_size = {world_size}, got {rank}")
+    q, extra = divmod(n, world_size)
+    start = rank * q + min(rank, extra)
+    return start, start + q + (1 if rank < extra else 0)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed_all_reduce(t: torch.Tensor, group: Any, op: Any = None) -> float:
+    """All-reduce (sum by default) ``t`` in place; returns the seconds it took (device
+    synchronised)."""
+    _sync(t.device)
+    t0 = time.perf_counter()
+    dist.all_reduce(t, op=dist.ReduceOp.SUM if op is None else op, group=group)
+    _sync(t.device)
+    return time.perf_counter() - t0
+
+
+# ------------------------------------------------------------------------------------------
+# schedule constraints
+
+
+def reachable_batch_sizes(config: SchedulerConfig) -> list[int]:
+    """Every logical batch size the schedule can use, from the core's own growth rule.
+
+    bl: ``B0``; fb: ``B_max``; abs/absa: ``B0`` and its growths by ``beta`` up to ``B_max``; gg:
+    ``B0`` and one growth by ``1/rho`` per decay epoch. The growth is the core's
+    (``round_up(beta * B)`` to the micro-batch, capped at ``B_max``), not a copy of it.
+    """
+    from hessbatch._scheduler import _grow, init  # the core's rule, so no copy can drift
+
+    if not isinstance(config, SchedulerConfig):
+        raise TypeError(f"config must be a SchedulerConfig, got {type(config).__name__}")
+    if config.method == "fb":
+        return [config.max_batch_size]
+    if config.method == "bl":
+        return [config.batch_size]
+    factor = config.beta if config.method in ("abs", "absa") else 1.0 / config.lr_decay_factor
+    growths = math.inf if config.method in ("abs", "absa") else len(config.lr_decay_epochs)
+    st = init(config)
+    sizes = [st.batch_size]
+    while len(sizes) - 1 < growths and sizes[-1] < config.max_batch_size:
+        st = dataclasses.replace(st, batch_size=sizes[-1])
+        new_b = _grow(config, st, factor)[0]
+        if new_b <= sizes[-1]:
+            break
+        sizes.append(new_b)
+    return sizes
+
+
+def check_batch_layout(config: SchedulerConfig, world_size: int) -> None:
+    """Raise :class:`DistributedConfigError` unless every reachable ``B`` is a multiple of
+    ``world_size * micro_batch_size`` (each rank's shard is then whole micro-batches).
+
+    Raises:
+        DistributedConfigError: naming the batch sizes that do not split, and a micro-batch
+            size that would.
+    """
+    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
+        raise ValueError(f"world_size must be an int >= 1, got {world_size!r}")
+    micro = config.micro_batch_size
+    unit = world_size * micro
+    sizes = reachable_batch_sizes(config)
+    bad = [b for b in sizes if b % unit]
+    if not bad:
+        return
+    hint = ""
+    g = math.gcd(*sizes)
+    if g % world_size == 0:
+        m = g // world_size
+        try:
+            alt = dataclasses.replace(config, micro_batch_size=m)
+            if all(b % (world_size * m) == 0 for b in reachable_batch_sizes(alt)):
+                hint = f"pass --micro-batch {m} (micro_batch_size={m}) or a divisor of it, or "
+        except ValueError:
+            pass
+    raise DistributedConfigError(
+        f"with {world_size} processes every logical batch must be a multiple of world_size x "
+        f"micro_batch_size = {world_size} x {micro} = {unit}, so that each rank gets whole "
+        f"micro-batches; this {config.method} schedule (B0={config.batch_size}, "
+        f"B_max={config.max_batch_size}) reaches B = {sizes}, of which {bad} are not. Fix: "
+        f"{hint}choose batch sizes that are multiples of {unit}")
+
+
+# ------------------------------------------------------------------------------------------
+# configuration agreement
+
+
+def _data_digest(data: Dataset | None) -> str:
+    if data is None:
+        return "none"
+    n = len(data)  # type: ignore[arg-type]
+    if isinstance(data, TensorDataset):
+        h = hashlib.sha256()
+        step = max(1, n // 1024)  # a strided sample: cheap on CIFAR, still catches a reseed
+        for t in data.tensors:
+            part = t[::step].detach().to("cpu").contiguous()
+            h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+            h.update(part.view(torch.uint8).numpy().tobytes() if part.numel() else b"")
+        return h.hexdigest()
+    return f"{type(data).__name__}:{n}"
+
+
+def config_digest(payload: Any) -> str:
+    """sha256 of a JSON-able payload (keys sorted; unknown objects by ``repr``)."""
+    text = json.dumps(payload, sort_keys=True, default=repr)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def check_same_config(payload: Any, *, group: Any = None,
+                      device: torch.device | None = None) -> str:
+    """Compare the hash of ``payload`` across the ranks of ``group``; the same on all.
+
+    Returns:
+        The hex digest.
+
+    Raises:
+        DistributedConfigError: on every rank when any two ranks differ, naming the ranks.
+    """
+    rank, world = _require_group(group)
+    digest = config_digest(payload)
+    value = int.from_bytes(bytes.fromhex(digest)[:8], "little", signed=True)
+    mine = torch.tensor([value], dtype=torch.int64, device=device or "cpu")
+    every = [torch.zeros_like(mine) for _ in range(world)]
+    dist.all_gather(every, mine, group=group)
+    values = [int(t.item()) for t in every]
+    if len(set(values)) > 1:
+        groups: dict[int, list[int]] = {}
+        for r, v in enumerate(values):
+            groups.setdefault(v, []).append(r)
+        seen = "; ".join(f"ranks {rs} have config hash {v & (2**64 - 1):016x}"
+                         for v, rs in groups.items())
+        raise DistributedConfigError(
+            f"the {world} ranks were started with different options ({seen}): every rank "
+            "must get the same command line (seed, data, model, dtype, schedule and solver "
+            "options)")
+    return digest
+
+
+# ------------------------------------------------------------------------------------------
+# curvature
+
+
+class DistributedHessianOperator(HessianOperator):
+    """The Hessian of the mean loss over a Hessian batch sharded across ranks.
+
+    Rank ``r`` holds ``N_r`` samples as ``batches`` (its shard, split as convenient). With
+    ``H_r`` the Hessian of its mean loss and ``N = sum_r N_r``::
+
+        H v = sum_r (N_r / N) H_r v        (one all-reduce of a parameter-sized vector)
+
+    which is the Hessian of the mean loss over all ``N`` samples, the one a single process
+    computes on the whole batch. The gradient is reduced the same way. Every rank must build
+    the operator and call :meth:`matvec` the same number of times (collectives).
+
+    Args:
+        model, loss_fn, batches, params, backend, reuse_graph: as :class:`HessianOperator`;
+            ``batches`` are this rank's (at least one sample per rank).
+        group: the process group (default: the world).
+
+    Raises:
+        ValueError: on every rank, when the loss is not finite on any rank (so all ranks skip
+            the eigenvalue together), or this rank's arguments are bad.
+        RuntimeError: torch.distributed is not initialised.
+
+    Attributes:
+        local_samples, n_samples: this rank's ``N_r`` and the global ``N``.
+        comm_time: seconds spent in this operator's all-reduces.
+    """
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn, batches: Sequence[Batch], *,
+                 params: Sequence[torch.Tensor] | None = None, backend: str = "double_backprop",
+                 reuse_graph: bool = True, group: Any = None) -> None:
+        self.group = group
+        self.rank, self.world_size = _require_group(group)
+        self.comm_time = 0.0
+        failure: Exception | None = None
+        try:
+            super().__init__(model, loss_fn, batches, params=params, backend=backend,
+                             reuse_graph=reuse_graph)
+        except ValueError as exc:
+            failure = exc
+        # One collective before any product: every rank learns whether all could build their
+        # part, so a rank with a non-finite loss cannot leave the others waiting in matvec.
+        dev = self.device if failure is None else _first_device(model)
+        local_n = 0 if failure is not None else self.n_samples
+        local_loss = 0.0 if failure is not None else self.loss * local_n
+        info = torch.tensor([float(local_n), float(failure is not None), local_loss],
+                            dtype=torch.float64, device=dev)
+        self.comm_time += _timed_all_reduce(info, group)
+        failed, total, loss_sum = int(info[1].item()), int(info[0].item()), float(info[2])
+        if failed:
+            if failure is not None:
+                raise failure
+            raise ValueError(f"the Hessian batch's loss is not finite (or bad) on {failed} of "
+                             f"{self.world_size} ranks; this rank's part was fine")
+        self.local_samples = local_n
+        self.n_samples = total
+        self.loss = loss_sum / total
+        self._share = local_n / total
+
+    def _reduce(self, parts: list[torch.Tensor]) -> list[torch.Tensor]:
+        flat = flatten(parts) * self._share
+        self.comm_time += _timed_all_reduce(flat, self.group)
+        return [t.detach() for t in unflatten(flat, self.params)]
+
+    def gradient(self) -> list[torch.Tensor]:
+        """The gradient of the global mean loss (all-reduced), one tensor per parameter."""
+        return self._reduce(super().gradient())
+
+    def matvec(self, vector: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """``H v`` of the global Hessian: the local product, weighted, all-reduced."""
+        return self._reduce(super().matvec(vector))
+
+    __call__ = matvec
+
+    def dense(self) -> torch.Tensor:
+        """The explicit global Hessian (collective: every rank must call it)."""
+        return super().dense()
+
+
+def _first_device(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def distributed_top_eigenvalue(model: nn.Module, loss_fn: LossFn, batches: Sequence[Batch], *,
+                               params: Sequence[torch.Tensor] | None = None,
+                               method: str = "lanczos", max_hvp: int = 10, tol: float = 1e-2,
+                               seed: int = 0, backend: str = "double_backprop",
+                               reuse_graph: bool = True, group: Any = None,
+                               stats: dict | None = None) -> EigenResult:
+    """:func:`hessbatch.deep.top_eigenvalue` of the Hessian over every rank's ``batches``.
+
+    The solver runs on every rank on the all-reduced operator
+    (:class:`DistributedHessianOperator`), from the same start vector (same ``seed``); rank 0's
+    value is broadcast at the end so that every rank reports exactly the same number to the
+    core. Collective: every rank of ``group`` must call it with the same options.
+
+    Args:
+        batches: this rank's part of the Hessian batch.
+        stats: if given, ``stats["comm_time"]`` is increased by the seconds spent in
+            all-reduces.
+        others: as :func:`hessbatch.deep.top_eigenvalue`.
+
+    Returns:
+        :class:`EigenResult` (``value`` identical on every rank).
+
+    Raises:
+        TypeError, ValueError: bad options; a non-finite loss on any rank (on every rank).
+    """
+    _check_options(method, max_hvp, tol, seed)
+    op = DistributedHessianOperator(model, loss_fn, batches, params=params, backend=backend,
+                                    reuse_graph=reuse_graph, group=group)
+    try:
+        solver = lanczos if method == "lanczos" else power_iteration
+        result = solver(op, max_hvp=max_hvp, tol=float(tol), seed=seed)
+        value = torch.tensor([result.value], dtype=torch.float64, device=op.device)
+        _sync(op.device)
+        t0 = time.perf_counter()
+        dist.broadcast(value, src=dist.get_global_rank(group, 0) if group is not None else 0,
+                       group=group)
+        _sync(op.device)
+        op.comm_time += time.perf_counter() - t0
+        return dataclasses.replace(result, value=float(value.item()))
+    finally:
+        op.release()
+        if stats is not None:
+            stats["comm_time"] = stats.get("comm_time", 0.0) + op.comm_time
+
+
+# ------------------------------------------------------------------------------------------
+# the trainer
+
+
+def _sum_hook(trainer, bucket):  # no annotations: DDP checks them against its own types
+    """DDP communication hook: *sum* the bucket (the loss scaling already makes it the mean),
+    waited for here so that its time is measured; returns the collective's own future (on
+    CUDA a device-aware one), resolved to the reduced bucket."""
+    buf = bucket.buffer()
+    _sync(buf.device)
+    t0 = time.perf_counter()
+    work = dist.all_reduce(buf, group=trainer.group, async_op=True)
+    work.wait()
+    _sync(buf.device)
+    trainer._comm_pending += time.perf_counter() - t0
+    return work.get_future().then(lambda fut: fut.value()[0])
+
+
+class DistributedTrainer(Trainer):
+    """:class:`hessbatch.deep.Trainer` on ``world_size`` processes: one global schedule.
+
+    Same arguments as :class:`~hessbatch.deep.Trainer` (every rank passes the same ones, and the
+    whole dataset), plus the ones below. The process group must be initialised first
+    (``torch.distributed.init_process_group``; torchrun provides the rendezvous). Each rank
+    trains on its shard of every logical batch (module docstring); the per-epoch metrics
+    (train loss, test loss and accuracy, eigenvalues, B, lr, updates) are global and the same
+    on every rank; times are the slowest rank's (``time_eval``: this rank's).
+
+    Args:
+        group: the process group (default: the world).
+        sync_batchnorm: convert BatchNorm layers to SyncBatchNorm (CUDA only).
+        eig_params: parameters of a block Hessian for the default eigenvalue function (None:
+            all). A custom ``eigenvalue_fn`` receives this rank's Hessian shard and must do
+            its own reduction (e.g. with :func:`distributed_top_eigenvalue`).
+        config_extra: plain data added to the configuration hash compared across ranks (the
+            command line passes its options).
+        ddp_kwargs: passed to :class:`~torch.nn.parallel.DistributedDataParallel`
+            (``broadcast_buffers`` is False unless given).
+
+    Raises:
+        DistributedConfigError: a batch size that does not split into whole micro-batches per
+            rank, a Hessian batch smaller than the number of ranks, or ranks started with
+            different options (raised on every rank, before training).
+        RuntimeError: torch.distributed is not initialised.
+        TypeError, ValueError: as :class:`~hessbatch.deep.Trainer`.
+
+    Checkpoints: :meth:`save` writes on rank 0 only (atomically) and waits for it on every
+    rank; the file is the single-process format, so it resumes on any number of processes whose
+    layout fits the schedule (a 1-process :class:`Trainer` included).
+    """
+
+    _local_finiteness_checks = False  # a NaN is caught after the gradient all-reduce
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                 train_data: Dataset, scheduler: Any, *, group: Any = None,
+                 sync_batchnorm: bool = False,
+                 eig_params: Sequence[torch.Tensor] | None = None,
+                 config_extra: Any = None, ddp_kwargs: dict | None = None, **kwargs: Any):
+        self.group = group
+        self.rank, self.world_size = _require_group(group)
+        if sync_batchnorm:
+            # convert_sync_batchnorm keeps the parameter objects, so the optimizer is intact
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model, process_group=group)
+        super().__init__(model, optimizer, loss_fn, train_data, scheduler, **kwargs)
+        self.eig_params = list(eig_params) if eig_params is not None else None
+        self._comm_pending = 0.0
+        self._eig_stats: dict[str, float] = {}
+        self._synced = False
+        self._noise: torch.Tensor | None = None
+        self._noise_pos = 0
+        self._updates_done = 0
+        # -- checks that every rank makes identically, before any training collective
+        check_batch_layout(self.scheduler.config, self.world_size)
+        hess = min(self.hessian_batch_size, self._n_train)
+        if self.scheduler.config.uses_eigenvalues and hess < self.world_size:
+            raise DistributedConfigError(
+                f"the Hessian batch ({hess} samples) must give each of the {self.world_size} "
+                f"ranks at least one sample; use hessian_batch_size >= {self.world_size}")
+        payload = {
+            "scheduler": self.scheduler.config.to_dict(),
+            "trainer": {"hessian_batch_size": self.hessian_batch_size,
+                        "eig_method": self.eig_method, "max_hvp": self.max_hvp,
+                        "eig_tol": self.eig_tol, "input_range": self.input_range,
+                        "adversary": self.adversary if isinstance(self.adversary, str)
+                        else "callable", "last_batch": self.last_batch,
+                        "eval_batch_size": self.eval_batch_size, "seed": self.seed,
+                        "sync_batchnorm": bool(sync_batchnorm)},
+            "model": [(n, tuple(p.shape), str(p.dtype)) for n, p in
+                      self.model.named_parameters()],
+            "optimizer": [type(optimizer).__name__] + [
+                {k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups],
+            "train": _data_digest(train_data), "test": _data_digest(self.test_data),
+            "extra": config_extra,
+        }
+        self.config_hash = check_same_config(payload, group=group, device=self.device)
+        kw: dict[str, Any] = dict(ddp_kwargs or {})
+        if not {"broadcast_buffers", "forward_sync_buffers"} & set(kw):
+            # rank-local BatchNorm statistics (synced once at start, never in forward)
+            newer = "forward_sync_buffers" in inspect.signature(
+                nn.parallel.DistributedDataParallel).parameters
+            kw["forward_sync_buffers" if newer else "broadcast_buffers"] = False
+        if self.device.type == "cuda":
+            kw.setdefault("device_ids", [self.device])
+        self.ddp = nn.parallel.DistributedDataParallel(self.model, process_group=group, **kw)
+        self.ddp.register_comm_hook(self, _sum_hook)
+        _STARTED["training"] = True
+
+    # -- the hooks of Trainer ----------------------------------------------------------------
+
+    def _shard(self, idx: torch.Tensor) -> tuple[torch.Tensor, int]:
+        lo, hi = shard_bounds(int(idx.numel()), self.world_size, self.rank)
+        return idx[lo:hi], lo
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ddp(x)
+
+    def _accumulate(self, last: bool) -> Any:
+        if last:
+            self._synced = True
+            return contextlib.nullcontext()
+        return self.ddp.no_sync()
+
+    def _reduce_gradients(self, idx: torch.Tensor, acc: _EpochAccumulator) -> None:
+        if not self._synced:
+            # This rank's shard of a short last batch is empty: join the all-reduce with a
+            # zero contribution (one sample through DDP, scaled by 0).
+            x, _ = self._fetch(self.train_data, idx[:1])
+            (self.ddp(x).sum() * 0.0).backward()
+        self._synced = False
+        acc.time_comm += self._comm_pending
+        self._comm_pending = 0.0
+
+    def _update(self, idx: torch.Tensor, d: Any, acc: _EpochAccumulator) -> None:
+        self._updates_done += 1
+        _maybe_fault(self.rank, self._updates_done)
+        n = int(idx.numel())
+        unit = self.world_size * d.micro_batch_size
+        if n == d.batch_size and n % unit:  # checked before training; a guard, not a path
+            raise DistributedConfigError(f"logical batch {n} is not a multiple of {unit}")
+        self._noise = None
+        if self.adversary == "random":
+            n_adv = d.adversarial_count(n)
+            if n_adv:
+                # Signs for all n_adv adversarial samples of the logical batch, on every rank:
+                # the generator advances the same everywhere, and a rank takes the rows of its
+                # own samples (the draw equals the single-process per-micro-batch draws).
+                shape = tuple(self.train_data[0][0].shape)
+                self._noise = torch.randint(0, 2, (n_adv, *shape), generator=self.generator)
+                self._noise_pos = min(shard_bounds(n, self.world_size, self.rank)[0], n_adv)
+        super()._update(idx, d, acc)
+        self._noise = None
+
+    def _perturb(self, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
+        if self.adversary != "random" or self._noise is None:
+            return super()._perturb(x, y, eps)
+        k = int(x.shape[0])
+        bits = self._noise[self._noise_pos:self._noise_pos + k]
+        self._noise_pos += k
+        s = (2 * bits - 1).to(device=x.device, dtype=x.dtype)
+        low, high = self.input_range
+        return (x.detach() + eps * s).clamp(low, high).detach()
+
+    def _hessian_batches(self, micro: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        size = min(self.hessian_batch_size, self._n_train)
+        idx = torch.randperm(self._n_train, generator=self.generator)[:size]
+        lo, hi = shard_bounds(size, self.world_size, self.rank)
+        local = idx[lo:hi]
+        return [self._fetch(self.train_data, local[i:i + micro])
+                for i in range(0, local.numel(), micro)]
+
+    def _default_eigenvalue(self, model, loss_fn, batches, *, seed):
+        return distributed_top_eigenvalue(model, loss_fn, batches, params=self.eig_params,
+                                          method=self.eig_method, max_hvp=self.max_hvp,
+                                          tol=self.eig_tol, seed=seed, group=self.group,
+                                          stats=self._eig_stats)
+
+    def _finish_epoch(self, acc: _EpochAccumulator) -> None:
+        dev = self.device
+        acc.time_train -= acc.time_comm  # the hook's all-reduces ran inside the backward
+        acc.time_eig_comm = self._eig_stats.pop("comm_time", 0.0)
+        total = torch.tensor([acc.loss_sum], dtype=torch.float64, device=dev)
+        dist.all_reduce(total, group=self.group)
+        acc.loss_sum = float(total.item())
+        times = torch.tensor([acc.time_train, acc.time_eig, acc.time_adv, acc.time_comm,
+                              acc.time_eig_comm], dtype=torch.float64, device=dev)
+        dist.all_reduce(times, op=dist.ReduceOp.MAX, group=self.group)
+        (acc.time_train, acc.time_eig, acc.time_adv, acc.time_comm,
+         acc.time_eig_comm) = (float(t) for t in times.tolist())
+
+    # -- public ------------------------------------------------------------------------------
+
+    def evaluate(self, dataset: Dataset | None = None) -> tuple[float, float]:
+        """Mean loss and accuracy over ``dataset`` (default: the test set), each rank
+        evaluating its contiguous part, the sums all-reduced: the single-process numbers.
+        Collective: every rank must call it."""
+        dataset = self.test_data if dataset is None else dataset
+        if dataset is None:
+            return super().evaluate(None)  # raises the base class's error
+        n = len(dataset)  # type: ignore[arg-type]
+        lo, hi = shard_bounds(n, self.world_size, self.rank)
+        sums = torch.zeros(2, dtype=torch.float64, device=self.device)
+        if hi > lo:
+            if isinstance(dataset, TensorDataset):
+                part: Dataset = TensorDataset(*(t[lo:hi] for t in dataset.tensors))
+            else:
+                part = Subset(dataset, range(lo, hi))
+            loss, accuracy = super().evaluate(part)
+            sums[0], sums[1] = loss * (hi - lo), round(accuracy * (hi - lo))
+        dist.all_reduce(sums, group=self.group)
+        return float(sums[0]) / n, float(sums[1]) / n
+
+    def save(self, path: str | os.PathLike, extra: Any = None) -> Path:
+        """Rank 0 writes the checkpoint atomically (:meth:`Trainer.save`); every rank waits
+        for it (a barrier), so no rank runs ahead of a file that is not there yet."""
+        path = Path(path)
+        if self.rank == 0:
+            extra = dict(extra or {})
+            extra.setdefault("world_size", self.world_size)
+            super().save(path, extra=extra)
+        dist.barrier(group=self.group)
+        return path
+
+
+def _maybe_fault(rank: int, update: int) -> None:
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    try:
+        r, u, marker = spec.split(":", 2)
+        r, u = int(r), int(u)
+    except ValueError:
+        raise ValueError(f"{FAULT_ENV} must be RANK:UPDATE:MARKER_FILE, got {spec!r}") from None
+    if rank == r and update == u and not os.path.exists(marker):
+        Path(marker).write_text(f"rank {rank} killed itself before update {update}\n")
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,381 @@
+"""Data parallelism: N gloo processes reproduce the single-process run (float64, 1e-10).
+
+The multi-process parts run in subprocesses started through torch.distributed's launcher
+(``python -m torch.distributed.run --standalone`` for the library, ``hessbatch train --nproc 2``
+for the command line), each with a hard timeout that kills the whole process group, so a hang
+fails the test instead of blocking CI. One launch of ``_worker.py`` serves every library test.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+from torch.nn import functional as F
+
+from hessbatch import SchedulerConfig
+from hessbatch.cli import main
+from hessbatch.deep import HessianOperator, lanczos, power_iteration
+from hessbatch.deep._distributed import (DistributedConfigError, DistributedTrainer,
+                                         check_batch_layout, reachable_batch_sizes,
+                                         shard_bounds)
+from hessbatch.deep._hvp import flatten
+
+HERE = Path(__file__).resolve().parent
+RTOL = 1e-10
+TIMEOUT = 240  # seconds per launch: generous for a loaded 2-core machine, finite for CI
+
+
+def _load_worker():
+    spec = importlib.util.spec_from_file_location("hessbatch_dist_worker", HERE / "_worker.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+W = _load_worker()
+
+
+def _env(**extra) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", **extra)
+    env.pop("HESSBATCH_TEST_KILL", None)
+    env.update(extra)
+    return env
+
+
+def _run(cmd: list[str], env: dict | None = None, cwd=None) -> subprocess.CompletedProcess:
+    """Run ``cmd`` in its own session; on timeout kill the whole group and fail."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env or _env(), cwd=cwd, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"{cmd} did not finish in {TIMEOUT} s\nstdout:\n{out}\nstderr:\n{err}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def _close(a, b, path="") -> None:
+    """Equal structures: ints/None/strings exactly, floats and tensors to RTOL relative."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            _close(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), f"{path}: {len(a)} != {len(b)}"
+        for i, (x, y) in enumerate(zip(a, b)):
+            _close(x, y, f"{path}[{i}]")
+    elif isinstance(a, torch.Tensor):
+        assert a.shape == b.shape and a.dtype == b.dtype, path
+        scale = max(float(a.abs().max()), 1e-300) if a.numel() else 1.0
+        err = float((a - b).abs().max()) if a.numel() else 0.0
+        assert err <= RTOL * scale, f"{path}: max error {err:.3g} vs scale {scale:.3g}"
+    elif isinstance(a, float) and not isinstance(b, bool):
+        assert math.isclose(a, b, rel_tol=RTOL, abs_tol=1e-300), f"{path}: {a!r} != {b!r}"
+    else:
+        assert a == b, f"{path}: {a!r} != {b!r}"
+
+
+# ------------------------------------------------------------------------- launched library
+
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory):
+    out = tmp_path_factory.mktemp("dist")
+    r = _run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+              "--nproc_per_node", "2", str(HERE / "_worker.py"), str(out)])
+    assert r.returncode == 0, f"stdout:\n{r.stdout}\nstderr:\n{r.stderr}"
+    return [torch.load(out / f"rank{k}.pt", weights_only=False) for k in range(2)]
+
+
+@pytest.fixture(scope="module")
+def single():
+    out = {}
+    for name in W.RUNS:
+        tr = W.make_trainer(name, distributed=False)
+        tr.run()
+        out[name] = W.record(tr)
+    return out
+
+
+@pytest.mark.parametrize("name", list(W.RUNS))
+def test_two_processes_reproduce_one_process_to_1e_10(launched, single, name):
+    one, two = single[name], launched[0][name]
+    assert launched[0]["world_size"] == 2
+    # per-epoch metrics: train/test loss, accuracy, eigenvalues, B, lr, updates, samples...
+    _close(one["history"], two["history"], name)
+    _close(one["weights"], two["weights"], name)
+    # every update: samples, B, lr, adversarial count
+    _close(one["updates"], two["updates"], name)
+    # the run exercised what it is meant to: a 1-sample last batch (one rank empty), growth,
+    # adversarial samples
+    sizes = [u[0] for u in one["updates"]]
+    assert min(sizes) < 2 or name != "bl"
+    if name != "bl":
+        assert max(m["batch_size"] for m in one["history"]) > W.RUNS[name]["batch_size"]
+        assert sum(len(m["eigenvalues"]) for m in one["history"]) >= 2
+    if name.startswith("absa"):
+        assert sum(m["adversarial_samples"] for m in one["history"]) > 0
+
+
+def test_the_comparison_tells_a_different_run_apart(single):
+    other = W.make_trainer("abs", distributed=False, seed=1)  # another shuffling seed
+    other.run()
+    with pytest.raises(AssertionError):
+        _close(single["abs"]["weights"], W.record(other)["weights"])
+    with pytest.raises(AssertionError):
+        _close(single["abs"]["history"], W.record(other)["history"])
+
+
+def test_every_rank_reports_the_same_global_metrics(launched):
+    for name in W.RUNS:
+        assert launched[0][name]["history"] == launched[1][name]["history"]
+        assert launched[0][name]["updates"] == launched[1][name]["updates"]
+        _close(launched[0][name]["weights"], launched[1][name]["weights"])
+    times = launched[0]["abs"]["times"][0]
+    assert times["time_grad_comm"] > 0 and times["time_eigenvalue_comm"] > 0
+    assert times["time_eigenvalue_comm"] <= times["time_eigenvalue"]
+
+
+def test_distributed_hvp_gradient_and_eigenvalue_equal_one_process(launched):
+    net, x, y, v = W.hvp_case()
+    # one process, the whole 13-sample batch split differently
+    op = HessianOperator(net, F.cross_entropy, [(x[:5], y[:5]), (x[5:], y[5:])])
+    hv, grad, dense = op.matvec(v), op.gradient(), op.dense()
+    for rank in (0, 1):
+        got = launched[rank]["hvp"]
+        assert got["n"] == ((7, 13) if rank == 0 else (6, 13))
+        _close(flatten(hv), flatten(got["hv"]))
+        _close(flatten(grad), flatten(got["grad"]))
+        _close(dense, got["dense"])
+        assert math.isclose(got["loss"], op.loss, rel_tol=RTOL)
+    exact = float(torch.linalg.eigvalsh(dense).max())
+    for method, solver in (("lanczos", lanczos), ("power", power_iteration)):
+        ref = solver(HessianOperator(net, F.cross_entropy, [(x, y)]), max_hvp=20, tol=0.0,
+                     seed=11)
+        for rank in (0, 1):
+            value, n_hvp, vector = launched[rank]["hvp"][method]
+            assert n_hvp == ref.n_hvp
+            assert math.isclose(value, ref.value, rel_tol=RTOL), (method, value, ref.value)
+            _close(flatten(ref.vector), flatten(vector))
+        assert launched[0]["hvp"][method][0] == launched[1]["hvp"][method][0]  # bitwise
+        assert launched[0]["hvp"][method][0] <= exact * (1 + 1e-12)  # a Ritz value <= lam_max
+    assert math.isclose(launched[0]["hvp"]["lanczos"][0], exact, rel_tol=1e-6)
+
+
+def test_errors_are_raised_on_every_rank_together(launched):
+    for rank in (0, 1):
+        errors = launched[rank]["errors"]
+        assert "different options" in errors["mismatch"] and "ranks [1]" in errors["mismatch"]
+        assert "finite" in errors["nan"]
+    assert "1 of 2 ranks" in launched[0]["errors"]["nan"]     # the healthy rank says why
+
+
+# ------------------------------------------------------------------------- in one process
+
+def test_shard_bounds_cover_the_batch_in_order_with_sizes_within_one():
+    for n in range(0, 23):
+        for world in range(1, 6):
+            parts = [shard_bounds(n, world, r) for r in range(world)]
+            assert parts[0][0] == 0 and parts[-1][1] == n
+            assert all(a[1] == b[0] for a, b in zip(parts, parts[1:]))
+            sizes = [hi - lo for lo, hi in parts]
+            assert max(sizes) - min(sizes) <= 1 and sizes == sorted(sizes, reverse=True)
+    with pytest.raises(ValueError, match="rank must be < world_size"):
+        shard_bounds(4, 2, 2)
+    with pytest.raises(ValueError, match="world_size"):
+        shard_bounds(4, 0, 0)
+
+
+def _cfg(**kw):
+    base = dict(method="abs", lr=0.1, batch_size=4, micro_batch_size=2, max_batch_size=16,
+                samples_per_epoch=64, epochs=4)
+    base.update(kw)
+    return SchedulerConfig(**base)
+
+
+def test_reachable_batch_sizes_follow_the_cores_growth_rule():
+    assert reachable_batch_sizes(_cfg()) == [4, 8, 16]
+    # beta = 1.5: round_up to the micro-batch (6, 9 -> 10, 15 -> 16)
+    assert reachable_batch_sizes(_cfg(beta=1.5)) == [4, 6, 10, 16]
+    assert reachable_batch_sizes(_cfg(method="bl")) == [4]
+    assert reachable_batch_sizes(_cfg(method="fb")) == [16]
+    assert reachable_batch_sizes(_cfg(method="gg", lr_decay_epochs=(2,),
+                                      lr_decay_factor=0.5)) == [4, 8]
+
+
+def test_a_batch_that_does_not_split_is_an_error_naming_the_sizes_and_the_fix():
+    check_batch_layout(_cfg(), 2)                      # 4, 8, 16 split into 2 x 2
+    with pytest.raises(DistributedConfigError, match=r"reaches B = \[4, 6, 10, 16\], of "
+                                                      r"which \[6, 10\] are not"):
+        check_batch_layout(_cfg(beta=1.5), 2)
+    # the command line's default micro-batch is B0: the message says which one works
+    with pytest.raises(DistributedConfigError, match="2 x 8 = 16.*--micro-batch 4"):
+        check_batch_layout(_cfg(batch_size=8, micro_batch_size=8, max_batch_size=32), 2)
+    check_batch_layout(_cfg(batch_size=8, micro_batch_size=4, max_batch_size=32), 2)
+    with pytest.raises(ValueError, match="world_size"):
+        check_batch_layout(_cfg(), 0)
+
+
+def test_the_distributed_trainer_needs_a_process_group():
+    tr = W.make_trainer("bl", distributed=False)
+    with pytest.raises(RuntimeError, match="init_process_group"):
+        DistributedTrainer(tr.model, tr.optimizer, F.cross_entropy, tr.train_data,
+                           tr.scheduler.config)
+
+
+@pytest.fixture
+def one_rank_group():
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def test_one_rank_distributed_trainer_is_bitwise_the_plain_trainer(one_rank_group):
+    for name in ("absa", "absa_random"):
+        plain = W.make_trainer(name, distributed=False)
+        plain.run()
+        ddp = W.make_trainer(name, distributed=True)
+        ddp.run()
+        a, b = W.record(plain), W.record(ddp)
+        assert a["history"] == b["history"] and a["updates"] == b["updates"]
+        assert all(torch.equal(a["weights"][k], b["weights"][k]) for k in a["weights"])
+
+
+def test_hessian_batch_smaller_than_the_world_is_refused(one_rank_group, monkeypatch):
+    tr = W.make_trainer("abs", distributed=False)
+    monkeypatch.setattr(dist, "get_world_size", lambda group=None: 32)
+    with pytest.raises(DistributedConfigError, match="Hessian batch"):
+        DistributedTrainer(tr.model, tr.optimizer, F.cross_entropy, tr.train_data,
+                           SchedulerConfig.from_dict(dict(tr.scheduler.config.to_dict(),
+                                                          batch_size=64, max_batch_size=64,
+                                                          micro_batch_size=2,
+                                                          samples_per_epoch=49)),
+                           hessian_batch_size=15)
+
+
+# ------------------------------------------------------------------------- command line
+
+TINY = ["--model", "mlp", "--width", "4", "--data", "synthetic:120:1x6x6", "--batch-size", "8",
+        "--micro-batch", "2", "--max-batch", "32", "--hessian-batch", "16", "--max-hvp", "4",
+        "--quiet", "--dtype", "float64", "--threads", "1", "--method", "abs", "--patience", "1",
+        "--check-every", "48", "--dist-timeout", "60"]
+
+
+def _cli(*args, env=None) -> subprocess.CompletedProcess:
+    return _run([sys.executable, "-m", "hessbatch.cli", "train", *TINY, *args], env=env)
+
+
+def _outputs(folder: Path):
+    hist = json.loads((folder / "metrics.json").read_text())["history"]
+    keep = [{k: v for k, v in m.items() if not k.startswith("time")} for m in hist]
+    weights = torch.load(folder / "checkpoint.pt", weights_only=True)["model"]
+    return keep, weights
+
+
+@pytest.fixture(scope="module")
+def cli_reference(tmp_path_factory):
+    """`hessbatch train` in one process, 3 epochs, and its first epoch alone."""
+    root = tmp_path_factory.mktemp("cli")
+    assert main(["train", *TINY, "--epochs", "3", "--out", str(root / "full")]) == 0
+    assert main(["train", *TINY, "--epochs", "1", "--out", str(root / "one")]) == 0
+    return root
+
+
+def test_cli_nproc_2_reproduces_nproc_1(cli_reference, tmp_path):
+    r = _cli("--epochs", "3", "--nproc", "2", "--out", str(tmp_path / "two"))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("test acc %") == 1       # rank 0 prints, the other ranks do not
+    one_h, one_w = _outputs(cli_reference / "full")
+    two_h, two_w = _outputs(tmp_path / "two")
+    _close(one_h, two_h)
+    _close(dict(one_w), dict(two_w))
+    assert max(m["batch_size"] for m in one_h) > 8  # the batch grew
+    ck = torch.load(tmp_path / "two" / "checkpoint.pt", weights_only=True)
+    assert ck["extra"]["world_size"] == 2 and ck["extra"]["spec"]["dtype"] == "float64"
+
+
+def test_resume_from_2_on_1_and_from_1_on_2_continues_the_trajectory(cli_reference, tmp_path):
+    full_h, full_w = _outputs(cli_reference / "full")
+    # 2 -> 1: two processes train epoch 1, one process the rest
+    r = _cli("--epochs", "1", "--nproc", "2", "--out", str(tmp_path / "a"))
+    assert r.returncode == 0, r.stderr
+    assert main(["train", "--resume", str(tmp_path / "a" / "checkpoint.pt"), "--epochs", "3",
+                 "--out", str(tmp_path / "a"), "--quiet", "--threads", "1"]) == 0
+    # 1 -> 2: one process trained epoch 1 (cli_reference/one), two processes the rest
+    r = _run([sys.executable, "-m", "hessbatch.cli", "train", "--resume",
+              str(cli_reference / "one" / "checkpoint.pt"), "--epochs", "3", "--nproc", "2",
+              "--out", str(tmp_path / "b"), "--quiet", "--threads", "1"])
+    assert r.returncode == 0, r.stderr
+    for folder in ("a", "b"):
+        h, w = _outputs(tmp_path / folder)
+        _close(full_h, h, folder)
+        _close(dict(full_w), dict(w), folder)
+
+
+def test_a_killed_worker_is_restarted_and_the_run_ends_with_the_same_weights(
+        cli_reference, tmp_path):
+    marker = tmp_path / "killed"
+    # 96 training samples, B = 8: update 18 is in the middle of epoch 2 (checkpoint: epoch 1)
+    r = _cli("--epochs", "3", "--nproc", "2", "--max-restarts", "1", "--out",
+             str(tmp_path / "run"), env=_env(HESSBATCH_TEST_KILL=f"1:18:{marker}"))
+    assert r.returncode == 0, r.stderr
+    assert marker.read_text().startswith("rank 1 killed itself before update 18")
+    assert "restart 1: resuming from" in r.stderr
+    full_h, full_w = _outputs(cli_reference / "full")
+    h, w = _outputs(tmp_path / "run")
+    _close(full_h, h)
+    _close(dict(full_w), dict(w))
+
+
+def test_kill_without_restarts_fails_with_the_launchers_report(tmp_path):
+    r = _cli("--epochs", "2", "--nproc", "2", "--out", str(tmp_path / "run"),
+             env=_env(HESSBATCH_TEST_KILL=f"1:3:{tmp_path / 'killed'}"))
+    assert r.returncode == 1
+    assert "a worker failed after 0 restart(s)" in r.stderr and "SIGKILL" in r.stderr
+
+
+def test_cli_batch_that_does_not_split_fails_before_training_with_the_fix(tmp_path):
+    r = _run([sys.executable, "-m", "hessbatch.cli", "train", *TINY, "--micro-batch", "8",
+              "--nproc", "2", "--out", str(tmp_path / "x")])
+    assert r.returncode == 2
+    assert r.stderr.count("hessbatch train: error:") == 1
+    assert "2 x 8 = 16" in r.stderr and "--micro-batch 4" in r.stderr
+    assert not (tmp_path / "x" / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--nproc", "0"], "--nproc must be >= 1"),
+    (["--max-restarts", "2"], "--max-restarts needs --nproc"),
+    (["--max-restarts", "-1", "--nproc", "2"], "--max-restarts must be >= 0"),
+    (["--sync-batchnorm"], "--sync-batchnorm needs several processes"),
+    (["--dist-timeout", "0"], "--dist-timeout must be > 0"),
+])
+def test_bad_data_parallel_options_exit_2_naming_them(argv, message, capsys):
+    assert main(["train", *TINY, *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_resume_with_another_dtype_is_refused(cli_reference, capsys):
+    assert main(["train", "--resume", str(cli_reference / "one" / "checkpoint.pt"),
+                 "--dtype", "float32", "--quiet"]) == 2
+    assert "trained in float64" in capsys.readouterr().err
+
+
+def test_docstring_examples():
+    import doctest
+
+    from hessbatch.deep import _distributed
+    result = doctest.testmod(_distributed, optionflags=doctest.ELLIPSIS)
+    assert result.attempted >= 1 and result.failed == 0
