@@ -379,3 +379,14 @@ def test_docstring_examples():
     from hessbatch.deep import _distributed
     result = doctest.testmod(_distributed, optionflags=doctest.ELLIPSIS)
     assert result.attempted >= 1 and result.failed == 0
+
+
+def test_a_nan_on_two_processes_stops_every_rank_at_the_same_update(tmp_path):
+    # The loss check is local in one process; with two ranks the stop comes after the gradient
+    # all-reduce (a NaN on any rank is a NaN on every rank), so no rank is left waiting.
+    r = _cli("--epochs", "3", "--nproc", "2", "--lr", "1e6", "--out", str(tmp_path / "hot"))
+    assert r.returncode == 3, r.stderr
+    assert r.stderr.count("training diverged in epoch 1, update 9") == 1  # rank 0, once
+    assert "the gradient is not finite" in r.stderr
+    # epoch 1 never finished: nothing was written, no half-written file either
+    assert not (tmp_path / "hot").exists() or not any((tmp_path / "hot").iterdir())
