@@ -266,13 +266,18 @@ class HessianOperator:
 
     # -- products ---------------------------------------------------------------------------
 
-    def matvec(self, vector: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    def matvec(self, vector: Sequence[torch.Tensor], *, check: bool = True) -> list[torch.Tensor]:
         """``H v`` for ``v`` given as one tensor per parameter; returns the same layout.
+
+        Args:
+            vector: one tensor per parameter.
+            check: validate ``vector`` (shapes, finiteness; one test per tensor). The solvers
+                pass False for their own vectors and test the scalars of each product instead.
 
         Raises:
             ValueError: ``vector`` does not match the parameters or holds NaN/inf.
         """
-        v = check_vector(vector, self.params)
+        v = check_vector(vector, self.params) if check else list(vector)
         self.n_hvp += 1
         if self.backend == "forward_over_reverse":
             return self._hvp_forward_over_reverse(v)
