@@ -255,3 +255,101 @@ def top_eigenvalue(model: nn.Module, loss_fn: LossFn, batches: Sequence[Batch], 
         return _solve(op, method, max_hvp, float(tol), seed, start, warm_mix)
     finally:
         op.release()
+
+
+class WarmStartEigenvalue:
+    """The eigenvalue function of a training loop: warm starts and the first-check self-tests.
+
+    Called as ``f(model, loss_fn, batches, *, seed)`` (the :class:`~hessbatch.deep.Trainer`'s
+    ``eigenvalue_fn`` signature), it returns :func:`top_eigenvalue`'s :class:`EigenResult` and
+    keeps the result's eigenvector, so that the next check starts from it, mixed with a random
+    vector from ``seed``: ``v0 = (u + warm_mix r) / |u + warm_mix r|``. The top eigenvector moves
+    little between checks, so fewer products reach the stopping rule; the random part keeps a
+    new top direction reachable. The kept vector is part of :meth:`state_dict` (the trainer
+    stores it in its checkpoints), so a resumed run is the uninterrupted one.
+
+    On its first call it also runs the self-tests of :mod:`hessbatch.deep._selftest` (unless
+    ``hvp_check="off"``): the loss must be a mean over its batch
+    (:func:`~hessbatch.deep.check_mean_loss`, an error), and one exact product must agree with a
+    finite difference of gradients (:func:`~hessbatch.deep.check_hvp`: an
+    :class:`~hessbatch.deep.HVPCheckError`, or a warning with ``hvp_check="warn"``).
+
+    Args:
+        params: ``None`` (all parameters that require grad) or a callable ``model -> list`` of
+            parameters (a block), or a fixed list.
+        method, max_hvp, tol, backend: as for :func:`top_eigenvalue`.
+        warm_start: start from the previous eigenvector (default True); False: every check
+            starts cold, from the random vector of its seed (the paper's solver).
+        warm_mix: weight of the random part (>= 0, default 0.1).
+        hvp_check: ``"error"`` (default), ``"warn"`` or ``"off"``.
+
+    Attributes:
+        vector: the last eigenvector (one tensor per parameter), or None.
+        checked: whether the self-tests have run.
+
+    Raises:
+        ValueError, TypeError: bad options (named).
+    """
+
+    STATE_FORMAT = "hessbatch.deep.warm_start"
+
+    def __init__(self, *, params=None, method: str = "lanczos", max_hvp: int = 10,
+                 tol: float = 1e-2, backend: str = "double_backprop", warm_start: bool = True,
+                 warm_mix: float = 0.1, hvp_check: str = "error") -> None:
+        _check_options(method, max_hvp, tol, 0)
+        if not isinstance(warm_start, bool):
+            raise TypeError(f"warm_start must be a bool, got {type(warm_start).__name__}")
+        if isinstance(warm_mix, bool) or not isinstance(warm_mix, (int, float)) or \
+                not math.isfinite(warm_mix) or warm_mix < 0:
+            raise ValueError(f"warm_mix must be a finite number >= 0, got {warm_mix!r}")
+        if hvp_check not in ("error", "warn", "off"):
+            raise ValueError(f"hvp_check must be 'error', 'warn' or 'off', got {hvp_check!r}")
+        self.params, self.method, self.max_hvp, self.tol = params, method, max_hvp, float(tol)
+        self.backend, self.warm_start, self.warm_mix = backend, warm_start, float(warm_mix)
+        self.hvp_check = hvp_check
+        self.vector: list | None = None
+        self.checked = False
+
+    def _params(self, model: nn.Module):
+        return self.params(model) if callable(self.params) else self.params
+
+    def __call__(self, model: nn.Module, loss_fn: LossFn, batches: Sequence[Batch], *,
+                 seed: int) -> EigenResult:
+        params = self._params(model)
+        if not self.checked and self.hvp_check != "off":
+            from ._selftest import check_hvp, check_mean_loss
+            check_mean_loss(model, loss_fn, batches[0])
+            if self.backend.replace("-", "_") != "finite_difference":
+                check_hvp(model, loss_fn, batches, params=params, seed=seed,
+                          on_fail="error" if self.hvp_check == "error" else "warn")
+        self.checked = True
+        start = self.vector if self.warm_start else None
+        if start is not None:
+            like = params if params is not None else [p for p in model.parameters()
+                                                      if p.requires_grad]
+            if [t.shape for t in start] != [p.shape for p in like]:
+                start = None  # another model or block: nothing to warm-start from
+        result = top_eigenvalue(model, loss_fn, batches, params=params, method=self.method,
+                                max_hvp=self.max_hvp, tol=self.tol, seed=seed,
+                                backend=self.backend, start=start, warm_mix=self.warm_mix)
+        if math.isfinite(result.value) and all(bool(torch.isfinite(t).all())
+                                               for t in result.vector):
+            self.vector = result.vector
+        return result
+
+    def state_dict(self) -> dict:
+        """The kept eigenvector (CPU tensors) and whether the self-tests have run."""
+        return {"format": self.STATE_FORMAT, "version": 1, "checked": self.checked,
+                "vector": None if self.vector is None else [t.detach().cpu().clone()
+                                                            for t in self.vector]}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore a :meth:`state_dict` (the vector goes to the device at the next call).
+
+        Raises:
+            ValueError: not a warm-start state.
+        """
+        if not isinstance(state, dict) or state.get("format") != self.STATE_FORMAT:
+            raise ValueError(f"not a warm-start state (expected format {self.STATE_FORMAT!r})")
+        self.checked = bool(state["checked"])
+        self.vector = None if state["vector"] is None else list(state["vector"])
