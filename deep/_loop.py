@@ -274,7 +274,7 @@ class LoopAdapter:
                  collate_fn: Callable[[list], Any] = default_collate,
                  hessian_batch_size: int = 128,
                  eigenvalue_fn: Callable[..., Any] | None = None, eig_method: str = "lanczos",
-                 max_hvp: int = 10, eig_tol: float = 1e-2, warm_start: bool = True,
+                 max_hvp: int = 10, eig_tol: float = 1e-2, warm_start: bool = False,
                  hvp_check: str = "error",
                  adversary: str | Callable[..., torch.Tensor] = "fgsm",
                  input_range: tuple[float, float] = (0.0, 1.0),

@@ -121,7 +121,7 @@ class HessbatchCallback(Callback):
             adapter_options["eigenvalue_fn"] = WarmStartEigenvalue(
                 method=adapter_options.get("eig_method", "lanczos"),
                 max_hvp=adapter_options.get("max_hvp", 10),
-                tol=float(adapter_options.get("eig_tol", 1e-2)))
+                tol=float(adapter_options.get("eig_tol", 1e-2)), warm_start=False)
         self.adapter_options = adapter_options
         self.adapter: LoopAdapter | None = None
         self.events: list[tuple[str, Any]] = []
