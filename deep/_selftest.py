@@ -21,7 +21,6 @@ run (:class:`~hessbatch.deep.WarmStartEigenvalue`) and by ``hessbatch eig``:
 
 from __future__ import annotations
 
-import copy
 import math
 import warnings
 from dataclasses import dataclass
@@ -31,7 +30,8 @@ import torch
 from torch import nn
 
 from ._hvp import (Batch, HessianOperator, LossFn, check_batches, check_loss_fn, check_model,
-                   eval_mode, fd_step, finite_difference_hvp, flatten, unflatten)
+                   _norm, eval_mode, fd_step, finite_difference_hvp, flatten, float64_copy,
+                   unflatten)
 
 __all__ = ["HVPCheck", "HVPCheckError", "HVPCheckWarning", "check_hvp", "check_mean_loss",
            "default_check_tol", "LIKELY_CAUSES"]
@@ -127,7 +127,7 @@ def check_hvp(model: nn.Module, loss_fn: LossFn, batches: Sequence[Batch], *,
         raise ValueError(f"tol must be a finite number > 0, got {tol!r}")
     if precision == "float64":
         try:
-            result = _check(*_float64_copy(model, batches, params), loss_fn, seed, tol,
+            result = _check(*float64_copy(model, check_batches(batches), params), loss_fn, seed, tol,
                             precision)
         except (RuntimeError, TypeError) as exc:
             if "float64" in str(exc).lower() or "double" in str(exc).lower():
@@ -142,16 +142,6 @@ def check_hvp(model: nn.Module, loss_fn: LossFn, batches: Sequence[Batch], *,
         if on_fail == "warn":
             warnings.warn(result.message(), HVPCheckWarning, stacklevel=2)
     return result
-
-
-def _float64_copy(model, batches, params):
-    names = {id(p): n for n, p in model.named_parameters()}
-    twin = copy.deepcopy(model).double()
-    own = dict(twin.named_parameters())
-    block = None if params is None else [own[names[id(p)]] for p in params]
-    batches = [(x.double() if x.is_floating_point() else x, y.double() if y.is_floating_point()
-                else y) for x, y in check_batches(batches)]
-    return twin, batches, block
 
 
 def _check(model, batches, params, loss_fn, seed, tol, precision) -> HVPCheck:
@@ -177,10 +167,6 @@ def _check(model, batches, params, loss_fn, seed, tol, precision) -> HVPCheck:
     allowed = max(float(tol), 4.0 * spread)
     return HVPCheck(rel_error=rel, allowed=allowed, spread=spread, step=h, ok=rel <= allowed,
                     dtype=str(dtype).replace("torch.", ""))
-
-
-def _norm(params) -> float:
-    return math.sqrt(sum(float(p.detach().double().pow(2).sum()) for p in params))
 
 
 def check_mean_loss(model: nn.Module, loss_fn: LossFn, batch: Batch, *,
