@@ -201,8 +201,10 @@ class LogisticRegression:
 
     def top_eigenvalue(self, theta: Any, idx: Any = None, *, method: str = "power",
                        tol: float = 1e-3, max_iter: int = 100,
-                       seed: int | np.random.Generator = 0) -> EigenResult:
-        """Largest eigenvalue of H(theta) (on ``idx`` if given) from HVPs; see ``top_eigenvalue``.
+                       seed: int | np.random.Generator = 0, start: Any = None,
+                       warm_mix: float = 0.1) -> EigenResult:
+        """Largest eigenvalue of H(theta) (on ``idx`` if given) from HVPs; see ``top_eigenvalue``
+        (``start``/``warm_mix``: a warm start from a previous eigenvector).
 
         Example:
             >>> X = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
@@ -215,7 +217,7 @@ class LogisticRegression:
         rows = self._idx(idx)
         return top_eigenvalue(lambda v: self._k.hvp(self.X, self.y, rows, t, v, self.lam),
                               self.n_features, method=method, tol=tol, max_iter=max_iter,
-                              seed=seed)
+                              seed=seed, start=start, warm_mix=warm_mix)
 
     def predict_proba(self, theta: Any, X: Any = None) -> np.ndarray:
         """sigmoid(X theta) on the training data or on another (m, d) array."""
