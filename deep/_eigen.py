@@ -283,6 +283,9 @@ class WarmStartEigenvalue:
         warm_mix: weight of the random part (>= 0, default 0.1).
         hvp_check: ``"error"`` (default), ``"warn"`` or ``"off"``.
 
+    A kept vector whose shapes do not match the parameters of the call (another model or
+    block) is not used: that check starts cold.
+
     Attributes:
         vector: the last eigenvector (one tensor per parameter), or None.
         checked: whether the self-tests have run.

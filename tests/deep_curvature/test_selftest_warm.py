@@ -270,3 +270,18 @@ def test_a_missing_double_backward_names_the_finite_difference_option(ce):
         top_eigenvalue(model, ce, [(x, y)])
     r = top_eigenvalue(model, ce, [(x, y)], backend="finite-difference")
     assert r.value > 0 and r.n_hvp <= 10
+
+
+def test_trainer_stops_on_a_sum_loss_at_the_first_check():
+    from hessbatch.deep import synthetic_classification
+    torch.manual_seed(0)
+    data = synthetic_classification(128, (1, 4, 4), 3, seed=0)
+    model = MLP((1, 4, 4), 3, hidden=(8,), activation="softplus")
+    cfg = SchedulerConfig(method="abs", lr=0.01, batch_size=32, max_batch_size=128,
+                          samples_per_epoch=128, epochs=1, check_every=64)
+    tr = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.01),
+                 lambda o, t: F.cross_entropy(o, t, reduction="sum"), data, Scheduler(cfg),
+                 hessian_batch_size=32)
+    with pytest.raises(ValueError, match="mean loss over its batch"):
+        tr.run()
+    assert tr.events[-1][0] == "step"      # stopped at the check, nothing was skipped
