@@ -81,11 +81,12 @@ class NoiseAwareEigenvalue:
         with torch.no_grad(), eval_mode(model):
             loss = float(loss_fn(model(x), y))
         sch = self.scheduler
-        self.state, action, value = screen(
-            self.rule, self.state, mean=full.value, stderr=se, lam_ref=sch.state.lam_ref,
-            alpha=sch.config.alpha, loss=loss if math.isfinite(loss) else None,
-            epoch=sch.state.epoch) if math.isfinite(loss) or self.rule.min_loss_fraction is None \
-            else (self.state, "skip", None)
+        if not math.isfinite(loss) and self.rule.min_loss_fraction is not None:
+            action, value = "skip", None     # no progress to measure on a diverged loss
+        else:
+            self.state, action, value = screen(
+                self.rule, self.state, mean=full.value, stderr=se, lam_ref=sch.state.lam_ref,
+                alpha=sch.config.alpha, loss=loss, epoch=sch.state.epoch)
         self.log.append({"mean": full.value, "stderr": se, "loss": loss, "action": action,
                          "value": value, "lam_ref": sch.state.lam_ref, "hvps": hvps})
         out = math.nan if action == "skip" else float(value)

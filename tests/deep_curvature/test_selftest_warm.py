@@ -285,3 +285,38 @@ def test_trainer_stops_on_a_sum_loss_at_the_first_check():
     with pytest.raises(ValueError, match="mean loss over its batch"):
         tr.run()
     assert tr.events[-1][0] == "step"      # stopped at the check, nothing was skipped
+
+
+def _noise_trainer(rule, patience=2):
+    from hessbatch.deep import synthetic_classification
+    from hessbatch.deep._noise import NoiseAwareEigenvalue
+    torch.manual_seed(0)
+    data = synthetic_classification(256, (1, 4, 4), 3, seed=0)
+    model = MLP((1, 4, 4), 3, hidden=(8,), activation="softplus")
+    cfg = SchedulerConfig(method="abs", lr=0.05, batch_size=32, max_batch_size=256,
+                          samples_per_epoch=256, epochs=2, check_every=64, patience=patience)
+    sch = Scheduler(cfg)
+    eig = NoiseAwareEigenvalue(sch, rule)
+    tr = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.05), F.cross_entropy, data,
+                 sch, eigenvalue_fn=eig, hessian_batch_size=64, seed=1)
+    return tr, eig
+
+
+def test_noise_aware_eigenvalue_in_the_trainer():
+    from hessbatch._noise_rule import NoiseRuleConfig
+    from hessbatch.deep._noise import NoiseAwareEigenvalue
+    # a guard that never opens: every check skipped, B never grows, no reference set
+    tr, eig = _noise_trainer(NoiseRuleConfig(min_loss_fraction=1e-9))
+    tr.run()
+    assert all(e["action"] == "skip" for e in eig.log) and len(eig.log) == 8
+    assert sum(m.eigenvalues_skipped for m in tr.history) == 8
+    assert tr.scheduler.state.lam_ref is None and tr.scheduler.state.batch_size == 32
+    # the rule off: the reported values are the plain solver's (same seeds), patience grows B
+    tr, eig = _noise_trainer(NoiseRuleConfig())
+    tr.run()
+    assert [e["value"] for e in eig.log] == [e["mean"] for e in eig.log]
+    assert tr.scheduler.state.batch_size > 32
+    with pytest.raises(ValueError, match="parts must be an int >= 2"):
+        NoiseAwareEigenvalue(tr.scheduler, NoiseRuleConfig(), parts=1)
+    with pytest.raises(TypeError, match="scheduler must be"):
+        NoiseAwareEigenvalue(None, NoiseRuleConfig())
