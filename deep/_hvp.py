@@ -342,7 +342,8 @@ class HessianOperator:
         # In float64, on a copy of the model: in float32 a finite difference of a network with
         # ReLU or max-pooling is 1e-1 to 1 off whatever the step (kinks crossed by a large
         # step, rounding for a small one); in float64 with h = sqrt(eps) max(|theta|, 1) / |v|
-        # it is about 1e-8 (docs/deep_curvature.md).
+        # it is about 1e-8 (docs/deep_curvature.md). The copy is private, so moving its
+        # parameters in place (finite_difference_hvp) cannot invalidate anyone's graph.
         if self._fd_twin is None:
             model, batches, params = float64_copy(self.model, self.batches, self.params)
             self._fd_twin = HessianOperator(model, self.loss_fn, batches, params=params,
@@ -449,37 +450,32 @@ def finite_difference_hvp(op: HessianOperator, vector: Sequence[torch.Tensor],
                           h: float | None = None) -> list[torch.Tensor]:
     """``(g(theta + h v) - g(theta - h v)) / 2h``, the gradients of ``op``'s mean loss.
 
-    The perturbed parameters are passed to the model with ``torch.func.functional_call``; the
-    model's own parameters are never modified (so no graph that holds them is invalidated).
-    ``h`` defaults to :func:`fd_step`. The error is ``O(h^2)`` (third derivatives) plus
-    ``O(eps |g| / h)`` (rounding).
+    The parameters of ``op`` are moved in place (no graph) and restored bit for bit, also on
+    error: callers pass a private float64 copy of the model (the ``finite_difference`` backend
+    and :func:`~hessbatch.deep.check_hvp` do). In place, not through
+    ``torch.func.functional_call``, because activation checkpointing recomputes its blocks
+    during the backward pass, after a functional call has put the original parameters back
+    (that gave a 7% error on a correctly checkpointed model). ``h`` defaults to
+    :func:`fd_step`. The error is ``O(h^2)`` (third derivatives) plus ``O(eps |g| / h)``.
     """
     v = [t.detach() for t in vector]
     if h is None:
         h = fd_step(op.params, math.sqrt(sum(float(t.double().pow(2).sum()) for t in v)))
-    g_plus = _gradient_at(op, [p.detach() + h * t for p, t in zip(op.params, v)])
-    g_minus = _gradient_at(op, [p.detach() - h * t for p, t in zip(op.params, v)])
-    return [((a - b) / (2 * h)).detach() for a, b in zip(g_plus, g_minus)]
-
-
-def _gradient_at(op: HessianOperator, theta: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """The gradient of ``op``'s mean loss with its parameters replaced by ``theta``."""
-    from torch.func import functional_call
-
-    names = {id(p): n for n, p in op.model.named_parameters()}
-    leaves = [t.detach().requires_grad_(True) for t in theta]
-    values = {names[id(p)]: t for p, t in zip(op.params, leaves)}
-    total = [torch.zeros_like(p) for p in op.params]
-    with eval_mode(op.model), torch.enable_grad():
-        for i, ((x, y), w) in enumerate(zip(op.batches, op.weights)):
-            loss = op.loss_fn(functional_call(op.model, values, (x,), strict=False,
-                                              tie_weights=True), y)
-            if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
-                raise ValueError("loss_fn must return a scalar tensor (the mean loss of the "
-                                 f"batch), on batches[{i}]")
-            g = torch.autograd.grad(loss * w, leaves, allow_unused=True)
-            total = [t if gi is None else t + gi for t, gi in zip(total, g)]
-    return total
+    saved = [p.detach().clone() for p in op.params]
+    try:
+        with torch.no_grad():
+            for p, s0, t in zip(op.params, saved, v):
+                p.copy_(s0 + h * t)
+        g_plus = [g.detach() for g in op._gradient(create_graph=False)]
+        with torch.no_grad():
+            for p, s0, t in zip(op.params, saved, v):
+                p.copy_(s0 - h * t)
+        g_minus = [g.detach() for g in op._gradient(create_graph=False)]
+    finally:
+        with torch.no_grad():
+            for p, s0 in zip(op.params, saved):
+                p.copy_(s0)
+    return [(a - b) / (2 * h) for a, b in zip(g_plus, g_minus)]
 
 
 def flatten(tensors: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -101,7 +101,8 @@ def check_hvp(model: nn.Module, loss_fn: LossFn, batches: Sequence[Batch], *,
     differentiable, wrong custom gradients) does not depend on the dtype; reduced-precision
     autocast errors do, and are not caught this way. If the float64 copy cannot run (a kernel
     without float64), the check falls back to the parameters' dtype (``precision="native"``),
-    where it is much weaker (the allowed disagreement grows with the spread below).
+    where it is much weaker (the allowed disagreement grows with the spread below), and where
+    the model's own parameters are moved for the finite differences and restored bit for bit.
 
     Args:
         model, loss_fn, batches, params: as for :class:`~hessbatch.deep.HessianOperator`.

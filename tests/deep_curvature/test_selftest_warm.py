@@ -320,3 +320,31 @@ def test_noise_aware_eigenvalue_in_the_trainer():
         NoiseAwareEigenvalue(tr.scheduler, NoiseRuleConfig(), parts=1)
     with pytest.raises(TypeError, match="scheduler must be"):
         NoiseAwareEigenvalue(None, NoiseRuleConfig())
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_activation_checkpointing_reentrant_is_caught_non_reentrant_passes(ce):
+    from torch.utils.checkpoint import checkpoint
+
+    class Net(nn.Module):
+        def __init__(self, reentrant):
+            super().__init__()
+            self.a, self.b = nn.Sequential(nn.Linear(6, 10), nn.Softplus()), nn.Linear(10, 4)
+            self.reentrant = reentrant
+
+        def forward(self, x):
+            return self.b(checkpoint(self.a, x, use_reentrant=self.reentrant))
+
+    torch.manual_seed(0)
+    x, y = torch.randn(40, 6), torch.randint(4, (40,))
+    bad = check_hvp(Net(True), ce, [(x, y)], on_fail="ignore")
+    assert not bad.ok and bad.rel_error > 0.1          # the first block's curvature is dropped
+    good = check_hvp(Net(False), ce, [(x, y)])
+    assert good.ok and good.rel_error <= 1e-6
+    # the finite-difference backend sees the checkpointed blocks too
+    m = Net(False).double()
+    exact = HessianOperator(m, ce, [(x.double(), y)], reuse_graph=False)
+    fd = HessianOperator(m, ce, [(x.double(), y)], backend="finite_difference")
+    v = [torch.randn_like(p) for p in exact.params]
+    a, b = flatten(exact.matvec(v)), flatten(fd.matvec(v))
+    assert float((a - b).norm() / a.norm()) <= 1e-6
