@@ -165,7 +165,8 @@ def full_batch_config(n_samples: int, lr: float, updates: int) -> SchedulerConfi
 
 def make_eigenvalue_fn(model: LogisticRegression, *, hessian_batch: int | None = None,
                        method: str = "power", tol: float = 1e-3, max_iter: int = 100,
-                       seed: int | np.random.SeedSequence = 0) -> EigenvalueFn:
+                       seed: int | np.random.SeedSequence = 0,
+                       warm_start: bool = False) -> EigenvalueFn:
     """The default eigenvalue check: top eigenvalue of H(theta) on a Hessian batch, from HVPs.
 
     Args:
@@ -175,6 +176,9 @@ def make_eigenvalue_fn(model: LogisticRegression, *, hessian_batch: int | None =
             replacement at each check (what the paper's reference code does, with 128).
         method, tol, max_iter: passed to :func:`hessbatch.convex.top_eigenvalue`.
         seed: seeds the Hessian batches and the solver's start vectors.
+        warm_start: start each check from the previous check's eigenvector mixed with the
+            random start (the core's warm start, :func:`hessbatch._solver.start_vector`);
+            off by default, as in the deep backend (docs/deep_curvature.md).
 
     Returns:
         A callable ``theta -> EigenResult``.
@@ -189,13 +193,20 @@ def make_eigenvalue_fn(model: LogisticRegression, *, hessian_batch: int | None =
                              f"got {hessian_batch!r}")
     ss = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
     batch_rng, start_rng = (np.random.default_rng(s) for s in ss.spawn(2))
+    if not isinstance(warm_start, bool):
+        raise TypeError(f"warm_start must be a bool, got {type(warm_start).__name__}")
+    kept: list[np.ndarray] = []
 
     def eigenvalue(theta: np.ndarray) -> EigenResult:
         idx = None
         if hessian_batch is not None:
             idx = np.sort(batch_rng.choice(n, size=int(hessian_batch), replace=False))
-        return model.top_eigenvalue(theta, idx, method=method, tol=tol, max_iter=max_iter,
-                                    seed=start_rng)
+        start = kept[-1] if (warm_start and kept) else None
+        r = model.top_eigenvalue(theta, idx, method=method, tol=tol, max_iter=max_iter,
+                                 seed=start_rng, start=start)
+        if np.all(np.isfinite(r.vector)):
+            kept[:] = [r.vector]
+        return r
 
     return eigenvalue
 

@@ -11,6 +11,11 @@ pays at every eigenvalue check.
 * Lanczos with full re-orthogonalisation: the Ritz value of the k x k tridiagonal matrix,
   stopped when the residual bound beta_k |s_k| <= tol * lam (Kaniel-Paige theory: fewer
   matvecs than power iteration when the top eigenvalue is not well separated).
+
+The loops themselves are the core's (:mod:`hessbatch._solver`, standard library, shared with
+``hessbatch.deep``); this module supplies only the NumPy vector operations and keeps the
+convex backend's stopping rule for Lanczos (``rule="linear"``: residual <= tol |lam|; the deep
+backend uses ``tol^2``). The matvec's output is checked for shape and finiteness here.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
+
+from hessbatch import _solver
 
 __all__ = ["EigenResult", "top_eigenvalue"]
 
@@ -51,7 +58,8 @@ class EigenResult:
 
 def top_eigenvalue(matvec: Callable[[np.ndarray], np.ndarray] | np.ndarray, dim: int | None = None,
                    *, method: str = "power", tol: float = 1e-3, max_iter: int = 100,
-                   seed: int | np.random.Generator = 0) -> EigenResult:
+                   seed: int | np.random.Generator = 0, start: np.ndarray | None = None,
+                   warm_mix: float = 0.1) -> EigenResult:
     """Largest eigenvalue of a symmetric PSD operator by power iteration or Lanczos.
 
     Args:
@@ -61,6 +69,9 @@ def top_eigenvalue(matvec: Callable[[np.ndarray], np.ndarray] | np.ndarray, dim:
         tol: relative tolerance, > 0 (see the module docstring for each stopping test).
         max_iter: at most this many matvecs, >= 1.
         seed: seed or Generator for the random unit start vector.
+        start: a warm start (e.g. the previous ``EigenResult.vector``), mixed with the random
+            vector as ``(u + warm_mix r) / |u + warm_mix r|``; None: a cold random start.
+        warm_mix: weight of the random part of a warm start (>= 0).
 
     Returns:
         An :class:`EigenResult`; ``converged`` is False when ``max_iter`` ran out first.
@@ -90,64 +101,49 @@ def top_eigenvalue(matvec: Callable[[np.ndarray], np.ndarray] | np.ndarray, dim:
         raise ValueError(f"tol must be a finite number > 0, got {tol!r}")
     if not isinstance(max_iter, (int, np.integer)) or isinstance(max_iter, bool) or max_iter < 1:
         raise ValueError(f"max_iter must be an int >= 1, got {max_iter!r}")
+    if start is not None:
+        start = np.asarray(start, dtype=np.float64)
+        if start.shape != (dim,):
+            raise ValueError(f"start must be a vector of shape ({dim},), got {start.shape}")
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-    v = rng.standard_normal(int(dim))
-    v /= np.linalg.norm(v)
+    ops = _NumpyOps(matvec, int(dim))
+    v = _solver.start_vector(ops, rng, warm=start, mix=warm_mix)
+    if method == "power":
+        r = _solver.power_iteration(ops, v, max_iter=int(max_iter), tol=float(tol))
+    else:
+        r = _solver.lanczos(ops, v, max_iter=int(max_iter), tol=float(tol), rule="linear")
+    return EigenResult(r.value, r.vector, r.n_matvec, r.converged)
 
-    def apply(x: np.ndarray) -> np.ndarray:
-        w = np.asarray(matvec(x), dtype=np.float64)
-        if w.shape != (dim,):
-            raise ValueError(f"matvec returned shape {w.shape}, expected ({dim},)")
+
+class _NumpyOps:
+    """The vector operations of :mod:`hessbatch._solver` on float64 NumPy vectors."""
+
+    def __init__(self, matvec: Callable[[np.ndarray], np.ndarray], dim: int) -> None:
+        self._matvec, self.dim = matvec, dim
+
+    def matvec(self, x: np.ndarray) -> np.ndarray:
+        w = np.asarray(self._matvec(x), dtype=np.float64)
+        if w.shape != (self.dim,):
+            raise ValueError(f"matvec returned shape {w.shape}, expected ({self.dim},)")
         if not np.all(np.isfinite(w)):
             raise ValueError("matvec returned a non-finite vector (NaN/inf parameters?)")
         return w
 
-    if method == "power":
-        return _power(apply, v, tol, int(max_iter))
-    return _lanczos(apply, v, tol, int(max_iter))
+    @staticmethod
+    def dot(u: np.ndarray, v: np.ndarray) -> float:
+        return float(u @ v)
 
+    @staticmethod
+    def axpy(a: float, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        return a * x + y
 
-def _power(apply, v, tol, max_iter):
-    lam_prev = None
-    lam = 0.0
-    for k in range(1, max_iter + 1):
-        w = apply(v)
-        lam = float(v @ w)
-        norm = float(np.linalg.norm(w))
-        if norm == 0.0:  # A v = 0: v is in the null space, the operator is zero on it
-            return EigenResult(0.0, v, k, True)
-        if lam_prev is not None and abs(lam - lam_prev) <= tol * abs(lam):
-            return EigenResult(lam, w / norm, k, True)
-        lam_prev = lam
-        v = w / norm
-    return EigenResult(lam, v, max_iter, False)
+    @staticmethod
+    def scale(a: float, x: np.ndarray) -> np.ndarray:
+        return a * x
 
+    @staticmethod
+    def norm(v: np.ndarray) -> float:
+        return float(np.linalg.norm(v))
 
-def _lanczos(apply, v, tol, max_iter):
-    dim = v.shape[0]
-    steps = min(max_iter, dim)
-    Q = np.zeros((steps + 1, dim))
-    alphas, betas = [], []
-    Q[0] = v
-    value, vec, converged = 0.0, v, False
-    k = 0
-    for k in range(1, steps + 1):
-        w = apply(Q[k - 1])
-        a = float(Q[k - 1] @ w)
-        alphas.append(a)
-        # full re-orthogonalisation (twice is enough) keeps the basis orthonormal in floats
-        for _ in range(2):
-            w -= Q[:k].T @ (Q[:k] @ w)
-        b = float(np.linalg.norm(w))
-        T = np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1)
-        evals, evecs = np.linalg.eigh(T)
-        value = float(evals[-1])
-        s = evecs[:, -1]
-        vec = Q[:k].T @ s
-        if b * abs(s[-1]) <= tol * abs(value) or b <= 1e-14 * max(abs(value), 1.0) or k == dim:
-            converged = True
-            break
-        betas.append(b)
-        Q[k] = w / b
-    vec = vec / np.linalg.norm(vec)
-    return EigenResult(value, vec, k, converged)
+    def random(self, rng: np.random.Generator) -> np.ndarray:
+        return rng.standard_normal(self.dim)

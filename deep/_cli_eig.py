@@ -21,7 +21,10 @@ from ._trainer import load_checkpoint
 DESCRIPTION = """\
 Print the top eigenvalue of the Hessian of the training loss (cross-entropy, mean over a batch
 of training samples drawn with --seed) for a model saved by `hessbatch train`. The model and the
-data set are rebuilt from the checkpoint; the model is in eval mode during the computation."""
+data set are rebuilt from the checkpoint; the model is in eval mode during the computation.
+Before it, one exact Hessian-vector product is compared with a central finite difference of
+gradients (--hvp-check), so a model whose double backward is wrong cannot give a silently
+wrong eigenvalue."""
 
 
 def build_parser(parser: argparse.ArgumentParser) -> None:
@@ -42,6 +45,15 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
                              "(default %(default)s)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seeds the Hessian batch and the solver (default %(default)s)")
+    parser.add_argument("--hvp", choices=("exact", "finite-difference"), default="exact",
+                        help="Hessian-vector products: exact (double backprop) or central "
+                             "finite differences of gradients, for models without double "
+                             "backward (default %(default)s)")
+    parser.add_argument("--hvp-check", choices=("error", "warn", "off"), default="error",
+                        help="before the eigenvalue, compare one exact product with a finite "
+                             "difference of gradients (float64 copy of the model) and check "
+                             "that the loss is a mean over its batch; a failure is an error, "
+                             "a warning, or not checked (default %(default)s)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default %(default)s)")
 
 
@@ -72,17 +84,29 @@ def run(args: argparse.Namespace) -> int:
     batches = [(x[idx[i:i + args.micro_batch]].to(device), y[idx[i:i + args.micro_batch]].to(device))
                for i in range(0, size, args.micro_batch)]
     method = args.method or spec["eig_method"]
-    result = top_eigenvalue(model, torch.nn.functional.cross_entropy, batches,
-                            params=block_parameters(model, args.block), method=method,
+    params = block_parameters(model, args.block)
+    loss_fn = torch.nn.functional.cross_entropy
+    backend = "finite_difference" if args.hvp == "finite-difference" else "double_backprop"
+    check_line = None
+    if args.hvp_check != "off":
+        from ._selftest import check_hvp, check_mean_loss
+        check_mean_loss(model, loss_fn, batches[0])
+        if backend == "double_backprop":
+            check = check_hvp(model, loss_fn, batches, params=params, seed=args.seed,
+                              on_fail="error" if args.hvp_check == "error" else "warn")
+            check_line = check.message()
+    result = top_eigenvalue(model, loss_fn, batches, params=params, method=method,
                             max_hvp=args.max_hvp or spec["max_hvp"],
                             tol=spec["eig_tol"] if args.tol is None else args.tol,
-                            seed=args.seed)
+                            seed=args.seed, backend=backend)
     epoch = state["scheduler"]["state"]["epoch"]
     print(format_table(
         ("checkpoint", "epoch", "samples", "block", "method", "HVPs", "converged",
          "top eigenvalue"),
         [(str(args.checkpoint), epoch, size, args.block or "all", method, result.n_hvp,
           "yes" if result.converged else "no", f"{result.value:.6g}")]))
+    if check_line is not None:
+        print(check_line, file=sys.stderr)
     if not result.converged:
         print("not converged within the HVP budget: raise --max-hvp for a tighter value",
               file=sys.stderr)

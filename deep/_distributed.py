@@ -330,9 +330,11 @@ class DistributedHessianOperator(HessianOperator):
         """The gradient of the global mean loss (all-reduced), one tensor per parameter."""
         return self._reduce(super().gradient())
 
-    def matvec(self, vector: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """``H v`` of the global Hessian: the local product, weighted, all-reduced."""
-        return self._reduce(super().matvec(vector))
+    def matvec(self, vector: Sequence[torch.Tensor], *, check: bool = True
+               ) -> list[torch.Tensor]:
+        """``H v`` of the global Hessian: the local product, weighted, all-reduced
+        (``check`` as in :meth:`HessianOperator.matvec`)."""
+        return self._reduce(super().matvec(vector, check=check))
 
     __call__ = matvec
 
@@ -562,6 +564,14 @@ class DistributedTrainer(Trainer):
         local = idx[lo:hi]
         return [self._fetch(self.train_data, local[i:i + micro])
                 for i in range(0, local.numel(), micro)]
+
+    def _make_default_eigenvalue(self, warm_start: bool, hvp_check: str) -> Any:
+        # The collective eigenvalue on the global Hessian: cold starts, no self-test (both are
+        # single-process features of WarmStartEigenvalue; docs/distributed.md says so).
+        if warm_start:
+            raise ValueError("warm_start=True is not supported by the data-parallel trainer "
+                             "(its eigenvalue is a collective over every rank); leave it False")
+        return self._default_eigenvalue
 
     def _default_eigenvalue(self, model, loss_fn, batches, *, seed):
         return distributed_top_eigenvalue(model, loss_fn, batches, params=self.eig_params,

@@ -21,7 +21,11 @@ gradient graph built once, reused by every product) and spend at most ``max_hvp`
   docs/deep_curvature.md has the measurements behind the default.
 
 The start vector is Gaussian, drawn on the CPU from ``seed`` (so a seed gives the same start on
-every device), normalised.
+every device), normalised; or, for a warm start, the previous eigenvector mixed with it.
+
+The loops, the stopping rules and the warm start are the core's (:mod:`hessbatch._solver`,
+standard library, shared with ``hessbatch.convex``); this module supplies the torch vector
+operations on flat tensors and the results' layout (one tensor per parameter).
 """
 
 from __future__ import annotations
@@ -33,7 +37,9 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ._hvp import Batch, HessianOperator, LossFn, flatten, unflatten
+from hessbatch import _solver
+
+from ._hvp import Batch, HessianOperator, LossFn, check_vector, flatten, unflatten
 
 __all__ = ["EigenResult", "top_eigenvalue", "power_iteration", "lanczos"]
 
@@ -60,6 +66,7 @@ class EigenResult:
         ritz_values: Lanczos only: every eigenvalue of the final tridiagonal ``T_k``, largest
             first (the second one estimates ``lambda_2`` from below, for the gap); ``()`` for
             power iteration.
+        warm: whether the solve started from a warm-start vector.
     """
 
     value: float
@@ -71,6 +78,7 @@ class EigenResult:
     history: tuple = ()
     residuals: tuple = ()
     ritz_values: tuple = ()
+    warm: bool = False
 
     def __float__(self) -> float:
         return self.value
@@ -91,16 +99,75 @@ def _check_options(method: object, max_hvp: object, tol: object, seed: object) -
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")
 
 
-def _start_vector(dim: int, seed: int, like: torch.Tensor) -> torch.Tensor:
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    v = torch.randn(dim, generator=gen, dtype=torch.float64)
-    v /= v.norm()
-    return v.to(device=like.device, dtype=like.dtype)
+class _TorchOps:
+    """The vector operations of :mod:`hessbatch._solver` on flat tensors (the parameters'
+    device and dtype). Products skip the per-tensor finiteness test of the input: the core
+    tests the scalars ``v . Hv`` and ``|w|`` of every product instead (one fused test)."""
+
+    def __init__(self, op: HessianOperator) -> None:
+        self.op = op
+        self.dim = op.dim
+        self._like = op.params[0]
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        return flatten(self.op.matvec(unflatten(v, self.op.params), check=False))
+
+    @staticmethod
+    def dot(u: torch.Tensor, v: torch.Tensor) -> float:
+        return float(torch.dot(u, v))
+
+    @staticmethod
+    def axpy(a: float, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return torch.add(y, x, alpha=a)
+
+    @staticmethod
+    def scale(a: float, x: torch.Tensor) -> torch.Tensor:
+        return x * a
+
+    @staticmethod
+    def norm(v: torch.Tensor) -> float:
+        return float(v.norm())
+
+    def random(self, seed: int) -> torch.Tensor:
+        # drawn on the CPU in float64, so a seed gives the same start on every device
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        v = torch.randn(self.dim, generator=gen, dtype=torch.float64)
+        v /= v.norm()
+        return v.to(device=self._like.device, dtype=self._like.dtype)
+
+
+def _warm_flat(start: object, op: HessianOperator) -> torch.Tensor | None:
+    """The warm-start vector as one flat tensor, or None (cold start)."""
+    if start is None:
+        return None
+    if isinstance(start, EigenResult):
+        start = start.vector
+    try:
+        v = check_vector(start, op.params)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"start: {exc}") from None
+    return flatten(v)
+
+
+def _solve(op: HessianOperator, method: str, max_hvp: int, tol: float, seed: int,
+           start: object = None, warm_mix: float = 0.1) -> EigenResult:
+    ops = _TorchOps(op)
+    v0 = _solver.start_vector(ops, seed, warm=_warm_flat(start, op), mix=warm_mix)
+    if method == "power":
+        r = _solver.power_iteration(ops, v0, max_iter=max_hvp, tol=float(tol))
+    else:
+        r = _solver.lanczos(ops, v0, max_iter=max_hvp, tol=float(tol), rule="squared")
+    return EigenResult(value=r.value, vector=[t.detach() for t in unflatten(r.vector, op.params)],
+                       n_hvp=r.n_matvec, converged=r.converged, method=method,
+                       residual=r.residual, history=r.history, residuals=r.residuals,
+                       ritz_values=r.ritz_values, warm=start is not None)
 
 
 def power_iteration(op: HessianOperator, *, max_hvp: int = 10, tol: float = 1e-2,
-                    seed: int = 0) -> EigenResult:
+                    seed: int = 0, start: object = None, warm_mix: float = 0.1) -> EigenResult:
     """Power iteration on ``op`` (see the module docstring); at most ``max_hvp`` products.
+
+    ``start``/``warm_mix``: a warm start, as for :func:`top_eigenvalue`.
 
     Example:
         >>> import torch
@@ -111,35 +178,14 @@ def power_iteration(op: HessianOperator, *, max_hvp: int = 10, tol: float = 1e-2
         4.0
     """
     _check_options("power", max_hvp, tol, seed)
-    p0 = op.params[0]
-    v = _start_vector(op.dim, seed, p0)
-    history: list[float] = []
-    residuals: list[float] = []
-    lam, res, converged = 0.0, math.inf, False
-    for i in range(max_hvp):
-        w = flatten(op.matvec(unflatten(v, op.params)))
-        lam = float(torch.dot(v, w))
-        res = float((w - lam * v).norm())
-        prev = history[-1] if history else None
-        history.append(lam)
-        residuals.append(res)
-        wn = float(w.norm())
-        if wn == 0.0:  # H v = 0: v is an exact eigenvector for 0 (e.g. all-dead ReLUs)
-            converged = True
-            break
-        if prev is not None and abs(lam - prev) <= tol * abs(lam):
-            converged = True
-            break
-        if i < max_hvp - 1:
-            v = w / wn
-    return EigenResult(value=lam, vector=[t.detach() for t in unflatten(v, op.params)],
-                       n_hvp=len(history), converged=converged, method="power", residual=res,
-                       history=tuple(history), residuals=tuple(residuals))
+    return _solve(op, "power", max_hvp, tol, seed, start, warm_mix)
 
 
 def lanczos(op: HessianOperator, *, max_hvp: int = 10, tol: float = 1e-2,
-            seed: int = 0) -> EigenResult:
+            seed: int = 0, start: object = None, warm_mix: float = 0.1) -> EigenResult:
     """Lanczos with full re-orthogonalisation on ``op``; at most ``max_hvp`` products.
+
+    ``start``/``warm_mix``: a warm start, as for :func:`top_eigenvalue`.
 
     Example:
         >>> import torch
@@ -151,69 +197,14 @@ def lanczos(op: HessianOperator, *, max_hvp: int = 10, tol: float = 1e-2,
         (4.0, 2)
     """
     _check_options("lanczos", max_hvp, tol, seed)
-    p0 = op.params[0]
-    q = _start_vector(op.dim, seed, p0)
-    basis: list[torch.Tensor] = [q]
-    alphas: list[float] = []
-    betas: list[float] = []          # betas[j] couples basis j and j+1
-    history: list[float] = []
-    residuals: list[float] = []
-    theta, res, s_top, converged = 0.0, math.inf, None, False
-    steps = min(max_hvp, op.dim)
-    for j in range(steps):
-        w = flatten(op.matvec(unflatten(basis[j], op.params)))
-        alpha = float(torch.dot(basis[j], w))
-        alphas.append(alpha)
-        # Full re-orthogonalisation, two passes ("twice is enough"): without it the basis loses
-        # orthogonality as soon as a Ritz value converges and spurious copies of the top
-        # eigenvalue appear. Vector by vector, so no dim x k matrix is ever formed (that copy
-        # would be k times the model's size on a ResNet).
-        for _ in range(2):
-            for b in basis:
-                w = w - torch.dot(b, w) * b
-        beta = float(w.norm())
-        k = len(alphas)
-        t = torch.zeros(k, k, dtype=torch.float64)
-        for i in range(k):
-            t[i, i] = alphas[i]
-            if i + 1 < k:
-                t[i, i + 1] = t[i + 1, i] = betas[i]
-        evals, evecs = torch.linalg.eigh(t)
-        theta = float(evals[-1])
-        s_top = evecs[:, -1]
-        res = beta * abs(float(s_top[-1]))
-        history.append(theta)
-        residuals.append(res)
-        scale = max(abs(theta), 1e-300)
-        # beta ~ 0: the Krylov space is invariant, the Ritz values are exact eigenvalues.
-        # Stop on a residual of tol^2 |theta|, not tol |theta|: a small residual only says that
-        # theta is near *some* eigenvalue, and at an early step that can be the second one while
-        # the top direction has not entered the Krylov space yet. Measured on 480 runs of small
-        # models (docs/deep_curvature.md), the tol |theta| test stopped at 2-28% errors in 6 runs
-        # that the full budget got right; the tol^2 test in none, for 1.8 more products on average.
-        if beta <= 1e-12 * max(abs(a) for a in alphas) or res <= tol * tol * scale:
-            converged = True
-            break
-        if j + 1 < steps:
-            betas.append(beta)
-            basis.append(w / beta)
-    if len(basis) > len(alphas):  # defensive: the basis is never longer than T
-        basis = basis[:len(alphas)]
-    assert s_top is not None
-    y = torch.zeros_like(basis[0])
-    for c, b in zip(s_top.tolist(), basis):
-        y = y + c * b
-    y = y / y.norm()
-    return EigenResult(value=theta, vector=[t.detach() for t in unflatten(y, op.params)],
-                       n_hvp=len(history), converged=converged, method="lanczos", residual=res,
-                       history=tuple(history), residuals=tuple(residuals),
-                       ritz_values=tuple(sorted(evals.tolist(), reverse=True)))
+    return _solve(op, "lanczos", max_hvp, tol, seed, start, warm_mix)
 
 
 def top_eigenvalue(model: nn.Module, loss_fn: LossFn, batches: Sequence[Batch], *,
                    params: Sequence[torch.Tensor] | None = None, method: str = "lanczos",
                    max_hvp: int = 10, tol: float = 1e-2, seed: int = 0,
-                   backend: str = "double_backprop", reuse_graph: bool = True) -> EigenResult:
+                   backend: str = "double_backprop", reuse_graph: bool = True,
+                   start: object = None, warm_mix: float = 0.1) -> EigenResult:
     """Top eigenvalue of the Hessian of the mean loss over ``batches``.
 
     ``H = d^2/dtheta^2 sum_b (n_b/N) loss_fn(model(x_b), y_b)``, ``theta`` = ``params``.
@@ -234,6 +225,11 @@ def top_eigenvalue(model: nn.Module, loss_fn: LossFn, batches: Sequence[Batch], 
         seed: seeds the start vector.
         backend: ``"double_backprop"`` or ``"forward_over_reverse"``.
         reuse_graph: keep the gradient graph between products (faster, more memory).
+        start: warm start: the previous check's eigenvector (an :class:`EigenResult` or its
+            ``vector``, one tensor per parameter), mixed with the random vector of ``seed`` as
+            ``(u + warm_mix r) / |u + warm_mix r|``; None (default): a cold random start.
+            :class:`WarmStartEigenvalue` keeps it between checks for a training loop.
+        warm_mix: weight of the random part of a warm start (>= 0; default 0.1).
 
     Returns:
         :class:`EigenResult` with ``value``, ``vector``, ``n_hvp``, ``converged``, ``residual``.
@@ -256,7 +252,107 @@ def top_eigenvalue(model: nn.Module, loss_fn: LossFn, batches: Sequence[Batch], 
     op = HessianOperator(model, loss_fn, batches, params=params, backend=backend,
                          reuse_graph=reuse_graph)
     try:
-        solver = lanczos if method == "lanczos" else power_iteration
-        return solver(op, max_hvp=max_hvp, tol=float(tol), seed=seed)
+        return _solve(op, method, max_hvp, float(tol), seed, start, warm_mix)
     finally:
         op.release()
+
+
+class WarmStartEigenvalue:
+    """The eigenvalue function of a training loop: warm starts and the first-check self-tests.
+
+    Called as ``f(model, loss_fn, batches, *, seed)`` (the :class:`~hessbatch.deep.Trainer`'s
+    ``eigenvalue_fn`` signature), it returns :func:`top_eigenvalue`'s :class:`EigenResult` and
+    keeps the result's eigenvector, so that the next check starts from it, mixed with a random
+    vector from ``seed``: ``v0 = (u + warm_mix r) / |u + warm_mix r|``. The top eigenvector moves
+    little between checks, so fewer products reach the stopping rule; the random part keeps a
+    new top direction reachable. The kept vector is part of :meth:`state_dict` (the trainer
+    stores it in its checkpoints), so a resumed run is the uninterrupted one.
+
+    On its first call it also runs the self-tests of :mod:`hessbatch.deep._selftest` (unless
+    ``hvp_check="off"``): the loss must be a mean over its batch
+    (:func:`~hessbatch.deep.check_mean_loss`, an error), and one exact product must agree with a
+    finite difference of gradients (:func:`~hessbatch.deep.check_hvp`: an
+    :class:`~hessbatch.deep.HVPCheckError`, or a warning with ``hvp_check="warn"``).
+
+    Args:
+        params: ``None`` (all parameters that require grad) or a callable ``model -> list`` of
+            parameters (a block), or a fixed list.
+        method, max_hvp, tol, backend: as for :func:`top_eigenvalue`.
+        warm_start: start from the previous eigenvector (default True); False: every check
+            starts cold, from the random vector of its seed (the paper's solver).
+        warm_mix: weight of the random part (>= 0, default 0.1).
+        hvp_check: ``"error"`` (default), ``"warn"`` or ``"off"``.
+
+    A kept vector whose shapes do not match the parameters of the call (another model or
+    block) is not used: that check starts cold.
+
+    Attributes:
+        vector: the last eigenvector (one tensor per parameter), or None.
+        checked: whether the self-tests have run.
+
+    Raises:
+        ValueError, TypeError: bad options (named).
+    """
+
+    STATE_FORMAT = "hessbatch.deep.warm_start"
+
+    def __init__(self, *, params=None, method: str = "lanczos", max_hvp: int = 10,
+                 tol: float = 1e-2, backend: str = "double_backprop", warm_start: bool = True,
+                 warm_mix: float = 0.1, hvp_check: str = "error") -> None:
+        _check_options(method, max_hvp, tol, 0)
+        if not isinstance(warm_start, bool):
+            raise TypeError(f"warm_start must be a bool, got {type(warm_start).__name__}")
+        if isinstance(warm_mix, bool) or not isinstance(warm_mix, (int, float)) or \
+                not math.isfinite(warm_mix) or warm_mix < 0:
+            raise ValueError(f"warm_mix must be a finite number >= 0, got {warm_mix!r}")
+        if hvp_check not in ("error", "warn", "off"):
+            raise ValueError(f"hvp_check must be 'error', 'warn' or 'off', got {hvp_check!r}")
+        self.params, self.method, self.max_hvp, self.tol = params, method, max_hvp, float(tol)
+        self.backend, self.warm_start, self.warm_mix = backend, warm_start, float(warm_mix)
+        self.hvp_check = hvp_check
+        self.vector: list | None = None
+        self.checked = False
+
+    def _params(self, model: nn.Module):
+        return self.params(model) if callable(self.params) else self.params
+
+    def __call__(self, model: nn.Module, loss_fn: LossFn, batches: Sequence[Batch], *,
+                 seed: int) -> EigenResult:
+        params = self._params(model)
+        if not self.checked and self.hvp_check != "off":
+            from ._selftest import check_hvp, check_mean_loss
+            check_mean_loss(model, loss_fn, batches[0])
+            if self.backend.replace("-", "_") != "finite_difference":
+                check_hvp(model, loss_fn, batches, params=params, seed=seed,
+                          on_fail="error" if self.hvp_check == "error" else "warn")
+        self.checked = True
+        start = self.vector if self.warm_start else None
+        if start is not None:
+            like = params if params is not None else [p for p in model.parameters()
+                                                      if p.requires_grad]
+            if [t.shape for t in start] != [p.shape for p in like]:
+                start = None  # another model or block: nothing to warm-start from
+        result = top_eigenvalue(model, loss_fn, batches, params=params, method=self.method,
+                                max_hvp=self.max_hvp, tol=self.tol, seed=seed,
+                                backend=self.backend, start=start, warm_mix=self.warm_mix)
+        if math.isfinite(result.value) and all(bool(torch.isfinite(t).all())
+                                               for t in result.vector):
+            self.vector = result.vector
+        return result
+
+    def state_dict(self) -> dict:
+        """The kept eigenvector (CPU tensors) and whether the self-tests have run."""
+        return {"format": self.STATE_FORMAT, "version": 1, "checked": self.checked,
+                "vector": None if self.vector is None else [t.detach().cpu().clone()
+                                                            for t in self.vector]}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore a :meth:`state_dict` (the vector goes to the device at the next call).
+
+        Raises:
+            ValueError: not a warm-start state.
+        """
+        if not isinstance(state, dict) or state.get("format") != self.STATE_FORMAT:
+            raise ValueError(f"not a warm-start state (expected format {self.STATE_FORMAT!r})")
+        self.checked = bool(state["checked"])
+        self.vector = None if state["vector"] is None else list(state["vector"])

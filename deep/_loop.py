@@ -274,7 +274,8 @@ class LoopAdapter:
                  collate_fn: Callable[[list], Any] = default_collate,
                  hessian_batch_size: int = 128,
                  eigenvalue_fn: Callable[..., Any] | None = None, eig_method: str = "lanczos",
-                 max_hvp: int = 10, eig_tol: float = 1e-2,
+                 max_hvp: int = 10, eig_tol: float = 1e-2, warm_start: bool = False,
+                 hvp_check: str = "error",
                  adversary: str | Callable[..., torch.Tensor] = "fgsm",
                  input_range: tuple[float, float] = (0.0, 1.0),
                  compute_eigenvalues: bool = True,
@@ -334,7 +335,12 @@ class LoopAdapter:
         self.hessian_batch_size, self.eig_method = hessian_batch_size, eig_method
         self.max_hvp, self.eig_tol = max_hvp, float(eig_tol)
         self.adversary, self.input_range = adversary, (low, high)
-        self.eigenvalue_fn = eigenvalue_fn or self._default_eigenvalue
+        if eigenvalue_fn is None:  # as the Trainer's: warm starts, first-check self-tests
+            from ._eigen import WarmStartEigenvalue
+            eigenvalue_fn = WarmStartEigenvalue(method=eig_method, max_hvp=max_hvp,
+                                                tol=float(eig_tol), warm_start=warm_start,
+                                                hvp_check=hvp_check)
+        self.eigenvalue_fn = eigenvalue_fn
         self.compute_eigenvalues = bool(compute_eigenvalues)
         # Events reported to the core, in order, as Trainer.events: ("step", n),
         # ("eigenvalue", lam), ("skip", None), ("end_epoch", None). Not checkpointed.
@@ -557,8 +563,11 @@ class LoopAdapter:
             raise RuntimeError(
                 f"state_dict() in the middle of a logical batch ({self._done} of {self._n} "
                 "samples accumulated; the gradient is not saved): save after adapter.step()")
-        return {"format": LOOP_STATE_FORMAT, "version": LOOP_STATE_VERSION,
-                "scheduler": self.scheduler.state_dict(), "sampler": self.sampler.state_dict()}
+        out = {"format": LOOP_STATE_FORMAT, "version": LOOP_STATE_VERSION,
+               "scheduler": self.scheduler.state_dict(), "sampler": self.sampler.state_dict()}
+        if hasattr(self.eigenvalue_fn, "state_dict"):  # e.g. the warm-start vector
+            out["eigenvalue_fn"] = self.eigenvalue_fn.state_dict()
+        return out
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore a :meth:`state_dict`; the next DataLoader pass continues the saved epoch.
@@ -575,5 +584,7 @@ class LoopAdapter:
                              f"(this hessbatch reads {LOOP_STATE_VERSION})")
         self.scheduler.load_state_dict(state["scheduler"])
         self.sampler.load_state_dict(state["sampler"])
+        if "eigenvalue_fn" in state and hasattr(self.eigenvalue_fn, "load_state_dict"):
+            self.eigenvalue_fn.load_state_dict(state["eigenvalue_fn"])
         self._n = self._done = 0
         self._set_lr()

@@ -161,6 +161,12 @@ class EpochMetrics:
         """Plain JSON-able dict."""
         return dataclasses.asdict(self)
 
+    @property
+    def hvps_per_check(self) -> float | None:
+        """Mean Hessian-vector products per eigenvalue check of the epoch (None: no check)."""
+        checks = len(self.eigenvalues) + self.eigenvalues_skipped
+        return self.hvps / checks if checks else None
+
 
 @dataclass
 class _EpochAccumulator:
@@ -266,6 +272,13 @@ class Trainer:
             above ``len(train_data)`` the whole training set is used (``hessbatch train``
             refuses such a value, or lowers its default with a recorded note).
         eig_method, max_hvp, eig_tol: options of the default eigenvalue function.
+        warm_start, hvp_check: options of the default eigenvalue function,
+            :class:`hessbatch.deep.WarmStartEigenvalue` (``warm_start=True``: each check starts
+            from the previous eigenvector; off by default until the MNIST-5k benchmark shows
+            it keeps the accuracy contract, see docs/deep_curvature.md; the first check
+            self-tests the loss and the HVP). Its state (the kept
+            vector) is saved in checkpoints, like that of any ``eigenvalue_fn`` with
+            ``state_dict``/``load_state_dict``.
         adversary: ``"fgsm"`` (ABSA), ``"random"`` (random signs of the same size: the
             reviewers' ablation) or a callable ``f(model, loss_fn, x, y, eps) -> x_adv``.
         input_range: ``(low, high)`` that adversarial inputs are clipped to.
@@ -288,7 +301,7 @@ class Trainer:
                  test_data: Dataset | None = None,
                  eigenvalue_fn: Callable[..., Any] | None = None,
                  hessian_batch_size: int = 128, eig_method: str = "lanczos", max_hvp: int = 10,
-                 eig_tol: float = 1e-2,
+                 eig_tol: float = 1e-2, warm_start: bool = False, hvp_check: str = "error",
                  adversary: str | Callable[..., torch.Tensor] = "fgsm",
                  input_range: tuple[float, float] = (0.0, 1.0), last_batch: str = "step",
                  eval_batch_size: int = 1024, seed: int = 0):
@@ -347,7 +360,9 @@ class Trainer:
         self.eig_method, self.max_hvp, self.eig_tol = eig_method, max_hvp, float(eig_tol)
         self.adversary, self.input_range, self.last_batch = adversary, (low, high), last_batch
         self.seed = seed
-        self.eigenvalue_fn = eigenvalue_fn or self._default_eigenvalue
+        if eigenvalue_fn is None:
+            eigenvalue_fn = self._make_default_eigenvalue(warm_start, hvp_check)
+        self.eigenvalue_fn = eigenvalue_fn
         self.generator = torch.Generator().manual_seed(seed)
         self.history: list[EpochMetrics] = []
         # One record per update: (samples n, B decided, lr applied, micro-batches run,
@@ -412,6 +427,14 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------------
     # the pieces of one update
+
+    def _make_default_eigenvalue(self, warm_start: bool, hvp_check: str) -> Callable[..., Any]:
+        # Warm starts and the first-check self-tests (issue 11). The data-parallel trainer
+        # returns its own collective eigenvalue instead (every rank on the global Hessian).
+        from ._eigen import WarmStartEigenvalue
+        return WarmStartEigenvalue(method=self.eig_method, max_hvp=self.max_hvp,
+                                   tol=self.eig_tol, warm_start=warm_start,
+                                   hvp_check=hvp_check)
 
     def _default_eigenvalue(self, model, loss_fn, batches, *, seed):
         from . import top_eigenvalue  # the curvature module; imported late on purpose
@@ -680,6 +703,8 @@ class Trainer:
             "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
             "history": [m.to_dict() for m in self.history], "seed": self.seed,
         }
+        if hasattr(self.eigenvalue_fn, "state_dict"):  # e.g. the warm-start vector
+            out["eigenvalue_fn"] = self.eigenvalue_fn.state_dict()
         if torch.cuda.is_available() and self.device.type == "cuda":
             out["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         return out
@@ -720,6 +745,8 @@ class Trainer:
         if "cuda_rng" in state and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda_rng"], self.device)
         self.history = [EpochMetrics(**m) for m in state["history"]]
+        if "eigenvalue_fn" in state and hasattr(self.eigenvalue_fn, "load_state_dict"):
+            self.eigenvalue_fn.load_state_dict(state["eigenvalue_fn"])
 
     def checkpoint_bytes(self, extra: Mapping[str, Any] | None = None) -> bytes:
         """The checkpoint file's content: :meth:`state_dict`, ``extra`` and their checksum.

@@ -114,6 +114,14 @@ class HessbatchCallback(Callback):
         self.scheduler = _as_scheduler(scheduler)
         self.sampler = AdaptiveBatchSampler(self.scheduler, seed=seed)
         self.loss_fn = loss_fn
+        if adapter_options.get("eigenvalue_fn") is None:
+            # Kept here, not in the adapter (made at fit start), so that its warm-start vector
+            # is in the callback's checkpoint state and survives a resume.
+            from ._eigen import WarmStartEigenvalue
+            adapter_options["eigenvalue_fn"] = WarmStartEigenvalue(
+                method=adapter_options.get("eig_method", "lanczos"),
+                max_hvp=adapter_options.get("max_hvp", 10),
+                tol=float(adapter_options.get("eig_tol", 1e-2)), warm_start=False)
         self.adapter_options = adapter_options
         self.adapter: LoopAdapter | None = None
         self.events: list[tuple[str, Any]] = []
@@ -241,8 +249,12 @@ class HessbatchCallback(Callback):
                 "cannot be saved), e.g. by val_check_interval or ModelCheckpoint("
                 "train_time_interval=...): checkpoint at epoch ends or with "
                 "ModelCheckpoint(every_n_train_steps=...), which saves after an update")
-        return {"format": LOOP_STATE_FORMAT, "version": LOOP_STATE_VERSION,
-                "scheduler": self.scheduler.state_dict(), "sampler": self.sampler.state_dict()}
+        out = {"format": LOOP_STATE_FORMAT, "version": LOOP_STATE_VERSION,
+               "scheduler": self.scheduler.state_dict(), "sampler": self.sampler.state_dict()}
+        eig = self.adapter_options.get("eigenvalue_fn")
+        if hasattr(eig, "state_dict"):  # the warm-start vector
+            out["eigenvalue_fn"] = eig.state_dict()
+        return out
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict` (Lightning calls it when ``fit(ckpt_path=...)``)."""
@@ -253,6 +265,9 @@ class HessbatchCallback(Callback):
                              f"{state_dict.get('version')!r})")
         self.scheduler.load_state_dict(state_dict["scheduler"])
         self.sampler.load_state_dict(state_dict["sampler"])
+        eig = self.adapter_options.get("eigenvalue_fn")
+        if "eigenvalue_fn" in state_dict and hasattr(eig, "load_state_dict"):
+            eig.load_state_dict(state_dict["eigenvalue_fn"])
         if self.adapter is not None:
             self.adapter.load_state_dict(state_dict)
 

@@ -319,3 +319,27 @@ def test_model_input_errors(ds, models):
         m.fgsm(np.zeros(117), float("nan"))
     with pytest.raises(ValueError, match="shape"):
         m.accuracy(np.zeros(117), np.zeros((2, 5)), np.zeros(2))
+
+
+def test_warm_start_in_the_convex_backend(models):
+    """The core's warm start from the NumPy side: from the exact eigenvector the solver needs
+    fewer products than cold, and from the second one it still finds the top (exact checks)."""
+    from hessbatch.convex import make_eigenvalue_fn
+    m = models["numba"]
+    th = _theta(3, scale=1.0)
+    w, V = np.linalg.eigh(m.hessian(th))
+    cold = m.top_eigenvalue(th, method="lanczos", tol=1e-8, max_iter=117, seed=0)
+    warm = m.top_eigenvalue(th, method="lanczos", tol=1e-8, max_iter=117, seed=0,
+                            start=V[:, -1], warm_mix=1e-3)
+    assert warm.value == pytest.approx(w[-1], rel=1e-8)
+    assert warm.n_matvec < cold.n_matvec
+    other = m.top_eigenvalue(th, method="lanczos", tol=1e-10, max_iter=117, seed=0,
+                             start=V[:, -2])
+    assert other.value == pytest.approx(w[-1], rel=1e-8)
+    with pytest.raises(ValueError, match="start must be a vector of shape"):
+        m.top_eigenvalue(th, start=np.ones(3))
+    f_warm = make_eigenvalue_fn(m, method="lanczos", tol=1e-6, warm_start=True)
+    f_cold = make_eigenvalue_fn(m, method="lanczos", tol=1e-6)
+    a = [f_warm(th).n_matvec for _ in range(3)]
+    b = [f_cold(th).n_matvec for _ in range(3)]
+    assert sum(a[1:]) < sum(b[1:])       # same theta: the kept vector is the answer

@@ -125,3 +125,22 @@ def test_progress_line_goes_to_stderr(tmp_path, capsys):
     lines = [ln for ln in captured.err.splitlines() if re.search(r"\d+\.\d%", ln)]
     assert 2 <= len(lines) <= 11 and re.search(r"100\.0%", lines[-1])
     assert "\r" not in captured.err and "% [" not in captured.out and "100.0%" not in captured.out
+
+
+def test_eig_self_test_and_finite_difference_option(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _train(tmp_path, "--method", "bl", "--epochs", "1", "--out", str(out)) == 0
+    capsys.readouterr()
+    ck = str(out / "checkpoint.pt")
+    common = ["eig", ck, "--hessian-batch", "50", "--max-hvp", "30", "--tol", "1e-8"]
+    assert main(common) == 0
+    cap = capsys.readouterr()
+    assert "HVP self-test" in cap.err and "FAILED" not in cap.err
+    exact = float(cap.out.strip().splitlines()[-1].split()[-1])
+    assert main(common + ["--hvp", "finite-difference"]) == 0
+    cap = capsys.readouterr()
+    fd = float(cap.out.strip().splitlines()[-1].split()[-1])
+    assert "HVP self-test" not in cap.err           # nothing to compare against
+    assert abs(fd - exact) <= 1e-4 * exact          # float64 finite differences
+    assert main(common + ["--hvp-check", "off"]) == 0
+    assert "HVP self-test" not in capsys.readouterr().err

@@ -1,0 +1,120 @@
+"""Warm vs cold starts of the eigenvalue solver in an ABS run on MNIST-5k (issue 11).
+
+Runs the MNIST-5k ABS recipe of docs/results.md (small CNN, ReLU, SGD momentum 0.9, weight decay
+5e-4, 20 epochs, lr 0.05 at B0 = 128 decayed by 0.2 after epochs 10 and 15, B_max 2048, a check
+every 2000 samples, Hessian batch 128, Lanczos, at most 10 HVPs, tol 1e-2) twice per seed: with
+the default warm start and with ``warm_start=False`` (a cold random start at every check, as
+before). At every check it also computes a reference eigenvalue on the same Hessian batch
+(Lanczos, 40 products, no early stop, cold start) to measure each solver's error.
+
+Run:  python benchmarks/bench_warm_start.py [--seeds 0] [--epochs 20] [--out runs/warm_start]
+
+Prints a Markdown table (mean HVPs per check, error against the reference, time in the
+eigenvalues, final accuracy, updates) and writes one JSON file per run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from hessbatch import Scheduler, SchedulerConfig
+from hessbatch.deep import Trainer, WarmStartEigenvalue, load_data, make_model, top_eigenvalue
+
+
+class Recorder:
+    """Wraps the trainer's eigenvalue function; records each check and a reference value."""
+
+    def __init__(self, inner: WarmStartEigenvalue, ref_hvp: int):
+        self.inner, self.ref_hvp, self.rows = inner, ref_hvp, []
+
+    def __call__(self, model, loss_fn, batches, *, seed):
+        t0 = time.perf_counter()
+        r = self.inner(model, loss_fn, batches, seed=seed)
+        dt = time.perf_counter() - t0
+        ref = top_eigenvalue(model, loss_fn, batches, max_hvp=self.ref_hvp, tol=0.0,
+                             seed=seed + 1)
+        self.rows.append({"value": r.value, "n_hvp": r.n_hvp, "converged": r.converged,
+                          "warm": r.warm, "reference": ref.value, "time": dt,
+                          "history": list(r.history), "residuals": list(r.residuals)})
+        return r
+
+    def state_dict(self):
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state):
+        self.inner.load_state_dict(state)
+
+
+def one_run(seed: int, warm: bool, epochs: int, ref_hvp: int) -> dict:
+    torch.manual_seed(seed)
+    bundle = load_data("mnist5k", seed=seed, test_fraction=0.2, default_shape=(1, 28, 28))
+    torch.manual_seed(seed)
+    model = make_model("cnn", bundle.input_shape, bundle.num_classes, activation="relu",
+                       width=None)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    cfg = SchedulerConfig(method="abs", lr=0.05, batch_size=128, max_batch_size=2048,
+                          samples_per_epoch=len(bundle.train), epochs=epochs,
+                          lr_decay_epochs=tuple(e for e in (10, 15) if e <= epochs),
+                          lr_decay_factor=0.2, check_every=2000)
+    rec = Recorder(WarmStartEigenvalue(warm_start=warm), ref_hvp)
+    tr = Trainer(model, opt, F.cross_entropy, bundle.train, Scheduler(cfg),
+                 test_data=bundle.test, eigenvalue_fn=rec, hessian_batch_size=128, seed=seed)
+    t0 = time.perf_counter()
+    hist = tr.run()
+    return {"seed": seed, "warm": warm, "checks": rec.rows, "wall": time.perf_counter() - t0,
+            "accuracy": hist[-1].test_accuracy, "updates": hist[-1].updates,
+            "final_batch": hist[-1].batch_size}
+
+
+def summary(run: dict) -> dict:
+    rows = run["checks"]
+    err = [abs(r["value"] - r["reference"]) / abs(r["reference"]) for r in rows]
+    return {"checks": len(rows), "hvps": statistics.mean(r["n_hvp"] for r in rows),
+            "median_err": statistics.median(err), "max_err": max(err),
+            "within_1e-2": sum(e <= 1e-2 for e in err) / len(err),
+            "eig_time": sum(r["time"] for r in rows), "accuracy": run["accuracy"],
+            "updates": run["updates"], "final_batch": run["final_batch"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
+    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--ref-hvp", type=int, default=40)
+    ap.add_argument("--mode", choices=("both", "warm", "cold"), default="both")
+    ap.add_argument("--out", type=Path, default=Path("runs/warm_start"))
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    args.out.mkdir(parents=True, exist_ok=True)
+    modes = [True, False] if args.mode == "both" else [args.mode == "warm"]
+    print(f"machine: {platform.processor() or platform.machine()}, torch "
+          f"{torch.__version__}, 1 thread")
+    print(f"command: python benchmarks/bench_warm_start.py --seeds {args.seeds} "
+          f"--epochs {args.epochs} --ref-hvp {args.ref_hvp}")
+    print("| seed | start | checks | mean HVPs/check | median rel. err | max rel. err | "
+          "within 1e-2 | eig. time (s) | test acc. | updates |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        for warm in modes:
+            path = args.out / f"seed{seed}_{'warm' if warm else 'cold'}.json"
+            if path.is_file():
+                run = json.loads(path.read_text())
+            else:
+                run = one_run(seed, warm, args.epochs, args.ref_hvp)
+                path.write_text(json.dumps(run))
+            s = summary(run)
+            print(f"| {seed} | {'warm' if warm else 'cold'} | {s['checks']} | {s['hvps']:.2f} | "
+                  f"{s['median_err']:.1e} | {s['max_err']:.1e} | {100 * s['within_1e-2']:.0f}% | "
+                  f"{s['eig_time']:.1f} | {s['accuracy']:.4f} | {s['updates']} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
