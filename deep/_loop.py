@@ -53,6 +53,7 @@ from torch import nn
 from torch.utils.data import Dataset, Sampler, default_collate
 
 from hessbatch import Decision, Scheduler, SchedulerConfig, SchedulerError
+from ._trainer import call_eigenvalue_fn  # the one eigenvalue call of every loop
 
 __all__ = ["AdaptiveBatchSampler", "LoopAdapter", "LOOP_STATE_FORMAT", "LOOP_STATE_VERSION"]
 
@@ -492,14 +493,8 @@ class LoopAdapter:
         if not d.eigenvalue_due:
             raise SchedulerError("compute_eigenvalue: no eigenvalue is due")
         batches = self.hessian_batches()
-        seed = int(torch.randint(2 ** 31 - 1, (1,), generator=self.generator))
-        try:
-            result = self.eigenvalue_fn(self.model, self.loss_fn, batches, seed=seed)
-        except ValueError as exc:
-            diverged = any(not bool(torch.isfinite(p).all()) for p in self.model.parameters())
-            if not (diverged or "finite" in str(exc)):
-                raise
-            result = math.nan
+        result = call_eigenvalue_fn(self.eigenvalue_fn, self.model, self.loss_fn, batches,
+                                    self.generator)
         return self.report_eigenvalue(getattr(result, "value", result))
 
     def report_eigenvalue(self, value: float) -> Decision:

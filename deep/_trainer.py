@@ -248,6 +248,27 @@ def _check_finite_gradients(trainer: "Trainer") -> None:
                                              f"{len(grads)} parameter tensors")
 
 
+
+def call_eigenvalue_fn(eigenvalue_fn: Callable[..., Any], model: nn.Module,
+                       loss_fn: Callable[..., Any], batches: list[Any],
+                       generator: torch.Generator) -> Any:
+    """One eigenvalue check as every training loop here makes it: a solver seed drawn from
+    ``generator``, then ``eigenvalue_fn(model, loss_fn, batches, seed=seed)``.
+
+    A diverged run (non-finite weights or loss) has no eigenvalue: its ``ValueError`` becomes
+    NaN, which the core refuses, so the check is skipped like a non-finite value. Any other
+    error is a real one and propagates.
+    """
+    seed = int(torch.randint(2 ** 31 - 1, (1,), generator=generator))
+    try:
+        return eigenvalue_fn(model, loss_fn, batches, seed=seed)
+    except ValueError as exc:
+        diverged = any(not bool(torch.isfinite(p).all()) for p in model.parameters())
+        if not (diverged or "finite" in str(exc)):
+            raise
+        return math.nan
+
+
 class Trainer:
     """Train ``model`` with the decisions of a :class:`hessbatch.Scheduler`.
 
@@ -532,16 +553,8 @@ class Trainer:
         self._sync()
         t0 = time.perf_counter()
         batches = self._hessian_batches(d.micro_batch_size)
-        seed = int(torch.randint(2 ** 31 - 1, (1,), generator=self.generator))
-        try:
-            result = self.eigenvalue_fn(self.model, self.loss_fn, batches, seed=seed)
-        except ValueError as exc:
-            # A diverged run (non-finite weights or loss) has no eigenvalue: skip the check
-            # like a non-finite value. Any other error is a real one.
-            diverged = any(not bool(torch.isfinite(p).all()) for p in self.model.parameters())
-            if not (diverged or "finite" in str(exc)):
-                raise
-            result = math.nan
+        result = call_eigenvalue_fn(self.eigenvalue_fn, self.model, self.loss_fn, batches,
+                                    self.generator)
         value = getattr(result, "value", result)
         acc.hvps += int(getattr(result, "n_hvp", 0) or 0)
         try:

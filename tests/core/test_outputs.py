@@ -6,7 +6,6 @@ Standard library only (the core's tests never import torch or numpy).
 from __future__ import annotations
 
 import errno
-import os
 
 import pytest
 
@@ -69,18 +68,11 @@ def test_write_files_replaces_the_whole_set(tmp_path):
 
 
 @pytest.mark.parametrize("fail_on", [1, 2])
-def test_disk_full_replaces_nothing_and_leaves_no_tmp(tmp_path, monkeypatch, fail_on):
+def test_disk_full_replaces_nothing_and_leaves_no_tmp(tmp_path, monkeypatch, fail_on,
+                                                      full_disk_at):
     out = tmp_path / "o"
     write_files(out, {"results.json": "old results", "curves.csv": "old curves"})
-    calls = {"n": 0}
-    real = os.fsync
-
-    def fsync(fd):
-        calls["n"] += 1
-        if calls["n"] == fail_on:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real(fd)
-    monkeypatch.setattr(_outputs.os, "fsync", fsync)
+    full_disk_at(monkeypatch, fail_on)
     with pytest.raises(OSError) as info:
         write_files(out, {"results.json": "new results", "curves.csv": "new curves"})
     msg = str(info.value)
