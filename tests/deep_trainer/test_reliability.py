@@ -469,3 +469,25 @@ def test_a_crafted_cifar_pickle_runs_no_code(tmp_path):
     with pytest.raises(ValueError, match="refused global (posix|os|nt).system"):
         load_cifar10(tmp_path, train=False)
     assert not marker.exists()
+
+
+def test_train_exposes_warm_start_and_the_hvp_self_test(tmp_path, capsys):
+    # --warm-start and --hvp-check reach the trainer's eigenvalue function, are recorded in the
+    # checkpoint's spec, and a resume with another value is refused by name
+    from hessbatch.cli import main as cli
+    from hessbatch.deep import load_checkpoint
+    base = ["train", "--model", "mlp", "--width", "4", "--data", "synthetic:96:1x6x6",
+            "--batch-size", "8", "--max-batch", "16", "--hessian-batch", "16", "--max-hvp", "4",
+            "--method", "abs", "--check-every", "48", "--epochs", "1", "--quiet",
+            "--threads", "1"]
+    assert cli([*base, "--warm-start", "--hvp-check", "warn", "--out", str(tmp_path / "w")]) == 0
+    st = load_checkpoint(tmp_path / "w" / "checkpoint.pt")
+    spec = st["extra"]["spec"]
+    assert spec["warm_start"] is True and spec["hvp_check"] == "warn"
+    assert st["eigenvalue_fn"]["vector"] is not None       # the kept eigenvector, checkpointed
+    assert cli(["train", "--resume", str(tmp_path / "w" / "checkpoint.pt"), "--hvp-check",
+                "off", "--epochs", "2", "--quiet"]) == 2
+    assert "--hvp-check 'off' (checkpoint: 'warn')" in capsys.readouterr().err
+    assert cli([*base, "--out", str(tmp_path / "c")]) == 0
+    spec = load_checkpoint(tmp_path / "c" / "checkpoint.pt")["extra"]["spec"]
+    assert spec["warm_start"] is False and spec["hvp_check"] == "error"
