@@ -78,6 +78,9 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     """Every option of ``hessbatch train`` except the per-run ones, plus the study's."""
     parser.conflict_handler = "resolve"   # the study replaces some of train's options
     _cli_train.build_parser(parser)
+    for action in parser._actions:    # train's help for --epochs talks about --resume
+        if action.dest == "epochs":
+            action.help = "epochs to train every run (default 10)"
     hidden = parser.add_argument_group()   # created after: inherits "resolve"
     for flag in _RENAMED:
         hidden.add_argument(flag, action=_Renamed, nargs="?", help=argparse.SUPPRESS)

@@ -183,6 +183,9 @@ def interpolate(model: nn.Module, state_a: Mapping[str, torch.Tensor],
     if set(state_a) != set(state_b) or any(state_a[k].shape != state_b[k].shape
                                            for k in state_a):
         raise ValueError("interpolate needs two states of the same architecture")
+    # copies: a state may share storage with the model (model.state_dict() does)
+    state_a = {k: v.detach().clone() for k, v in state_a.items()}
+    state_b = {k: v.detach().clone() for k, v in state_b.items()}
     saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
     out: dict[str, list[float]] = {"lambda": [float(v) for v in lambdas]}
     try:
