@@ -112,7 +112,6 @@ def test_relu_input_hessian_is_psd_and_is_the_gauss_newton_term(seed, scale, kin
     y = torch.randint(model.num_classes, (3,), generator=g)
     h = input_hessian_dense(model, x, y)
     ev = torch.linalg.eigvalsh(h)
-    assert (ev[:, -1] > 0).all()                       # not a dead network
     assert (ev[:, 0] >= -1e-10 * ev.abs().amax(dim=1).clamp_min(1e-300)).all(), ev[:, 0]
     model.eval()
     for i in range(3):
@@ -145,6 +144,7 @@ def test_lanczos_extremes_match_eigvalsh(act):
     ev = torch.linalg.eigvalsh(input_hessian_dense(model, x, y))
     top, bottom = input_hessian_extremes(model, x, y, steps=16, seed=3)
     scale = ev.abs().amax(dim=1)
+    assert (ev[:, -1] > 1e-5).all()                   # a curved case, not a dead network
     assert ((top - ev[:, -1]).abs() <= 1e-8 * scale).all()
     assert ((bottom - ev[:, 0]).abs() <= 1e-8 * scale).all()
     # a few steps already bracket the spectrum from inside (Ritz values interlace)
