@@ -17,3 +17,9 @@ from ._hvp import HessianOperator, hessian_vector_product
 # The Lightning callback lives in hessbatch.deep.lightning (extra [lightning]); never imported here.
 from ._loop import AdaptiveBatchSampler, LoopAdapter
 # --- end integrations block ---
+
+# --- the precursor study: spectrum, trace, robustness (owner: study, issue 13) ---
+from ._robustness import attack_accuracy, interpolate, loss_along, pgd
+from ._spectrum import (DatasetHessian, SpectrumResult, TraceResult, hutchinson_trace,
+                        input_hessian_extremes, top_k_eigenvalues)
+# --- end study block ---

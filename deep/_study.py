@@ -291,6 +291,10 @@ def run_study(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
             continue
         t0 = time.perf_counter()
         ns = _run_namespace(args, act, method, batch, seed)
+        if method in ("abs", "absa") and batch >= ns.max_batch_size:
+            _log(f"{label}: warning: B = {batch} is already --max-batch, so {method} never "
+                 "checks an eigenvalue nor uses an adversary: this run is bl; raise "
+                 "--max-batch to study it", args.quiet)
         model, bundle, trainer = train_run(ns, run_dir, device, label, args.quiet)
         t_train = time.perf_counter() - t0
         _log(f"{label}: trained in {t_train:.0f} s, test accuracy "
