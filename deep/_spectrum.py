@@ -107,6 +107,8 @@ class DatasetHessian:
         self.n_hvp = 0
         #: passes over the data set so far (one per matmat)
         self.n_passes = 0
+        #: called as ``on_pass(self)`` after every pass (progress display); None: nothing
+        self.on_pass: Callable[["DatasetHessian"], None] | None = None
 
     def matmat(self, block: torch.Tensor) -> torch.Tensor:
         """``H V`` for ``V`` a ``dim x p`` matrix (flat parameter vectors as columns).
@@ -131,6 +133,8 @@ class DatasetHessian:
                 op.release()
         self.n_hvp += block.shape[1]
         self.n_passes += 1
+        if self.on_pass is not None:
+            self.on_pass(self)
         return out
 
     def matvec(self, vector: torch.Tensor) -> torch.Tensor:
