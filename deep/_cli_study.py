@@ -132,7 +132,8 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
                    help="Lanczos steps per input Hessian (default %(default)s)")
     g.add_argument("--lambdas", type=_float_list,
                    default=tuple(round(-0.5 + 0.1 * i, 10) for i in range(21)),
-                   help="interpolation points, small batch (0) to large (1) "
+                   help="interpolation points, small batch (0) to large (1); write "
+                        "--lambdas=-0.5,... with '=' since the list starts with a minus "
                         "(default -0.5,-0.4,...,1.5)")
     g.add_argument("--measure-dtype", choices=("float64", "float32"), default="float64",
                    help="precision of the measurements (default %(default)s)")
