@@ -84,7 +84,7 @@ def test_tiny_study_end_to_end(tmp_path, capsys):
 
 
 def test_an_interrupted_study_resumes_to_the_same_numbers(tmp_path, monkeypatch):
-    args = [a for a in TINY]
+    args = [a for a in TINY] + ["--hessian-samples", "50"]
     args[args.index("relu,softplus")] = "relu"
     ref = tmp_path / "ref"
     assert main(["study", *args, "--out", str(ref)]) == 0
@@ -109,6 +109,7 @@ def test_an_interrupted_study_resumes_to_the_same_numbers(tmp_path, monkeypatch)
     assert main(["study", *args, "--out", str(out)]) == 0
     a = json.loads((ref / "results.json").read_text())
     b = json.loads((out / "results.json").read_text())
+    assert all(r["spectrum"]["hessian_samples"] == 50 for r in a["runs"])
     strip = ("times", "train_time", "measure_time")
     for ra, rb in zip(a["runs"], b["runs"]):
         assert {k: v for k, v in ra.items() if k not in strip} == \
