@@ -180,14 +180,15 @@ def measure(model: torch.nn.Module, train: tuple[torch.Tensor, torch.Tensor],
 
     xh, yh = _subset(xtr, ytr, opts["hessian_samples"], seed)
     op = DatasetHessian(m, F.cross_entropy, xh, yh, micro_batch=opts["hessian_micro_batch"])
-    stage = {"name": "top-k eigenvalues", "t": time.perf_counter(), "start": time.perf_counter()}
+    stage = {"name": "top-k eigenvalues", "t": time.perf_counter(), "start": time.perf_counter(),
+             "passes": 0, "hvps": 0}
 
     def on_pass(o: DatasetHessian) -> None:
         # a line every 10 s: one pass over a large training set can take seconds
         now = time.perf_counter()
         if now - stage["t"] >= 10:
-            log(f"{stage['name']}: {o.n_passes} passes over {o.n_samples} samples, "
-                f"{o.n_hvp} HVPs, {now - stage['start']:.0f} s")
+            log(f"{stage['name']}: {o.n_passes - stage['passes']} passes over {o.n_samples} "
+                f"samples, {o.n_hvp - stage['hvps']} HVPs, {now - stage['start']:.0f} s")
             stage["t"] = now
 
     op.on_pass = on_pass
@@ -200,7 +201,7 @@ def measure(model: torch.nn.Module, train: tuple[torch.Tensor, torch.Tensor],
         f"({spec.n_hvp} HVPs, {'converged' if spec.converged else 'NOT converged'})")
 
     t0 = time.perf_counter()
-    stage.update(name="trace", t=t0, start=t0)
+    stage.update(name="trace", t=t0, start=t0, passes=op.n_passes, hvps=op.n_hvp)
     tr = hutchinson_trace(op, opts["trace_probes"], seed=seed + 1)
     out["trace"] = tr.to_dict()
     out["times"]["trace"] = time.perf_counter() - t0
