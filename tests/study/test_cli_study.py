@@ -163,3 +163,26 @@ def test_the_python_example_of_docs_study_runs():
     assert len(ns["spec"].values) == 5 and ns["spec"].converged
     assert ns["tr"].stderr > 0 and ns["top"].shape == (32,)
     assert (ns["bottom"] >= -1e-8 * ns["top"].abs()).all()     # ReLU: PSD
+
+
+def test_measure_in_float32_uses_its_own_rounding_threshold():
+    import torch
+
+    from hessbatch.deep import MLP
+    from hessbatch.deep._study import measure
+
+    torch.manual_seed(0)
+    model = MLP((1, 6, 6), 4, hidden=(16,), activation="relu")
+    x, y = torch.rand(80, 1, 6, 6), torch.randint(4, (80,))
+    opts = {"top_k": 2, "eig_tol_study": 1e-3, "eig_max_hvp": 60, "trace_probes": 4,
+            "hessian_samples": 0, "hessian_micro_batch": 32, "eps": [0.0, 0.1], "pgd_steps": 2,
+            "attack_samples": 0, "landscape_radius": 0.5, "landscape_points": 3,
+            "input_samples": 8, "input_eps": 0.05, "input_steps": 10, "lambdas": [0.0],
+            "measure_dtype": "float32"}
+    r32 = measure(model, (x, y), (x, y), opts)
+    r64 = measure(model, (x, y), (x, y), dict(opts, measure_dtype="float64"))
+    assert r32["input_hessian"]["clean"]["negative_rtol"] == 1e-4
+    assert r32["input_hessian"]["clean"]["negative_fraction"] == 0     # ReLU: PSD
+    assert r64["input_hessian"]["clean"]["negative_fraction"] == 0
+    assert r32["spectrum"]["values"][0] == pytest.approx(r64["spectrum"]["values"][0], rel=1e-3)
+    assert next(model.parameters()).dtype == torch.float32           # the model is untouched
