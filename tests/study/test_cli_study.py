@@ -165,7 +165,7 @@ def test_the_python_example_of_docs_study_runs():
     assert (ns["bottom"] >= -1e-8 * ns["top"].abs()).all()     # ReLU: PSD
 
 
-def test_measure_in_float32_uses_its_own_rounding_threshold():
+def test_measure_in_float32_still_takes_the_input_hessian_in_float64():
     import torch
 
     from hessbatch.deep import MLP
@@ -181,7 +181,8 @@ def test_measure_in_float32_uses_its_own_rounding_threshold():
             "measure_dtype": "float32"}
     r32 = measure(model, (x, y), (x, y), opts)
     r64 = measure(model, (x, y), (x, y), dict(opts, measure_dtype="float64"))
-    assert r32["input_hessian"]["clean"]["negative_rtol"] == 1e-4
+    assert r32["input_hessian"]["clean"]["negative_rtol"] == 1e-8
+    assert r32["input_hessian"]["clean"]["bottom"] == r64["input_hessian"]["clean"]["bottom"]
     assert r32["input_hessian"]["clean"]["negative_fraction"] == 0     # ReLU: PSD
     assert r64["input_hessian"]["clean"]["negative_fraction"] == 0
     assert r32["spectrum"]["values"][0] == pytest.approx(r64["spectrum"]["values"][0], rel=1e-3)
