@@ -504,3 +504,26 @@ def input_hessian_dense(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> t
         for m, flag in modes:
             m.training = flag
     return torch.stack(cols, dim=2)
+
+
+def logit_jacobian_sq_norm(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``||d f(x_i) / d x_i||_F^2`` for each sample (one backward pass per class).
+
+    The scale of the terms of ``J^T (diag(p) - p p^T) J`` before they cancel: an input Hessian
+    eigenvalue is only known to about ``machine eps * ||J||_F^2`` in absolute terms, which can
+    exceed the top eigenvalue itself at a confident prediction (``diag(p) - p p^T`` near 0).
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with torch.enable_grad():
+            xr = x.detach().clone().requires_grad_(True)
+            out = model(xr)
+            total = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
+            for c in range(out.shape[1]):
+                (g,) = torch.autograd.grad(out[:, c].sum(), xr, retain_graph=True)
+                total += g.reshape(x.shape[0], -1).double().pow(2).sum(dim=1)
+    finally:
+        for m, flag in modes:
+            m.training = flag
+    return total.cpu()

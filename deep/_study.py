@@ -49,7 +49,7 @@ from ._cli_train import _SPEC_KEYS, build_from_spec
 from ._hvp import unflatten
 from ._robustness import attack_accuracy, dataset_loss, interpolate, loss_along
 from ._spectrum import DatasetHessian, hutchinson_trace, input_hessian_extremes, \
-    top_k_eigenvalues
+    logit_jacobian_sq_norm, top_k_eigenvalues
 from ._trainer import Trainer, load_checkpoint
 
 __all__ = ["run_name", "measure", "run_study", "MEASURE_KEYS"]
@@ -64,6 +64,8 @@ MEASURE_KEYS = ("top_k", "eig_tol_study", "eig_max_hvp", "trace_probes", "hessia
 #: float32 the rounding (about 1e-6 absolute) then exceeds a top eigenvalue of 1e-5 (measured on
 #: a trained ReLU CNN: bottom/top -0.09 in float32, -1e-16 in float64 at the same point).
 INPUT_PSD_RTOL = 1e-8
+#: ... and the absolute part of the rounding floor, times ||J||_F^2 (see logit_jacobian_sq_norm)
+INPUT_PSD_JTOL = 1e-12
 
 
 def run_name(activation: str, method: str, batch: int, seed: int) -> str:
@@ -242,12 +244,14 @@ def measure(model: torch.nn.Module, train: tuple[torch.Tensor, torch.Tensor],
         top, bottom = input_hessian_extremes(m64, pts, yi, steps=opts["input_steps"],
                                              seed=seed)
         scale = top.abs().clamp_min(1e-300)
-        neg = bottom < -INPUT_PSD_RTOL * scale
+        floor = INPUT_PSD_RTOL * scale + INPUT_PSD_JTOL * logit_jacobian_sq_norm(m64, pts)
+        neg = bottom < -floor
         res[kind] = {"top": top.tolist(), "bottom": bottom.tolist(),
                      "max_top": float(top.max()), "min_bottom": float(bottom.min()),
                      "min_bottom_over_top": float((bottom / scale).min()),
                      "negative_fraction": float(neg.double().mean()),
-                     "negative_rtol": INPUT_PSD_RTOL}
+                     "negative_rtol": INPUT_PSD_RTOL,
+                     "rounding_floor": floor.tolist()}
     res["eps"] = opts["input_eps"]
     out["input_hessian"] = res
     out["times"]["input_hessian"] = time.perf_counter() - t0

@@ -151,3 +151,15 @@ def test_lanczos_extremes_match_eigvalsh(act):
     top3, bottom3 = input_hessian_extremes(model, x, y, steps=3, seed=3)
     assert (top3 <= ev[:, -1] + 1e-12 * scale).all()
     assert (bottom3 >= ev[:, 0] - 1e-12 * scale).all()
+
+
+def test_logit_jacobian_norm_matches_autograd_jacobian():
+    from hessbatch.deep._spectrum import logit_jacobian_sq_norm
+
+    torch.manual_seed(2)
+    model = MLP((1, 3, 3), 4, hidden=(6,), activation="softplus").double()
+    x = torch.rand(3, 1, 3, 3, dtype=torch.float64)
+    got = logit_jacobian_sq_norm(model, x)
+    for i in range(3):
+        jac = torch.autograd.functional.jacobian(lambda z: model(z)[0], x[i:i + 1])
+        assert got[i].item() == pytest.approx(jac.pow(2).sum().item(), rel=1e-12)
