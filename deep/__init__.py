@@ -23,3 +23,9 @@ from ._loop import AdaptiveBatchSampler, LoopAdapter
 from ._distributed import (DistributedConfigError, DistributedHessianOperator,
                            DistributedTrainer, distributed_top_eigenvalue)
 # --- end data parallelism block ---
+
+# --- the precursor study: spectrum, trace, robustness (owner: study, issue 13) ---
+from ._robustness import attack_accuracy, interpolate, loss_along, pgd
+from ._spectrum import (DatasetHessian, SpectrumResult, TraceResult, hutchinson_trace,
+                        input_hessian_extremes, top_k_eigenvalues)
+# --- end study block ---

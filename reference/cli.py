@@ -32,6 +32,9 @@ COMMANDS: dict[str, tuple[str, str | None, str]] = {
                  "predict a schedule's wall-clock time on P workers (paper's App. C cost "
                  "model); --calibrate measures this machine"),
 }
+COMMANDS["study"] = ("hessbatch.deep._cli_study", "deep",
+                     "Hessian spectrum, trace and adversarial robustness against batch size "
+                     "(the precursor study, NeurIPS 2018)")
 
 _DESCRIPTION = """\
 Adaptive batch size SGD (ABS/ABSA): grow the batch, and the learning rate with it, when the top

@@ -1,0 +1,561 @@
+"""The precursor study (Yao et al., NeurIPS 2018) as a resumable batch of runs.
+
+For every (activation, method, batch size, seed) the study trains a model with
+:class:`~hessbatch.deep.Trainer` (the same options as ``hessbatch train``) and measures, at the
+end of training, in float64 by default:
+
+* the top k eigenvalues of the Hessian of the mean training loss over the *whole* training set
+  (:func:`~hessbatch.deep._spectrum.top_k_eigenvalues`, block Lanczos, micro-batched products);
+* its trace (Hutchinson, Rademacher probes) with the standard error;
+* test accuracy under FGSM and PGD at each eps;
+* the training loss along the top eigenvector and along a random direction of the same (unit)
+  norm, ``theta + t d`` for ``t`` in ``[-r, r]``;
+* the top and bottom eigenvalue of the input-space Hessian at clean and at FGSM test points.
+
+Then, for each (activation, method, seed), the loss and accuracy along the straight line from the
+smallest-batch to the largest-batch solution, ``lam`` in ``[-0.5, 1.5]``.
+
+Layout of the output folder::
+
+    DIR/study.json                 the options (a second call must match them)
+    DIR/runs/<run>/checkpoint.pt   the trainer's checkpoint (every epoch: resumable)
+    DIR/runs/<run>/measure.json    written last: a run with it is finished and skipped
+    DIR/interpolation/<line>.json  one per (activation, method, seed)
+    DIR/results.json, DIR/*.csv, DIR/*.png
+
+A run is named ``<activation>-<method>-b<B>-s<seed>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from hessbatch import Scheduler
+from hessbatch._cli_common import Progress, config_from_args, format_table
+
+from ._adversarial import fgsm
+from ._cli_train import _SPEC_KEYS, build_from_spec
+from ._hvp import unflatten
+from ._robustness import attack_accuracy, dataset_loss, interpolate, loss_along
+from ._spectrum import DatasetHessian, hutchinson_trace, input_hessian_extremes, \
+    logit_jacobian_sq_norm, top_k_eigenvalues
+from ._trainer import Trainer, load_checkpoint
+
+__all__ = ["run_name", "measure", "run_study", "MEASURE_KEYS"]
+
+#: the options that change what a run measures (stored in study.json, must match on resume)
+MEASURE_KEYS = ("top_k", "eig_tol_study", "eig_max_hvp", "trace_probes", "hessian_samples",
+                "hessian_micro_batch", "eps", "pgd_steps", "attack_samples", "landscape_radius",
+                "landscape_points", "input_samples", "input_eps", "input_steps", "lambdas",
+                "measure_dtype")
+#: bottom < -INPUT_PSD_RTOL * top counts as "negative beyond rounding". The input Hessian is
+#: always computed in float64: at a confident prediction diag(p) - p p^T nearly cancels, and in
+#: float32 the rounding (about 1e-6 absolute) then exceeds a top eigenvalue of 1e-5 (measured on
+#: a trained ReLU CNN: bottom/top -0.09 in float32, -1e-16 in float64 at the same point).
+INPUT_PSD_RTOL = 1e-8
+#: ... and the absolute part of the rounding floor, times ||J||_F^2 (see logit_jacobian_sq_norm)
+INPUT_PSD_JTOL = 1e-12
+
+
+def run_name(activation: str, method: str, batch: int, seed: int) -> str:
+    """The folder name of one run."""
+    return f"{activation}-{method}-b{batch}-s{seed}"
+
+
+def _log(msg: str, quiet: bool) -> None:
+    if not quiet:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def _atomic_json(path: Path, doc: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=1))
+    tmp.replace(path)
+
+
+# --------------------------------------------------------------------------------------------
+# one run: training
+
+
+def _run_namespace(args: argparse.Namespace, activation: str, method: str, batch: int,
+                   seed: int) -> argparse.Namespace:
+    ns = copy.copy(args)
+    ns.activation, ns.method, ns.batch_size, ns.seed = activation, method, batch, seed
+    # B is the fixed batch of bl and B0 of abs/absa; the cap must admit it.
+    ns.max_batch_size = max(batch, args.max_batch_size or batch)
+    return ns
+
+
+def train_run(ns: argparse.Namespace, run_dir: Path, device: torch.device, label: str,
+              quiet: bool):
+    """Train one run (resuming its checkpoint); returns ``(model, bundle, trainer)``."""
+    spec = {k: getattr(ns, k) for k in _SPEC_KEYS}
+    spec["method"] = ns.method
+    bundle, model = build_from_spec(spec, device)
+    config = config_from_args(ns, samples_per_epoch=len(bundle.train),
+                              epochs=10 if ns.epochs is None else ns.epochs)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=spec["momentum"],
+                                weight_decay=spec["weight_decay"])
+    trainer = Trainer(model, optimizer, F.cross_entropy, bundle.train, Scheduler(config),
+                      test_data=bundle.test, hessian_batch_size=spec["hessian_batch"],
+                      eig_method=spec["eig_method"], max_hvp=spec["max_hvp"],
+                      eig_tol=spec["eig_tol"], adversary=spec["adversary"],
+                      last_batch=spec["last_batch"], seed=spec["seed"])
+    ckpt = run_dir / "checkpoint.pt"
+    if ckpt.exists():
+        state = load_checkpoint(ckpt)
+        saved = state.get("extra", {}).get("spec")
+        if saved != spec:
+            diff = sorted(k for k in set(spec) | set(saved or {})
+                          if (saved or {}).get(k) != spec.get(k))
+            raise ValueError(f"{ckpt} was trained with other options ({', '.join(diff)} "
+                             "differ); use another --out or the same options")
+        trainer.load_state_dict(state)
+        if not trainer.scheduler.decision.finished:
+            _log(f"{label}: resuming at epoch {state['scheduler']['state']['epoch']}", quiet)
+    n = len(bundle.train)
+    progress = Progress(config.epochs * n, f"{label} train", enabled=not quiet)
+    progress.done = trainer.scheduler.decision.samples_seen
+    last = {"t": 0.0, "n": 0}
+
+    def on_update(tr: Trainer, d) -> None:
+        last["n"] += tr.update_log[-1][0]
+        now = time.perf_counter()
+        if now - last["t"] >= 0.5 or d.samples_seen % n == 0:
+            progress.update(last["n"], f"epoch {d.epoch + 1}/{config.epochs} B={d.batch_size}")
+            last.update(t=now, n=0)
+
+    def on_epoch(tr: Trainer, m) -> None:
+        tr.save(ckpt, extra={"spec": spec})
+
+    trainer.run(on_update=on_update, on_epoch=on_epoch)
+    progress.close()
+    if not ckpt.exists():
+        trainer.save(ckpt, extra={"spec": spec})
+    return model, bundle, trainer
+
+
+# --------------------------------------------------------------------------------------------
+# one run: measurements
+
+
+def _subset(x: torch.Tensor, y: torch.Tensor, n: int, seed: int):
+    """The first ``n`` of a seeded permutation (all when n == 0 or n >= len)."""
+    if n <= 0 or n >= x.shape[0]:
+        return x, y
+    idx = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[:n]
+    return x[idx], y[idx]
+
+
+def measure(model: torch.nn.Module, train: tuple[torch.Tensor, torch.Tensor],
+            test: tuple[torch.Tensor, torch.Tensor], opts: dict[str, Any], *, seed: int = 0,
+            log=lambda msg: None) -> dict[str, Any]:
+    """Every end-of-training measurement of one model (module docstring).
+
+    Args:
+        model: the trained model (not modified: a copy is measured, in ``measure_dtype``).
+        train, test: ``(x, y)`` tensors on the model's device.
+        opts: the :data:`MEASURE_KEYS` options.
+        seed: seeds every random choice (probes, start vectors, subsets, the random direction).
+        log: called with a line after each stage.
+
+    Returns:
+        A JSON-able dict.
+    """
+    dtype = {"float64": torch.float64, "float32": torch.float32}[opts["measure_dtype"]]
+    m = copy.deepcopy(model).to(dtype)
+    m.eval()
+    xtr, ytr = train[0].to(dtype), train[1]
+    xte, yte = test[0].to(dtype), test[1]
+    out: dict[str, Any] = {"times": {}}
+    t0 = time.perf_counter()
+    out["train_loss"], out["train_accuracy"] = dataset_loss(m, xtr, ytr)
+    out["test_loss"], out["test_accuracy"] = dataset_loss(m, xte, yte)
+
+    xh, yh = _subset(xtr, ytr, opts["hessian_samples"], seed)
+    op = DatasetHessian(m, F.cross_entropy, xh, yh, micro_batch=opts["hessian_micro_batch"])
+    stage = {"name": "top-k eigenvalues", "t": time.perf_counter(), "start": time.perf_counter(),
+             "passes": 0, "hvps": 0}
+
+    def on_pass(o: DatasetHessian) -> None:
+        # a line every 10 s: one pass over a large training set can take seconds
+        now = time.perf_counter()
+        if now - stage["t"] >= 10:
+            log(f"{stage['name']}: {o.n_passes - stage['passes']} passes over {o.n_samples} "
+                f"samples, {o.n_hvp - stage['hvps']} HVPs, {now - stage['start']:.0f} s")
+            stage["t"] = now
+
+    op.on_pass = on_pass
+    spec = top_k_eigenvalues(op, opts["top_k"], max_hvp=opts["eig_max_hvp"],
+                             tol=opts["eig_tol_study"], seed=seed)
+    out["spectrum"] = spec.to_dict()
+    out["spectrum"]["hessian_samples"] = int(xh.shape[0])
+    out["times"]["spectrum"] = time.perf_counter() - t0
+    log(f"top-{opts['top_k']} eigenvalues {', '.join(f'{v:.4g}' for v in spec.values)} "
+        f"({spec.n_hvp} HVPs, {'converged' if spec.converged else 'NOT converged'})")
+
+    t0 = time.perf_counter()
+    stage.update(name="trace", t=t0, start=t0, passes=op.n_passes, hvps=op.n_hvp)
+    tr = hutchinson_trace(op, opts["trace_probes"], seed=seed + 1)
+    out["trace"] = tr.to_dict()
+    out["times"]["trace"] = time.perf_counter() - t0
+    log(f"trace {tr.trace:.4g} +- {tr.stderr:.2g} ({tr.n_probes} probes)")
+
+    t0 = time.perf_counter()
+    xa, ya = _subset(xte, yte, opts["attack_samples"], seed + 2)
+    out["robustness"] = attack_accuracy(m, xa, ya, opts["eps"], pgd_steps=opts["pgd_steps"])
+    out["robustness"]["samples"] = int(xa.shape[0])
+    out["times"]["robustness"] = time.perf_counter() - t0
+    log("FGSM/PGD accuracy at eps " + ", ".join(
+        f"{e:g}: {f:.3f}/{p:.3f}" for e, f, p in zip(*(out["robustness"][k]
+                                                        for k in ("eps", "fgsm", "pgd")))))
+
+    t0 = time.perf_counter()
+    npts, r = opts["landscape_points"], opts["landscape_radius"]
+    ts = [r * (2 * i / (npts - 1) - 1) for i in range(npts)] if npts > 1 else [0.0]
+    params = [p for p in m.parameters() if p.requires_grad]
+    top_dir = unflatten(spec.vectors[:, 0].contiguous(), params)
+    gen = torch.Generator().manual_seed(seed + 3)
+    rnd = torch.randn(op.dim, generator=gen, dtype=torch.float64).to(dtype)
+    rnd_dir = unflatten(rnd / rnd.norm(), params)   # same (unit) norm as the eigenvector
+    out["landscape"] = {"t": ts, "top_eigenvector": loss_along(m, top_dir, ts, xh, yh),
+                        "random": loss_along(m, rnd_dir, ts, xh, yh)}
+    out["times"]["landscape"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    xi, yi = _subset(xte, yte, opts["input_samples"], seed + 4)
+    m64 = m if dtype == torch.float64 else copy.deepcopy(m).to(torch.float64)
+    xi = xi.to(torch.float64)
+    res = {}
+    for kind, pts in (("clean", xi), ("fgsm", fgsm(m64, F.cross_entropy, xi, yi,
+                                                   opts["input_eps"]))):
+        top, bottom = input_hessian_extremes(m64, pts, yi, steps=opts["input_steps"],
+                                             seed=seed)
+        scale = top.abs().clamp_min(1e-300)
+        floor = INPUT_PSD_RTOL * scale + INPUT_PSD_JTOL * logit_jacobian_sq_norm(m64, pts)
+        neg = bottom < -floor
+        res[kind] = {"top": top.tolist(), "bottom": bottom.tolist(),
+                     "max_top": float(top.max()), "min_bottom": float(bottom.min()),
+                     "min_bottom_over_top": float((bottom / scale).min()),
+                     "negative_fraction": float(neg.double().mean()),
+                     "negative_rtol": INPUT_PSD_RTOL,
+                     "rounding_floor": floor.tolist()}
+    res["eps"] = opts["input_eps"]
+    out["input_hessian"] = res
+    out["times"]["input_hessian"] = time.perf_counter() - t0
+    log(f"input Hessian: min bottom/top clean {res['clean']['min_bottom_over_top']:.3g}, "
+        f"fgsm {res['fgsm']['min_bottom_over_top']:.3g}; negative at "
+        f"{100 * res['clean']['negative_fraction']:.0f}% / "
+        f"{100 * res['fgsm']['negative_fraction']:.0f}% of points")
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# the study
+
+
+def _study_options(args: argparse.Namespace) -> dict[str, Any]:
+    keys = set(_SPEC_KEYS) - {"activation", "seed"}
+    doc = {k: getattr(args, k) for k in sorted(keys)}
+    doc.update({k: getattr(args, k) for k in MEASURE_KEYS})
+    for k in ("lr", "max_batch_size", "micro_batch_size", "decay_epochs", "decay_factor",
+              "alpha", "beta", "check_every", "patience", "adv_eps", "adv_fraction",
+              "adv_decay", "adv_stop", "warmup_epochs", "epochs"):
+        v = getattr(args, k)
+        doc[k] = list(v) if isinstance(v, tuple) else v
+    doc["eps"] = list(doc["eps"])
+    doc["lambdas"] = list(doc["lambdas"])
+    return doc
+
+
+def _check_study_file(out: Path, opts: dict[str, Any]) -> None:
+    path = out / "study.json"
+    if path.exists():
+        saved = json.loads(path.read_text())["options"]
+        diff = sorted(k for k in set(saved) | set(opts) if saved.get(k) != opts.get(k))
+        if diff:
+            raise ValueError(
+                f"{out} holds a study run with other options ({', '.join(diff)} differ, e.g. "
+                f"{diff[0]}: {saved.get(diff[0])!r} there, {opts.get(diff[0])!r} now); use "
+                "another --out, or the same options (the run list may change freely)")
+    else:
+        _atomic_json(path, {"options": opts})
+
+
+def run_study(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """Train and measure every run, skipping finished ones; write every output."""
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    opts = _study_options(args)
+    _check_study_file(out, opts)
+    mopts = {k: getattr(args, k) for k in MEASURE_KEYS}
+    grid = [(a, m, b, s) for a in args.activations for m in args.methods
+            for b in args.batch_sizes for s in args.seeds]
+    runs = []
+    started = time.perf_counter()
+    for i, (act, method, batch, seed) in enumerate(grid, 1):
+        name = run_name(act, method, batch, seed)
+        run_dir = out / "runs" / name
+        label = f"[{i}/{len(grid)}] {name}"
+        done = run_dir / "measure.json"
+        if done.exists():
+            _log(f"{label}: finished earlier, skipped", args.quiet)
+            runs.append(json.loads(done.read_text()))
+            continue
+        t0 = time.perf_counter()
+        ns = _run_namespace(args, act, method, batch, seed)
+        if method in ("abs", "absa") and batch >= ns.max_batch_size:
+            _log(f"{label}: warning: B = {batch} is already --max-batch, so {method} never "
+                 "checks an eigenvalue nor uses an adversary: this run is bl; raise "
+                 "--max-batch to study it", args.quiet)
+        model, bundle, trainer = train_run(ns, run_dir, device, label, args.quiet)
+        t_train = time.perf_counter() - t0
+        _log(f"{label}: trained in {t_train:.0f} s, test accuracy "
+             f"{100 * (trainer.history[-1].test_accuracy or 0):.2f}%; measuring", args.quiet)
+        x, y = bundle.train.tensors
+        xt, yt = bundle.test.tensors
+        res = measure(model, (x.to(device), y.to(device)), (xt.to(device), yt.to(device)),
+                      mopts, seed=seed, log=lambda msg: _log(f"{label}: {msg}", args.quiet))
+        res.update(name=name, activation=act, method=method, batch_size=batch, seed=seed,
+                   updates=trainer.history[-1].updates if trainer.history else None,
+                   largest_batch=max(m.batch_size for m in trainer.history)
+                   if trainer.history else None,
+                   train_time=t_train, measure_time=time.perf_counter() - t0 - t_train)
+        _atomic_json(done, res)
+        runs.append(res)
+        elapsed = time.perf_counter() - started
+        _log(f"{label}: done ({elapsed / 60:.1f} min so far)", args.quiet)
+    lines = _interpolations(args, out, device, grid)
+    doc = {"options": opts, "runs": runs, "interpolation": lines}
+    _atomic_json(out / "results.json", doc)
+    write_csvs(out, doc)
+    if not write_plots(out, doc):
+        print("PNGs not written: matplotlib is missing; pip install 'hessbatch[plot]'",
+              file=sys.stderr)
+    return doc
+
+
+def _interpolations(args, out: Path, device: torch.device, grid) -> list[dict[str, Any]]:
+    """Small-to-large-batch lines, one per (activation, method, seed) with >= 2 batch sizes."""
+    if len(args.batch_sizes) < 2:
+        return []
+    small, large = min(args.batch_sizes), max(args.batch_sizes)
+    lines = []
+    for act in args.activations:
+        for method in args.methods:
+            for seed in args.seeds:
+                path = out / "interpolation" / f"{act}-{method}-s{seed}.json"
+                if path.exists():
+                    lines.append(json.loads(path.read_text()))
+                    continue
+                ca = load_checkpoint(out / "runs" / run_name(act, method, small, seed)
+                                     / "checkpoint.pt")
+                cb = load_checkpoint(out / "runs" / run_name(act, method, large, seed)
+                                     / "checkpoint.pt")
+                bundle, model = build_from_spec(ca["extra"]["spec"], device)
+                data = {"train": tuple(t.to(device) for t in bundle.train.tensors),
+                        "test": tuple(t.to(device) for t in bundle.test.tensors)}
+                res = interpolate(model, ca["model"], cb["model"], args.lambdas, data)
+                res.update(activation=act, method=method, seed=seed, small_batch=small,
+                           large_batch=large)
+                _atomic_json(path, res)
+                lines.append(res)
+    return lines
+
+
+# --------------------------------------------------------------------------------------------
+# outputs
+
+
+def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+
+
+def write_csvs(out: Path, doc: dict[str, Any]) -> None:
+    """runs.csv, spectrum.csv, robustness.csv, landscape.csv, input_hessian.csv,
+    interpolation.csv."""
+    key = ["activation", "method", "batch_size", "seed"]
+    runs = doc["runs"]
+    _write_csv(out / "runs.csv",
+               key + ["updates", "largest_batch", "train_loss", "train_accuracy", "test_loss",
+                      "test_accuracy", "top_eigenvalue", "trace", "trace_stderr",
+                      "input_min_bottom_over_top_clean", "input_min_bottom_over_top_fgsm",
+                      "train_time_s", "measure_time_s"],
+               [[r[k] for k in key] + [r["updates"], r["largest_batch"], r["train_loss"],
+                                       r["train_accuracy"], r["test_loss"], r["test_accuracy"],
+                                       r["spectrum"]["values"][0], r["trace"]["trace"],
+                                       r["trace"]["stderr"],
+                                       r["input_hessian"]["clean"]["min_bottom_over_top"],
+                                       r["input_hessian"]["fgsm"]["min_bottom_over_top"],
+                                       r["train_time"], r["measure_time"]] for r in runs])
+    _write_csv(out / "spectrum.csv", key + ["rank", "eigenvalue", "residual", "converged"],
+               [[r[k] for k in key] + [i + 1, v, res, r["spectrum"]["converged"]]
+                for r in runs for i, (v, res) in enumerate(zip(r["spectrum"]["values"],
+                                                                r["spectrum"]["residuals"]))])
+    _write_csv(out / "robustness.csv", key + ["attack", "eps", "accuracy"],
+               [[r[k] for k in key] + [a, e, acc] for r in runs for a in ("fgsm", "pgd")
+                for e, acc in zip(r["robustness"]["eps"], r["robustness"][a])])
+    _write_csv(out / "landscape.csv", key + ["direction", "t", "train_loss"],
+               [[r[k] for k in key] + [d, t, v] for r in runs
+                for d in ("top_eigenvector", "random")
+                for t, v in zip(r["landscape"]["t"], r["landscape"][d])])
+    _write_csv(out / "input_hessian.csv", key + ["point", "sample", "top", "bottom"],
+               [[r[k] for k in key] + [p, i, t, b] for r in runs for p in ("clean", "fgsm")
+                for i, (t, b) in enumerate(zip(r["input_hessian"][p]["top"],
+                                               r["input_hessian"][p]["bottom"]))])
+    _write_csv(out / "interpolation.csv",
+               ["activation", "method", "seed", "small_batch", "large_batch", "lambda",
+                "train_loss", "train_accuracy", "test_loss", "test_accuracy"],
+               [[ln["activation"], ln["method"], ln["seed"], ln["small_batch"],
+                 ln["large_batch"], lam, a, b, c, d]
+                for ln in doc["interpolation"]
+                for lam, a, b, c, d in zip(ln["lambda"], ln["train_loss"], ln["train_acc"],
+                                           ln["test_loss"], ln["test_acc"])])
+
+
+def _groups(runs):
+    groups: dict[tuple, list] = {}
+    for r in runs:
+        groups.setdefault((r["activation"], r["method"], r["batch_size"]), []).append(r)
+    return groups
+
+
+def _mean(v):
+    v = [x for x in v if x is not None]
+    return sum(v) / len(v) if v else math.nan
+
+
+def summary_table(doc: dict[str, Any]) -> str:
+    """One line per (activation, method, B), means over seeds."""
+    rows = []
+    for (act, method, b), rs in sorted(_groups(doc["runs"]).items()):
+        eps = rs[0]["robustness"]["eps"]
+        rows.append((
+            act, method, b, len(rs), round(100 * _mean([r["test_accuracy"] for r in rs]), 2),
+            _mean([r["spectrum"]["values"][0] for r in rs]),
+            _mean([r["trace"]["trace"] for r in rs]),
+            round(100 * _mean([r["robustness"]["fgsm"][-1] for r in rs]), 1),
+            round(100 * _mean([r["robustness"]["pgd"][-1] for r in rs]), 1),
+            min(r["input_hessian"]["clean"]["min_bottom_over_top"] for r in rs),
+            min(r["input_hessian"]["fgsm"]["min_bottom_over_top"] for r in rs)))
+    eps_max = doc["options"]["eps"][-1]
+    return format_table(("act", "method", "B", "seeds", "test acc %", "lambda_1", "trace",
+                         f"FGSM {eps_max:g} %", f"PGD {eps_max:g} %", "inH min b/t clean",
+                         "inH min b/t fgsm"), rows)
+
+
+def write_plots(out: Path, doc: dict[str, Any]) -> bool:
+    """spectrum.png, robustness.png, landscape.png, interpolation.png; False without
+    matplotlib."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    runs = doc["runs"]
+    if not runs:
+        return True
+    series = sorted({(r["activation"], r["method"]) for r in runs})
+    groups = _groups(runs)
+
+    fig, ax = plt.subplots(1, 3, figsize=(13, 4))
+    for act, method in series:
+        bs = sorted(b for (a, m, b) in groups if (a, m) == (act, method))
+        for panel, get in ((0, lambda r: r["spectrum"]["values"][0]),
+                           (1, lambda r: r["trace"]["trace"]),
+                           (2, lambda r: r["test_accuracy"] * 100)):
+            ax[panel].plot(bs, [_mean([get(r) for r in groups[(act, method, b)]]) for b in bs],
+                           marker="o", label=f"{act} {method}")
+            for b in bs:
+                ax[panel].scatter([b] * len(groups[(act, method, b)]),
+                                  [get(r) for r in groups[(act, method, b)]], s=8, alpha=0.4)
+    for a, title in zip(ax, ("top Hessian eigenvalue", "Hessian trace (Hutchinson)",
+                             "test accuracy (%)")):
+        a.set_xscale("log", base=2)
+        a.set_xlabel("batch size B")
+        a.set_title(title)
+        a.grid(alpha=0.3)
+    ax[0].set_yscale("log")
+    ax[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "spectrum.png", dpi=110)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, len(series), figsize=(4.5 * len(series), 4), squeeze=False)
+    for a, (act, method) in zip(axes[0], series):
+        for (ga, gm, b), rs in sorted(groups.items()):
+            if (ga, gm) != (act, method):
+                continue
+            eps = rs[0]["robustness"]["eps"]
+            line, = a.plot(eps, [100 * _mean([r["robustness"]["fgsm"][i] for r in rs])
+                                 for i in range(len(eps))], marker=".", label=f"B={b} FGSM")
+            a.plot(eps, [100 * _mean([r["robustness"]["pgd"][i] for r in rs])
+                         for i in range(len(eps))], linestyle="--", color=line.get_color(),
+                   label=f"B={b} PGD")
+        a.set_title(f"{act} {method}")
+        a.set_xlabel("eps (L-inf)")
+        a.set_ylabel("test accuracy (%)")
+        a.grid(alpha=0.3)
+        a.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "robustness.png", dpi=110)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, len(series), figsize=(4.5 * len(series), 4), squeeze=False)
+    for a, (act, method) in zip(axes[0], series):
+        for (ga, gm, b), rs in sorted(groups.items()):
+            if (ga, gm) != (act, method):
+                continue
+            r = rs[0]
+            line, = a.plot(r["landscape"]["t"], r["landscape"]["top_eigenvector"],
+                           label=f"B={b} top eigvec")
+            a.plot(r["landscape"]["t"], r["landscape"]["random"], linestyle=":",
+                   color=line.get_color(), label=f"B={b} random")
+        a.set_title(f"{act} {method}, seed {rs[0]['seed']}")
+        a.set_xlabel("t (unit-norm direction)")
+        a.set_ylabel("training loss")
+        a.set_yscale("log")
+        a.grid(alpha=0.3)
+        a.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "landscape.png", dpi=110)
+    plt.close(fig)
+
+    if doc["interpolation"]:
+        fig, ax = plt.subplots(1, 2, figsize=(10, 4))
+        for ln in doc["interpolation"]:
+            lab = f"{ln['activation']} {ln['method']} s{ln['seed']}"
+            line, = ax[0].plot(ln["lambda"], ln["train_loss"], label=f"{lab} train")
+            ax[0].plot(ln["lambda"], ln["test_loss"], linestyle="--", color=line.get_color())
+            ax[1].plot(ln["lambda"], [100 * v for v in ln["test_acc"]], color=line.get_color(),
+                       label=lab)
+        ln = doc["interpolation"][0]
+        for a in ax:
+            a.axvline(0, color="gray", lw=0.5)
+            a.axvline(1, color="gray", lw=0.5)
+            a.set_xlabel(f"lambda (0: B={ln['small_batch']}, 1: B={ln['large_batch']})")
+            a.grid(alpha=0.3)
+        ax[0].set_yscale("log")
+        ax[0].set_ylabel("loss (solid train, dashed test)")
+        ax[1].set_ylabel("test accuracy (%)")
+        ax[1].legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / "interpolation.png", dpi=110)
+        plt.close(fig)
+    return True

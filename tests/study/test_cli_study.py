@@ -1,0 +1,201 @@
+"""`hessbatch study` end to end on a tiny synthetic problem: outputs, skip, resume, errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from hessbatch.cli import main
+from hessbatch.deep import _study
+
+TINY = ["--model", "mlp", "--width", "4", "--data", "synthetic:150:1x4x4", "--epochs", "2",
+        "--methods", "bl", "--batch-sizes", "16,64", "--seeds", "0", "--activations",
+        "relu,softplus", "--top-k", "3", "--trace-probes", "6", "--eps", "0,0.05,0.2",
+        "--pgd-steps", "3", "--landscape-points", "5", "--input-samples", "3",
+        "--input-steps", "8", "--lambdas=-0.5,0,0.5,1,1.5", "--hessian-batch", "16",
+        "--max-hvp", "4", "--quiet"]
+
+
+def _rows(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_tiny_study_end_to_end(tmp_path, capsys):
+    out = tmp_path / "st"
+    assert main(["study", *TINY, "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "lambda_1" in text and "PGD 0.2 %" in text and "inH min b/t clean" in text
+    doc = json.loads((out / "results.json").read_text())
+    names = sorted(r["name"] for r in doc["runs"])
+    assert names == ["relu-bl-b16-s0", "relu-bl-b64-s0", "softplus-bl-b16-s0",
+                     "softplus-bl-b64-s0"]
+    for r in doc["runs"]:
+        assert len(r["spectrum"]["values"]) == 3
+        assert r["spectrum"]["values"] == sorted(r["spectrum"]["values"], reverse=True)
+        assert r["trace"]["n_probes"] == 6 and r["trace"]["stderr"] >= 0
+        rob = r["robustness"]
+        assert rob["fgsm"][0] == rob["pgd"][0] == pytest.approx(r["test_accuracy"])
+        assert all(p <= f for p, f in zip(rob["pgd"], rob["fgsm"]))
+        assert len(r["landscape"]["top_eigenvector"]) == 5
+        # t = 0 on both landscapes is the trained point itself
+        assert r["landscape"]["top_eigenvector"][2] == pytest.approx(r["landscape"]["random"][2])
+        ih = r["input_hessian"]
+        if r["activation"] == "relu":   # the theorem: PSD up to rounding
+            assert ih["clean"]["negative_fraction"] == ih["fgsm"]["negative_fraction"] == 0
+    # two interpolation lines (one per activation), lambda = 0 and 1 are the two solutions
+    assert len(doc["interpolation"]) == 2
+    for ln in doc["interpolation"]:
+        small = next(r for r in doc["runs"] if r["activation"] == ln["activation"]
+                     and r["batch_size"] == 16)
+        large = next(r for r in doc["runs"] if r["activation"] == ln["activation"]
+                     and r["batch_size"] == 64)
+        assert ln["lambda"][1] == 0 and ln["lambda"][3] == 1
+        # the run measured in float64, the line in float32: agree to float32 rounding
+        assert ln["test_acc"][1] == pytest.approx(small["test_accuracy"], abs=0.02)
+        assert ln["train_loss"][1] == pytest.approx(small["train_loss"], rel=1e-4)
+        assert ln["train_loss"][3] == pytest.approx(large["train_loss"], rel=1e-4)
+    # one CSV per measurement, consistent with results.json
+    spec = _rows(out / "spectrum.csv")
+    assert len(spec) == 4 * 3
+    first = next(r for r in doc["runs"] if r["name"] == "relu-bl-b16-s0")
+    row = next(s for s in spec if s["activation"] == "relu" and s["batch_size"] == "16"
+               and s["rank"] == "1")
+    assert float(row["eigenvalue"]) == pytest.approx(first["spectrum"]["values"][0])
+    assert len(_rows(out / "robustness.csv")) == 4 * 2 * 3
+    assert len(_rows(out / "landscape.csv")) == 4 * 2 * 5
+    assert len(_rows(out / "input_hessian.csv")) == 4 * 2 * 3
+    assert len(_rows(out / "interpolation.csv")) == 2 * 5
+    assert len(_rows(out / "runs.csv")) == 4
+    for png in ("spectrum", "robustness", "landscape", "interpolation"):
+        assert (out / f"{png}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # a second call skips every finished run and changes nothing
+    before = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/measure.json")}
+    assert main(["study", *TINY, "--out", str(out)]) == 0
+    assert {p: p.stat().st_mtime_ns for p in out.glob("runs/*/measure.json")} == before
+    assert json.loads((out / "results.json").read_text())["runs"] == doc["runs"]
+
+    # other options in the same folder: refused, naming the option
+    assert main(["study", *TINY, "--pgd-steps", "4", "--out", str(out)]) == 2
+    assert "pgd_steps" in capsys.readouterr().err
+
+
+def test_an_interrupted_study_resumes_to_the_same_numbers(tmp_path, monkeypatch):
+    args = [a for a in TINY] + ["--hessian-samples", "50"]
+    args[args.index("relu,softplus")] = "relu"
+    ref = tmp_path / "ref"
+    assert main(["study", *args, "--out", str(ref)]) == 0
+
+    # interrupt the second run after its first epoch (its checkpoint is on disk)
+    real_run = _study.Trainer.run
+    calls = {"n": 0}
+
+    def interrupted(self, epochs=None, **kw):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            real_run(self, 1, **kw)
+            raise KeyboardInterrupt
+        return real_run(self, epochs, **kw)
+
+    monkeypatch.setattr(_study.Trainer, "run", interrupted)
+    out = tmp_path / "cut"
+    assert main(["study", *args, "--out", str(out)]) == 130
+    assert (out / "runs" / "relu-bl-b64-s0" / "checkpoint.pt").exists()
+    assert not (out / "runs" / "relu-bl-b64-s0" / "measure.json").exists()
+    monkeypatch.setattr(_study.Trainer, "run", real_run)
+    assert main(["study", *args, "--out", str(out)]) == 0
+    a = json.loads((ref / "results.json").read_text())
+    b = json.loads((out / "results.json").read_text())
+    assert all(r["spectrum"]["hessian_samples"] == 50 for r in a["runs"])
+    strip = ("times", "train_time", "measure_time")
+    for ra, rb in zip(a["runs"], b["runs"]):
+        assert {k: v for k, v in ra.items() if k not in strip} == \
+               {k: v for k, v in rb.items() if k not in strip}
+    assert a["interpolation"] == b["interpolation"]
+
+
+def test_per_run_options_of_train_are_refused_with_the_study_spelling(capsys):
+    with pytest.raises(SystemExit):
+        main(["study", "--method", "abs", "--out", "x"])
+    assert "--methods" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["study", "--methods", "bl,nope", "--out", "x"])
+    assert "comma-separated list of" in capsys.readouterr().err
+
+
+def test_bad_measurement_options_are_named(tmp_path, capsys):
+    assert main(["study", *TINY, "--top-k", "0", "--out", str(tmp_path / "a")]) == 2
+    assert "--top-k must be >= 1, got 0" in capsys.readouterr().err
+    assert main(["study", *TINY, "--eps", "0,-0.1", "--out", str(tmp_path / "b")]) == 2
+    assert "--eps" in capsys.readouterr().err
+
+
+def test_help_explains_the_measurements(capsys):
+    with pytest.raises(SystemExit):
+        main(["study", "--help"])
+    text = capsys.readouterr().out
+    for word in ("block", "Hutchinson", "PGD", "J^T (diag(p) - p p^T) J", "--batch-sizes",
+                 "resumes", "--lr", "--model"):
+        assert word in text
+    assert "--checkpoint-every" not in text and "--resume" not in text
+
+
+def test_the_python_example_of_docs_study_runs():
+    import re
+    from pathlib import Path
+
+    import torch
+
+    from hessbatch.deep import MLP
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "study.md").read_text()
+    code = re.search(r"## From Python\n\n```python\n(.*?)```", text, re.S).group(1)
+    torch.manual_seed(0)
+    ns = {"model": MLP((1, 4, 4), 3, hidden=(6,)).double(),
+          "x_train": torch.rand(50, 1, 4, 4, dtype=torch.float64),
+          "y_train": torch.randint(3, (50,)),
+          "x_test": torch.rand(40, 1, 4, 4, dtype=torch.float64),
+          "y_test": torch.randint(3, (40,))}
+    exec(compile(code, "docs/study.md", "exec"), ns)
+    assert len(ns["spec"].values) == 5 and ns["spec"].converged
+    assert ns["tr"].stderr > 0 and ns["top"].shape == (32,)
+    assert (ns["bottom"] >= -1e-8 * ns["top"].abs()).all()     # ReLU: PSD
+
+
+def test_measure_in_float32_still_takes_the_input_hessian_in_float64():
+    import torch
+
+    from hessbatch.deep import MLP
+    from hessbatch.deep._study import measure
+
+    torch.manual_seed(0)
+    model = MLP((1, 6, 6), 4, hidden=(16,), activation="relu")
+    x, y = torch.rand(80, 1, 6, 6), torch.randint(4, (80,))
+    opts = {"top_k": 2, "eig_tol_study": 1e-3, "eig_max_hvp": 60, "trace_probes": 4,
+            "hessian_samples": 0, "hessian_micro_batch": 32, "eps": [0.0, 0.1], "pgd_steps": 2,
+            "attack_samples": 0, "landscape_radius": 0.5, "landscape_points": 3,
+            "input_samples": 8, "input_eps": 0.05, "input_steps": 10, "lambdas": [0.0],
+            "measure_dtype": "float32"}
+    r32 = measure(model, (x, y), (x, y), opts)
+    r64 = measure(model, (x, y), (x, y), dict(opts, measure_dtype="float64"))
+    assert r32["input_hessian"]["clean"]["negative_rtol"] == 1e-8
+    assert r32["input_hessian"]["clean"]["bottom"] == r64["input_hessian"]["clean"]["bottom"]
+    assert r32["input_hessian"]["clean"]["negative_fraction"] == 0     # ReLU: PSD
+    assert r64["input_hessian"]["clean"]["negative_fraction"] == 0
+    assert r32["spectrum"]["values"][0] == pytest.approx(r64["spectrum"]["values"][0], rel=1e-3)
+    assert next(model.parameters()).dtype == torch.float32           # the model is untouched
+
+
+@pytest.mark.parametrize("flag", ["--nproc 2", "--overwrite", "--dtype float64", "--warm-start",
+                                  "--hvp-check off", "--max-restarts 1"])
+def test_train_options_the_study_does_not_take_are_refused_by_name(flag, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["study", "--out", str(tmp_path / "s"), *flag.split()])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"{flag.split()[0]} is an option of `hessbatch train` that the study does not take" \
+        in err
+    assert not (tmp_path / "s").exists()
