@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from hessbatch import Scheduler
-from hessbatch._cli_common import Progress, config_from_args, format_table
+from hessbatch._cli_common import AggFigures, Progress, config_from_args, format_table
 
 from ._adversarial import fgsm
 from ._cli_train import _SPEC_KEYS, build_from_spec
@@ -463,9 +463,7 @@ def write_plots(out: Path, doc: dict[str, Any]) -> bool:
     """spectrum.png, robustness.png, landscape.png, interpolation.png; False without
     matplotlib."""
     try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = AggFigures()   # the process's matplotlib backend is left alone
     except ImportError:
         return False
     runs = doc["runs"]

@@ -167,3 +167,28 @@ class Progress:
         if self.enabled and self.tty:
             self.stream.write("\n")
             self.stream.flush()
+
+
+class AggFigures:
+    """``subplots``/``close`` like pyplot's, on figures with their own Agg canvas.
+
+    Library code that draws PNGs uses this instead of ``matplotlib.pyplot`` so that it never
+    switches the process's backend (a notebook keeps its own); matplotlib is looked up at call
+    time (the core imports only the standard library at module level).
+
+    Raises:
+        ImportError: matplotlib is not installed (callers treat it as "no plot").
+    """
+
+    def __init__(self) -> None:
+        import importlib
+        self._figure = importlib.import_module("matplotlib.figure").Figure
+        self._canvas = importlib.import_module("matplotlib.backends.backend_agg").FigureCanvasAgg
+
+    def subplots(self, *args, figsize=None, **kwargs):
+        fig = self._figure(figsize=figsize)
+        self._canvas(fig)
+        return fig, fig.subplots(*args, **kwargs)
+
+    def close(self, fig) -> None:
+        """Nothing to release: the figure is not registered with pyplot."""

@@ -15,7 +15,6 @@ import argparse
 import contextlib
 import copy
 import functools
-import importlib
 import json
 import math
 import sys
@@ -23,7 +22,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ._cli_common import add_scheduler_arguments, config_from_args, format_table, int_list
+from ._cli_common import (AggFigures, add_scheduler_arguments, config_from_args, format_table,
+                          int_list)
 from ._costmodel import (MachineProfile, Workload, predict, scaling_curve,
                          workload_from_schedule)
 from ._scheduler import METHODS, SchedulerConfig
@@ -432,9 +432,7 @@ def plot_scaling(results: list[dict[str, Any]], path: Path, title: str) -> bool:
     # matplotlib is optional (the [plot] extra) and the core imports only the standard library
     # at module level: it is looked up here, at call time, and its absence is not an error.
     try:
-        matplotlib = importlib.import_module("matplotlib")
-        matplotlib.use("Agg")
-        plt = importlib.import_module("matplotlib.pyplot")
+        plt = AggFigures()   # the process's matplotlib backend is left alone
     except ImportError:
         return False
     fig, ax = plt.subplots(figsize=(7, 4.5))

@@ -223,3 +223,15 @@ def test_where_communication_starts_to_dominate():
     assert s["best_processes"] == 64  # 64/64 + 2*63/64 = 2.97 s, the least of the list
     s = _scaling(run, prof.replace(beta=0.0), [1, 2, 64])
     assert s["communication_dominates_from"] is None and s["best_processes"] == 64
+
+
+def test_the_scaling_plot_keeps_the_process_matplotlib_backend(tmp_path):
+    import matplotlib as mpl                  # the test extras install it
+    before = mpl.rcParams["backend"]
+    mpl.rcParams["backend"] = "template"
+    try:
+        assert main(["simulate", "--demo", "--out", str(tmp_path / "s")]) == 0
+        assert mpl.rcParams["backend"] == "template"
+    finally:
+        mpl.rcParams["backend"] = before
+    assert (tmp_path / "s" / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

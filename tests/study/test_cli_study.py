@@ -24,8 +24,17 @@ def _rows(path):
 
 
 def test_tiny_study_end_to_end(tmp_path, capsys):
+    import matplotlib as mpl
     out = tmp_path / "st"
-    assert main(["study", *TINY, "--out", str(out)]) == 0
+    before = mpl.rcParams["backend"]
+    mpl.rcParams["backend"] = "template"        # a notebook's choice: the plots must keep it
+    try:
+        assert main(["study", *TINY, "--out", str(out)]) == 0
+        assert mpl.rcParams["backend"] == "template"
+    finally:
+        mpl.rcParams["backend"] = before
+    for png in ("spectrum.png", "robustness.png", "landscape.png", "interpolation.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
     text = capsys.readouterr().out
     assert "lambda_1" in text and "PGD 0.2 %" in text and "inH min b/t clean" in text
     doc = json.loads((out / "results.json").read_text())
