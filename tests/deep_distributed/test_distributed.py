@@ -52,7 +52,15 @@ def _env(**extra) -> dict:
     return env
 
 
-def _run(cmd: list[str], env: dict | None = None, cwd=None) -> subprocess.CompletedProcess:
+# Seen once in about 25 launches on the shared 2-core CI machine (never reproduced in 14
+# launches by hand, idle or loaded): a gloo worker aborts with this line and exit -6 before it
+# has printed or written anything. It is the C++ runtime's, not one of ours; such a launch is
+# repeated once, with a warning that carries its stderr, and a second failure fails the test.
+_GLOO_ABORT = "terminate called without an active exception"
+
+
+def _run(cmd: list[str], env: dict | None = None, cwd=None, *,
+         retry_abort: bool = True) -> subprocess.CompletedProcess:
     """Run ``cmd`` in its own session; on timeout kill the whole group and fail."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=env or _env(), cwd=cwd, start_new_session=True)
@@ -62,6 +70,10 @@ def _run(cmd: list[str], env: dict | None = None, cwd=None) -> subprocess.Comple
         os.killpg(proc.pid, signal.SIGKILL)
         out, err = proc.communicate()
         pytest.fail(f"{cmd} did not finish in {TIMEOUT} s\nstdout:\n{out}\nstderr:\n{err}")
+    if retry_abort and proc.returncode != 0 and _GLOO_ABORT in err and "exitcode: -6" in err:
+        import warnings
+        warnings.warn(f"a gloo worker aborted ({_GLOO_ABORT!r}); launching once more:\n{err}")
+        return _run(cmd, env, cwd, retry_abort=False)
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
