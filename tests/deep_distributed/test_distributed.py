@@ -54,8 +54,9 @@ def _env(**extra) -> dict:
 
 # Seen once in about 25 launches on the shared 2-core CI machine (never reproduced in 14
 # launches by hand, idle or loaded): a gloo worker aborts with this line and exit -6, stdout
-# empty. It is the C++ runtime's, not one of ours; such a launch is
-# repeated once, with a warning that carries its stderr, and a second failure fails the test.
+# empty. The line is the C++ runtime's (a thread destroyed while still joinable); its cause is
+# not known. Such a launch is repeated once, with a warning that carries its stderr, and a
+# second failure fails the test.
 _GLOO_ABORT = "terminate called without an active exception"
 
 
