@@ -53,7 +53,7 @@ from torch import nn
 from torch.utils.data import Dataset, Sampler, default_collate
 
 from hessbatch import Decision, Scheduler, SchedulerConfig, SchedulerError
-from ._trainer import call_eigenvalue_fn  # the one eigenvalue call of every loop
+from ._trainer import call_eigenvalue_fn, check_loop_arguments  # shared by every loop
 
 __all__ = ["AdaptiveBatchSampler", "LoopAdapter", "LOOP_STATE_FORMAT", "LOOP_STATE_VERSION"]
 
@@ -281,13 +281,7 @@ class LoopAdapter:
                  input_range: tuple[float, float] = (0.0, 1.0),
                  compute_eigenvalues: bool = True,
                  sampler: AdaptiveBatchSampler | None = None):
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        if not isinstance(optimizer, torch.optim.Optimizer):
-            raise TypeError(f"optimizer must be a torch.optim.Optimizer, got "
-                            f"{type(optimizer).__name__}")
-        if not callable(loss_fn):
-            raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
+        check_loop_arguments(model, optimizer, loss_fn)
         if not callable(collate_fn):
             raise TypeError(f"collate_fn must be callable, got {type(collate_fn).__name__}")
         self.scheduler = _as_scheduler(scheduler)

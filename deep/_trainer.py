@@ -249,6 +249,17 @@ def _check_finite_gradients(trainer: "Trainer") -> None:
 
 
 
+
+def check_loop_arguments(model: Any, optimizer: Any, loss_fn: Any) -> None:
+    """The type checks every training loop here makes first (Trainer, LoopAdapter)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"optimizer must be a torch.optim.Optimizer, got "
+                        f"{type(optimizer).__name__}")
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
+
 def call_eigenvalue_fn(eigenvalue_fn: Callable[..., Any], model: nn.Module,
                        loss_fn: Callable[..., Any], batches: list[Any],
                        generator: torch.Generator) -> Any:
@@ -326,13 +337,7 @@ class Trainer:
                  adversary: str | Callable[..., torch.Tensor] = "fgsm",
                  input_range: tuple[float, float] = (0.0, 1.0), last_batch: str = "step",
                  eval_batch_size: int = 1024, seed: int = 0):
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        if not isinstance(optimizer, torch.optim.Optimizer):
-            raise TypeError(f"optimizer must be a torch.optim.Optimizer, got "
-                            f"{type(optimizer).__name__}")
-        if not callable(loss_fn):
-            raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
+        check_loop_arguments(model, optimizer, loss_fn)
         if isinstance(scheduler, SchedulerConfig):
             scheduler = Scheduler(scheduler)
         if not isinstance(scheduler, Scheduler):

@@ -207,3 +207,14 @@ def test_same_seed_same_files(tmp_path, capsys):
         for r in res["runs"]:
             r.pop("seconds")                      # wall time: the only field allowed to differ
     assert a == b
+
+
+def test_the_condition_verdict_says_not_met_past_the_limit(tmp_path, capsys):
+    outdir = tmp_path / "hot"
+    code = main(["mushroom", "--no-progress", "--no-plot", "--methods", "sgd", "--epochs", "1",
+                 "--max-batch", "400", "--check-every", "2000", "--eta0-scale", "2",
+                 "--out", str(outdir)])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "paper condition eta0 <= 1/(L (M_G + B_max))" in out and "is NOT met" in out
+    assert json.loads((outdir / "results.json").read_text())["theorem1_condition_met"] is False

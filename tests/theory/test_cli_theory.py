@@ -206,3 +206,21 @@ def test_a_non_empty_out_needs_overwrite_and_a_failed_write_keeps_the_old_pair(
     monkeypatch.setattr(_outputs.os, "fsync", real)
     assert main([*LSQ_QUICK, "--seed", "1", "--out", str(out), "--overwrite"]) == 0
     assert json.loads((out / "theory.json").read_text())["settings"]["seed"] == 1
+
+
+def test_monte_carlo_disagreement_is_reported_no_and_fails(monkeypatch, capsys):
+    # The "MC agrees" verdict must be able to say NO: an exact recursion that is 5 % off is
+    # outside the Monte-Carlo band, the row FAILs and the command exits 1.
+    from hessbatch.convex import LeastSquares
+    real = LeastSquares.expected_gaps
+
+    def off(self, *a, **kw):
+        return real(self, *a, **kw) * 1.05
+    monkeypatch.setattr(LeastSquares, "expected_gaps", off)
+    rep = least_squares_check(epochs=2, runs=2000, seed=1, regimes=("zero",), controls=False)
+    rows = [r for sc in rep.schedules.values() for r in sc.rows if r["update"] > 0]
+    assert any(not r["mc_agrees"] for r in rows) and not rep.passed
+    assert main(["theory", "--problem", "least-squares", "--runs", "2000", "--epochs", "2",
+                 "--regimes", "zero", "--no-controls", "--quiet", "--seed", "1"]) == 1
+    out = capsys.readouterr().out
+    assert " NO " in out and "RESULT: FAIL" in out
