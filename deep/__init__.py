@@ -4,8 +4,8 @@
 from ._data import (DataBundle, load_cifar10, load_data, load_mnist5k, split_dataset,
                     synthetic_classification)
 from ._models import MLP, ResNet18, SmallCNN, make_activation, make_model
-from ._trainer import (EpochMetrics, Trainer, TrainingDiverged, checkpoint_digest,
-                       load_checkpoint)
+from ._loop import TrainingDiverged
+from ._trainer import EpochMetrics, Trainer, checkpoint_digest, load_checkpoint
 # --- end trainer block ---
 
 # --- curvature and adversarial (owner: deep curvature) ---
@@ -20,7 +20,7 @@ from ._selftest import HVPCheck, HVPCheckError, HVPCheckWarning, check_hvp, chec
 from ._loop import AdaptiveBatchSampler, LoopAdapter
 # --- end integrations block ---
 # --- data parallelism over torch.distributed (owner: distributed) ---
-from ._distributed import (DistributedConfigError, DistributedHessianOperator,
+from ._distributed import (DataParallel, DistributedConfigError, DistributedHessianOperator,
                            DistributedTrainer, distributed_top_eigenvalue)
 # --- end data parallelism block ---
 

@@ -25,6 +25,7 @@ import sys
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import torch
 
@@ -110,8 +111,10 @@ def wants_launch(args: argparse.Namespace) -> bool:
     return args.nproc > 1 and not launched()
 
 
-def launch(args: argparse.Namespace) -> int:
-    """Run ``hessbatch train`` on ``args.nproc`` local workers under the elastic agent.
+def launch(args: argparse.Namespace, entry: Any) -> int:
+    """Run ``entry(args)`` (``hessbatch train``'s worker, a module-level function) on
+    ``args.nproc`` local workers under the elastic agent. This module never imports the
+    command's own module: the command hands its entry point in.
 
     Returns:
         0 when every worker finished, 2 when the workers refused the configuration (the
@@ -129,7 +132,7 @@ def launch(args: argparse.Namespace) -> int:
         rdzv_endpoint="localhost:0",  # the agent picks a free port (torchrun --standalone)
         max_restarts=args.max_restarts, monitor_interval=0.1, start_method="spawn")
     try:
-        results = elastic_launch(config, _worker)(args)
+        results = elastic_launch(config, entry)(args)
     except ChildFailedError as exc:
         print(f"hessbatch train: a worker failed after {args.max_restarts} restart(s):\n{exc}",
               file=sys.stderr)
@@ -138,14 +141,15 @@ def launch(args: argparse.Namespace) -> int:
     return max(codes) if codes else 0
 
 
-def _worker(args: argparse.Namespace) -> int:
-    """The elastic agent's entry point in each worker (a spawned process)."""
+def worker_exit(run: Any, args: argparse.Namespace) -> int:
+    """``run(args)`` in a worker: an error found before training (on every rank) is reported
+    once and not retried (exit 2); later errors propagate (the agent restarts the workers)."""
     from hessbatch import SchedulerError
 
-    from . import _cli_train, _distributed
+    from . import _distributed
 
     try:
-        return int(_cli_train.run(args) or 0)
+        return int(run(args) or 0)
     except (ValueError, TypeError, OSError, SchedulerError) as exc:
         if not _distributed.training_started():
             # Found before training (every rank finds it): report once, do not restart.

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import io
 import json
 import math
@@ -351,9 +350,8 @@ def _checkpoint_extra(trainer: Trainer) -> dict[str, Any]:
 
 def _wait_for_rank0(trainer: Trainer) -> None:
     """With several ranks, every rank waits until rank 0 has written its files."""
-    group = getattr(trainer, "group", None)
-    if getattr(trainer, "world_size", 1) > 1:
-        torch.distributed.barrier(group=group)
+    if trainer.parallel is not None:
+        trainer.parallel.barrier()
 
 
 def _output_folder(args: argparse.Namespace) -> Path | None:
@@ -492,12 +490,18 @@ def _report_divergence(exc: TrainingDiverged, args: argparse.Namespace, trainer:
 # --------------------------------------------------------------------------------------------
 
 
+def worker(args: argparse.Namespace) -> int:
+    """The entry point of each ``--nproc`` worker (a spawned process): :func:`run` with the
+    data-parallel exit rules (:func:`hessbatch.deep._cli_distributed.worker_exit`)."""
+    return _cli_distributed.worker_exit(run, args)
+
+
 def run(args: argparse.Namespace) -> int:
     """Train as the options say; returns the exit code."""
     _check_args(args)
     if _cli_distributed.wants_launch(args):
         args.out = _output_folder(args)  # checked once, before any worker starts
-        return _cli_distributed.launch(args)  # --nproc N: N workers, each runs this function
+        return _cli_distributed.launch(args, worker)  # --nproc N: N workers, each runs worker
     if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:
         # a restarted worker: the first attempt checked --out and wrote into it
         args.out = None if args.out is None else Path(args.out)
@@ -542,11 +546,11 @@ def run(args: argparse.Namespace) -> int:
                                 weight_decay=spec["weight_decay"])
     params = block_parameters(model, spec["block"])
     eig_fn = None
-    trainer_cls: Any = Trainer
+    parallel = None
     if ctx is not None:
-        from ._distributed import DistributedTrainer
-        trainer_cls = functools.partial(
-            DistributedTrainer, eig_params=params, sync_batchnorm=args.sync_batchnorm,
+        from ._distributed import DataParallel
+        parallel = DataParallel(
+            eig_params=params, sync_batchnorm=args.sync_batchnorm,
             config_extra={"spec": spec, "checkpoint_every": args.checkpoint_every})
     elif params is not None:
         from . import top_eigenvalue
@@ -555,8 +559,9 @@ def run(args: argparse.Namespace) -> int:
             return top_eigenvalue(m, loss_fn, batches, params=params,
                                   method=spec["eig_method"], max_hvp=spec["max_hvp"],
                                   tol=spec["eig_tol"], seed=seed)
-    trainer = trainer_cls(model, optimizer, torch.nn.functional.cross_entropy, bundle.train,
+    trainer = Trainer(model, optimizer, torch.nn.functional.cross_entropy, bundle.train,
                       Scheduler(config), test_data=bundle.test, eigenvalue_fn=eig_fn,
+                      parallel=parallel,
                       hessian_batch_size=spec["hessian_batch"], eig_method=spec["eig_method"],
                       max_hvp=spec["max_hvp"], eig_tol=spec["eig_tol"],
                       adversary=spec["adversary"], last_batch=spec["last_batch"],

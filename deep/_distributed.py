@@ -68,9 +68,8 @@ from hessbatch import SchedulerConfig
 
 from ._eigen import EigenResult, _check_options, lanczos, power_iteration
 from ._hvp import Batch, HessianOperator, LossFn, flatten, unflatten
-from ._trainer import Trainer, _EpochAccumulator
 
-__all__ = ["DistributedConfigError", "DistributedHessianOperator", "DistributedTrainer",
+__all__ = ["DataParallel", "DistributedConfigError", "DistributedHessianOperator", "DistributedTrainer",
            "check_batch_layout", "distributed_top_eigenvalue", "reachable_batch_sizes",
            "shard_bounds"]
 
@@ -398,233 +397,279 @@ def distributed_top_eigenvalue(model: nn.Module, loss_fn: LossFn, batches: Seque
 # the trainer
 
 
-def _sum_hook(trainer, bucket):  # no annotations: DDP checks them against its own types
-    """DDP communication hook: *sum* the bucket (the loss scaling already makes it the mean),
-    waited for here so that its time is measured; returns the collective's own future (on
-    CUDA a device-aware one), resolved to the reduced bucket."""
-    buf = bucket.buffer()
-    _sync(buf.device)
-    t0 = time.perf_counter()
-    work = dist.all_reduce(buf, group=trainer.group, async_op=True)
-    work.wait()
-    _sync(buf.device)
-    trainer._comm_pending += time.perf_counter() - t0
-    return work.get_future().then(lambda fut: fut.value()[0])
+class _BatchNormStats:
+    """Running statistics of BatchNorm equal on every rank and to one process.
+
+    In one process a BatchNorm layer updates its running mean and variance once per training
+    forward, micro-batch after micro-batch. With round-robin micro-batches each rank sees only
+    its own, so its running statistics would drift from the single-process ones (and the
+    eigenvalue and the test metrics, computed in eval mode, with them). This records each
+    training forward's batch mean and unbiased variance per layer (a forward pre-hook), and at
+    the end of each update gathers every rank's records, puts the running statistics back to
+    their value before the update and applies the records in the epoch's micro-batch order,
+    with the layer's own update rule (momentum, or the cumulative average for
+    ``momentum=None``). SyncBatchNorm layers are left alone (their statistics are global
+    already).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.layers = [m for m in model.modules()
+                       if isinstance(m, nn.modules.batchnorm._BatchNorm)
+                       and not isinstance(m, nn.SyncBatchNorm) and m.track_running_stats]
+        self.records: list[tuple[int, list[torch.Tensor]]] = []
+        self._current: list[torch.Tensor] | None = None
+        self._snapshot: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        for layer in self.layers:
+            layer.register_forward_pre_hook(self._hook)
+
+    def _hook(self, layer: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        if not layer.training or self._current is None:
+            return
+        x = inputs[0].detach()
+        dims = [0] + list(range(2, x.dim()))
+        self._current.append(x.mean(dims))
+        self._current.append(x.var(dims, unbiased=True))
+
+    def open(self) -> None:
+        """Before the update's first forward."""
+        self.records = []
+        self._snapshot = [(m.running_mean.clone(), m.running_var.clone(),
+                           m.num_batches_tracked.clone()) for m in self.layers]
+
+    def begin(self, k: int) -> None:
+        """Micro-batch ``k`` (0-based in the epoch) is about to be run."""
+        self._current = []
+        self.records.append((k, self._current))
+
+    def close(self, group: Any, world: int) -> None:
+        """After the update's last backward: the statistics of all ranks, in order."""
+        self._current = None
+        if not self.layers:
+            return
+        width = sum(2 * m.num_features for m in self.layers)
+        dev = self.layers[0].running_mean.device
+        rows = []
+        for k, parts in self.records:
+            if len(parts) != 2 * len(self.layers):
+                continue  # padding (eval mode) or a layer skipped: nothing to apply
+            rows.append(torch.cat([torch.tensor([float(k)], dtype=torch.float64, device=dev)]
+                                  + [p.to(torch.float64) for p in parts]))
+        count = torch.tensor([len(rows)], dtype=torch.int64, device=dev)
+        counts = [torch.zeros_like(count) for _ in range(world)]
+        dist.all_gather(counts, count, group=group)
+        most = max(int(c.item()) for c in counts)
+        mine = torch.full((most, width + 1), -1.0, dtype=torch.float64, device=dev)
+        for i, row in enumerate(rows):
+            mine[i] = row
+        every = [torch.empty_like(mine) for _ in range(world)]
+        dist.all_gather(every, mine, group=group)
+        table = torch.cat(every)
+        table = table[table[:, 0] >= 0]
+        table = table[torch.argsort(table[:, 0])]
+        for m, (mean, var, tracked) in zip(self.layers, self._snapshot):
+            m.running_mean.copy_(mean)
+            m.running_var.copy_(var)
+            m.num_batches_tracked.copy_(tracked)
+        for row in table:
+            col = 1
+            for m in self.layers:
+                c = m.num_features
+                bmean = row[col:col + c].to(m.running_mean.dtype)
+                bvar = row[col + c:col + 2 * c].to(m.running_var.dtype)
+                col += 2 * c
+                m.num_batches_tracked.add_(1)
+                f = m.momentum if m.momentum is not None \
+                    else 1.0 / float(m.num_batches_tracked.item())
+                m.running_mean.mul_(1 - f).add_(bmean * f)
+                m.running_var.mul_(1 - f).add_(bvar * f)
 
 
-class DistributedTrainer(Trainer):
-    """:class:`hessbatch.deep.Trainer` on ``world_size`` processes: one global schedule.
+class DataParallel:
+    """Data parallelism as a property of the executor: what a door needs on ``W`` ranks.
 
-    Same arguments as :class:`~hessbatch.deep.Trainer` (every rank passes the same ones, and the
-    whole dataset), plus the ones below. The process group must be initialised first
-    (``torch.distributed.init_process_group``; torchrun provides the rendezvous). Each rank
-    trains on its shard of every logical batch (module docstring); the per-epoch metrics
-    (train loss, test loss and accuracy, eigenvalues, B, lr, updates) are global and the same
-    on every rank; times are the slowest rank's (``time_eval``: this rank's).
+    Pass it as ``parallel=`` to :class:`hessbatch.deep.Trainer` or
+    :class:`hessbatch.deep.LoopAdapter` (the Lightning callback makes its own under a DDP
+    strategy). The process group must be initialised (torchrun or ``hessbatch train --nproc``
+    do it). What it adds to the executor (docs/distributed.md):
+
+    * placement: rank ``r`` receives micro-batches ``r, r + W, ...`` of each epoch (one padding
+      micro-batch of weight 0 where the last round is short), so each micro-batch is the one
+      a single process would run, with the same samples, dropout seed and BatchNorm batch;
+    * gradients: the loss weights are ``W m / n`` and DDP averages, so the reduced gradient is
+      the mean over the logical batch of ``n`` global samples (DDP's own asynchronous bucket
+      all-reduce, which overlaps the backward pass);
+    * BatchNorm running statistics: replayed in micro-batch order on every rank after each
+      update (:class:`_BatchNormStats`), so eval-mode forwards (eigenvalue, test metrics,
+      checkpoints) see the single-process statistics;
+    * curvature: the Hessian batch split in contiguous shards, HVPs all-reduced
+      (:func:`distributed_top_eigenvalue`); every rank reports the same value;
+    * agreement: the batch layout is checked, and a hash of every option is compared across
+      ranks before the first update (:class:`DistributedConfigError` on every rank).
 
     Args:
         group: the process group (default: the world).
-        sync_batchnorm: convert BatchNorm layers to SyncBatchNorm (CUDA only).
-        eig_params: parameters of a block Hessian for the default eigenvalue function (None:
-            all). A custom ``eigenvalue_fn`` receives this rank's Hessian shard and must do
-            its own reduction (e.g. with :func:`distributed_top_eigenvalue`).
-        config_extra: plain data added to the configuration hash compared across ranks (the
-            command line passes its options).
-        ddp_kwargs: passed to :class:`~torch.nn.parallel.DistributedDataParallel`
-            (``broadcast_buffers`` is False unless given).
+        sync_batchnorm: convert BatchNorm layers to SyncBatchNorm (statistics over the ranks'
+            micro-batches of one round; needs a backend that supports it, nccl on CUDA).
+        eig_params: parameters of a block Hessian for the default eigenvalue (None: all).
+        config_extra: plain data added to the configuration hash (the command line passes its
+            options).
+        ddp_kwargs: passed to :class:`~torch.nn.parallel.DistributedDataParallel`.
+
+    Raises:
+        RuntimeError: torch.distributed is not initialised.
+    """
+
+    def __init__(self, group: Any = None, *, sync_batchnorm: bool = False,
+                 eig_params: Sequence[torch.Tensor] | None = None, config_extra: Any = None,
+                 ddp_kwargs: dict | None = None) -> None:
+        self.group = group
+        self.rank, self.world_size = _require_group(group)
+        self.sync_batchnorm = bool(sync_batchnorm)
+        self.eig_params = list(eig_params) if eig_params is not None else None
+        self.config_extra = config_extra
+        self.ddp_kwargs = dict(ddp_kwargs or {})
+        self.config_hash: str | None = None
+        self._bn: _BatchNormStats | None = None
+        self._eig_stats: dict[str, float] = {}
+        self._updates = 0
+
+    # -- set-up ------------------------------------------------------------------------------
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        """SyncBatchNorm layers when asked (the parameters stay the same objects)."""
+        if self.sync_batchnorm:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model, process_group=self.group)
+        return model
+
+    def place(self, sampler: Any) -> None:
+        sampler.set_rank(self.rank, self.world_size)
+
+    def check(self, adapter: Any, extra: Any = None) -> None:
+        """The checks every rank makes identically, before any training collective."""
+        config = adapter.scheduler.config
+        check_batch_layout(config, self.world_size)
+        hess = min(adapter.hessian_batch_size, config.samples_per_epoch)
+        if config.uses_eigenvalues and hess < self.world_size:
+            raise DistributedConfigError(
+                f"the Hessian batch ({hess} samples) must give each of the {self.world_size} "
+                f"ranks at least one sample; use hessian_batch_size >= {self.world_size}")
+        extra = dict(extra or {})
+        for key, value in list(extra.items()):
+            if isinstance(value, Dataset) or value is None and key == "test":
+                extra[key] = _data_digest(value)
+        payload = {
+            "scheduler": config.to_dict(),
+            "executor": {"hessian_batch_size": adapter.hessian_batch_size,
+                         "eig_method": adapter.eig_method, "max_hvp": adapter.max_hvp,
+                         "eig_tol": adapter.eig_tol, "input_range": adapter.input_range,
+                         "adversary": adapter.adversary if isinstance(adapter.adversary, str)
+                         else "callable", "seed": adapter.seed,
+                         "seed_micro_batches": adapter.seed_micro_batches,
+                         "sync_batchnorm": self.sync_batchnorm},
+            "model": [(n, tuple(p.shape), str(p.dtype)) for n, p in
+                      adapter.model.named_parameters()],
+            "optimizer": [type(adapter.optimizer).__name__] + [
+                {k: v for k, v in g.items() if k != "params"}
+                for g in adapter.optimizer.param_groups],
+            "train": _data_digest(adapter.train_data), "door": extra,
+            "extra": self.config_extra,
+        }
+        self.config_hash = check_same_config(payload, group=self.group,
+                                             device=adapter.device)
+        self._bn = _BatchNormStats(adapter.model)
+        _STARTED["training"] = True
+
+    def make_eigenvalue_fn(self, adapter: Any, *, warm_start: bool = False) -> Any:
+        """The collective eigenvalue on the global Hessian (cold starts, no self-test)."""
+        if warm_start:
+            raise ValueError("warm_start=True is not supported with data parallelism (the "
+                             "eigenvalue is a collective over every rank); leave it False")
+
+        def eigenvalue(model, loss_fn, batches, *, seed):
+            return distributed_top_eigenvalue(
+                model, loss_fn, batches, params=self.eig_params, method=adapter.eig_method,
+                max_hvp=adapter.max_hvp, tol=adapter.eig_tol, seed=seed, group=self.group,
+                stats=self._eig_stats)
+        return eigenvalue
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """The DDP wrapper the Trainer runs its forward/backward through (DDP's own averaging
+        all-reduce; buffers are not broadcast: BatchNorm statistics are replayed instead)."""
+        kw: dict[str, Any] = dict(self.ddp_kwargs)
+        if not {"broadcast_buffers", "forward_sync_buffers"} & set(kw):
+            newer = "forward_sync_buffers" in inspect.signature(
+                nn.parallel.DistributedDataParallel).parameters
+            kw["forward_sync_buffers" if newer else "broadcast_buffers"] = False
+        if _first_device(model).type == "cuda":
+            kw.setdefault("device_ids", [_first_device(model)])
+        return nn.parallel.DistributedDataParallel(model, process_group=self.group, **kw)
+
+    # -- each update ---------------------------------------------------------------------------
+    def open_batch(self, adapter: Any) -> None:
+        self._updates += 1
+        _maybe_fault(self.rank, self._updates)
+        if self._bn is not None:
+            self._bn.open()
+
+    def before_forward(self, k: int) -> None:
+        if self._bn is not None:
+            self._bn.begin(k)
+
+    def close_batch(self, adapter: Any) -> None:
+        if self._bn is not None:
+            self._bn.close(self.group, self.world_size)
+
+    @staticmethod
+    def accumulate(ddp: nn.Module, last: bool) -> Any:
+        """DDP's ``no_sync`` except on this rank's last micro-batch of the update."""
+        if last or not isinstance(ddp, nn.parallel.DistributedDataParallel):
+            return contextlib.nullcontext()
+        return ddp.no_sync()
+
+    # -- reductions ------------------------------------------------------------------------------
+    def shard(self, n: int) -> tuple[int, int]:
+        return shard_bounds(n, self.world_size, self.rank)
+
+    def _reduce(self, values: list[float], op: Any) -> list[float]:
+        dev = torch.device("cuda", torch.cuda.current_device()) \
+            if dist.get_backend(self.group) == "nccl" else torch.device("cpu")
+        t = torch.tensor(values, dtype=torch.float64, device=dev)
+        dist.all_reduce(t, op=op, group=self.group)
+        return [float(v) for v in t.tolist()]
+
+    def sum_floats(self, values: list[float]) -> list[float]:
+        return self._reduce(values, dist.ReduceOp.SUM)
+
+    def max_floats(self, values: list[float]) -> list[float]:
+        return self._reduce(values, dist.ReduceOp.MAX)
+
+    def take_eigenvalue_comm(self) -> float:
+        return float(self._eig_stats.pop("comm_time", 0.0))
+
+    def barrier(self) -> None:
+        dist.barrier(group=self.group)
+
+
+def DistributedTrainer(model: nn.Module, optimizer: torch.optim.Optimizer,
+                       loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                       train_data: Dataset, scheduler: Any, *, group: Any = None,
+                       sync_batchnorm: bool = False,
+                       eig_params: Sequence[torch.Tensor] | None = None,
+                       config_extra: Any = None, ddp_kwargs: dict | None = None,
+                       **kwargs: Any) -> Any:
+    """``Trainer(..., parallel=DataParallel(group, ...))``: the Trainer on every rank of a
+    process group (a shorthand; the data-parallel logic is :class:`DataParallel`'s).
 
     Raises:
         DistributedConfigError: a batch size that does not split into whole micro-batches per
             rank, a Hessian batch smaller than the number of ranks, or ranks started with
             different options (raised on every rank, before training).
         RuntimeError: torch.distributed is not initialised.
-        TypeError, ValueError: as :class:`~hessbatch.deep.Trainer`.
-
-    Checkpoints: :meth:`save` writes on rank 0 only (atomically) and waits for it on every
-    rank; the file is the single-process format, so it resumes on any number of processes whose
-    layout fits the schedule (a 1-process :class:`Trainer` included).
     """
-
-    _local_finiteness_checks = False  # a NaN is caught after the gradient all-reduce
-
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer,
-                 loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                 train_data: Dataset, scheduler: Any, *, group: Any = None,
-                 sync_batchnorm: bool = False,
-                 eig_params: Sequence[torch.Tensor] | None = None,
-                 config_extra: Any = None, ddp_kwargs: dict | None = None, **kwargs: Any):
-        self.group = group
-        self.rank, self.world_size = _require_group(group)
-        if sync_batchnorm:
-            # convert_sync_batchnorm keeps the parameter objects, so the optimizer is intact
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model, process_group=group)
-        super().__init__(model, optimizer, loss_fn, train_data, scheduler, **kwargs)
-        self.eig_params = list(eig_params) if eig_params is not None else None
-        self._comm_pending = 0.0
-        self._eig_stats: dict[str, float] = {}
-        self._synced = False
-        self._noise: torch.Tensor | None = None
-        self._noise_pos = 0
-        self._updates_done = 0
-        # -- checks that every rank makes identically, before any training collective
-        check_batch_layout(self.scheduler.config, self.world_size)
-        hess = min(self.hessian_batch_size, self._n_train)
-        if self.scheduler.config.uses_eigenvalues and hess < self.world_size:
-            raise DistributedConfigError(
-                f"the Hessian batch ({hess} samples) must give each of the {self.world_size} "
-                f"ranks at least one sample; use hessian_batch_size >= {self.world_size}")
-        payload = {
-            "scheduler": self.scheduler.config.to_dict(),
-            "trainer": {"hessian_batch_size": self.hessian_batch_size,
-                        "eig_method": self.eig_method, "max_hvp": self.max_hvp,
-                        "eig_tol": self.eig_tol, "input_range": self.input_range,
-                        "adversary": self.adversary if isinstance(self.adversary, str)
-                        else "callable", "last_batch": self.last_batch,
-                        "eval_batch_size": self.eval_batch_size, "seed": self.seed,
-                        "sync_batchnorm": bool(sync_batchnorm)},
-            "model": [(n, tuple(p.shape), str(p.dtype)) for n, p in
-                      self.model.named_parameters()],
-            "optimizer": [type(optimizer).__name__] + [
-                {k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups],
-            "train": _data_digest(train_data), "test": _data_digest(self.test_data),
-            "extra": config_extra,
-        }
-        self.config_hash = check_same_config(payload, group=group, device=self.device)
-        kw: dict[str, Any] = dict(ddp_kwargs or {})
-        if not {"broadcast_buffers", "forward_sync_buffers"} & set(kw):
-            # rank-local BatchNorm statistics (synced once at start, never in forward)
-            newer = "forward_sync_buffers" in inspect.signature(
-                nn.parallel.DistributedDataParallel).parameters
-            kw["forward_sync_buffers" if newer else "broadcast_buffers"] = False
-        if self.device.type == "cuda":
-            kw.setdefault("device_ids", [self.device])
-        self.ddp = nn.parallel.DistributedDataParallel(self.model, process_group=group, **kw)
-        self.ddp.register_comm_hook(self, _sum_hook)
-        _STARTED["training"] = True
-
-    # -- the hooks of Trainer ----------------------------------------------------------------
-
-    def _shard(self, idx: torch.Tensor) -> tuple[torch.Tensor, int]:
-        lo, hi = shard_bounds(int(idx.numel()), self.world_size, self.rank)
-        return idx[lo:hi], lo
-
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.ddp(x)
-
-    def _accumulate(self, last: bool) -> Any:
-        if last:
-            self._synced = True
-            return contextlib.nullcontext()
-        return self.ddp.no_sync()
-
-    def _reduce_gradients(self, idx: torch.Tensor, acc: _EpochAccumulator) -> None:
-        if not self._synced:
-            # This rank's shard of a short last batch is empty: join the all-reduce with a
-            # zero contribution (one sample through DDP, scaled by 0).
-            x, _ = self._fetch(self.train_data, idx[:1])
-            (self.ddp(x).sum() * 0.0).backward()
-        self._synced = False
-        acc.time_comm += self._comm_pending
-        self._comm_pending = 0.0
-
-    def _update(self, idx: torch.Tensor, d: Any, acc: _EpochAccumulator) -> None:
-        self._updates_done += 1
-        _maybe_fault(self.rank, self._updates_done)
-        n = int(idx.numel())
-        unit = self.world_size * d.micro_batch_size
-        if n == d.batch_size and n % unit:  # checked before training; a guard, not a path
-            raise DistributedConfigError(f"logical batch {n} is not a multiple of {unit}")
-        self._noise = None
-        if self.adversary == "random":
-            n_adv = d.adversarial_count(n)
-            if n_adv:
-                # Signs for all n_adv adversarial samples of the logical batch, on every rank:
-                # the generator advances the same everywhere, and a rank takes the rows of its
-                # own samples (the draw equals the single-process per-micro-batch draws).
-                shape = tuple(self.train_data[0][0].shape)
-                self._noise = torch.randint(0, 2, (n_adv, *shape), generator=self.generator)
-                self._noise_pos = min(shard_bounds(n, self.world_size, self.rank)[0], n_adv)
-        super()._update(idx, d, acc)
-        self._noise = None
-
-    def _perturb(self, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
-        if self.adversary != "random" or self._noise is None:
-            return super()._perturb(x, y, eps)
-        k = int(x.shape[0])
-        bits = self._noise[self._noise_pos:self._noise_pos + k]
-        self._noise_pos += k
-        s = (2 * bits - 1).to(device=x.device, dtype=x.dtype)
-        low, high = self.input_range
-        return (x.detach() + eps * s).clamp(low, high).detach()
-
-    def _hessian_batches(self, micro: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        size = min(self.hessian_batch_size, self._n_train)
-        idx = torch.randperm(self._n_train, generator=self.generator)[:size]
-        lo, hi = shard_bounds(size, self.world_size, self.rank)
-        local = idx[lo:hi]
-        return [self._fetch(self.train_data, local[i:i + micro])
-                for i in range(0, local.numel(), micro)]
-
-    def _make_default_eigenvalue(self, warm_start: bool, hvp_check: str) -> Any:
-        # The collective eigenvalue on the global Hessian: cold starts, no self-test (both are
-        # single-process features of WarmStartEigenvalue; docs/distributed.md says so).
-        if warm_start:
-            raise ValueError("warm_start=True is not supported by the data-parallel trainer "
-                             "(its eigenvalue is a collective over every rank); leave it False")
-        return self._default_eigenvalue
-
-    def _default_eigenvalue(self, model, loss_fn, batches, *, seed):
-        return distributed_top_eigenvalue(model, loss_fn, batches, params=self.eig_params,
-                                          method=self.eig_method, max_hvp=self.max_hvp,
-                                          tol=self.eig_tol, seed=seed, group=self.group,
-                                          stats=self._eig_stats)
-
-    def _finish_epoch(self, acc: _EpochAccumulator) -> None:
-        dev = self.device
-        acc.time_train -= acc.time_comm  # the hook's all-reduces ran inside the backward
-        acc.time_eig_comm = self._eig_stats.pop("comm_time", 0.0)
-        total = torch.tensor([acc.loss_sum], dtype=torch.float64, device=dev)
-        dist.all_reduce(total, group=self.group)
-        acc.loss_sum = float(total.item())
-        times = torch.tensor([acc.time_train, acc.time_eig, acc.time_adv, acc.time_comm,
-                              acc.time_eig_comm], dtype=torch.float64, device=dev)
-        dist.all_reduce(times, op=dist.ReduceOp.MAX, group=self.group)
-        (acc.time_train, acc.time_eig, acc.time_adv, acc.time_comm,
-         acc.time_eig_comm) = (float(t) for t in times.tolist())
-
-    # -- public ------------------------------------------------------------------------------
-
-    def evaluate(self, dataset: Dataset | None = None) -> tuple[float, float]:
-        """Mean loss and accuracy over ``dataset`` (default: the test set), each rank
-        evaluating its contiguous part, the sums all-reduced: the single-process numbers.
-        Collective: every rank must call it."""
-        dataset = self.test_data if dataset is None else dataset
-        if dataset is None:
-            return super().evaluate(None)  # raises the base class's error
-        n = len(dataset)  # type: ignore[arg-type]
-        lo, hi = shard_bounds(n, self.world_size, self.rank)
-        sums = torch.zeros(2, dtype=torch.float64, device=self.device)
-        if hi > lo:
-            if isinstance(dataset, TensorDataset):
-                part: Dataset = TensorDataset(*(t[lo:hi] for t in dataset.tensors))
-            else:
-                part = Subset(dataset, range(lo, hi))
-            loss, accuracy = super().evaluate(part)
-            sums[0], sums[1] = loss * (hi - lo), round(accuracy * (hi - lo))
-        dist.all_reduce(sums, group=self.group)
-        return float(sums[0]) / n, float(sums[1]) / n
-
-    def save(self, path: str | os.PathLike, extra: Any = None) -> Path:
-        """Rank 0 writes the checkpoint atomically (:meth:`Trainer.save`); every rank waits
-        for it (a barrier), so no rank runs ahead of a file that is not there yet."""
-        path = Path(path)
-        if self.rank == 0:
-            extra = dict(extra or {})
-            extra.setdefault("world_size", self.world_size)
-            super().save(path, extra=extra)
-        dist.barrier(group=self.group)
-        return path
-
+    from ._trainer import Trainer
+    parallel = DataParallel(group, sync_batchnorm=sync_batchnorm, eig_params=eig_params,
+                            config_extra=config_extra, ddp_kwargs=ddp_kwargs)
+    return Trainer(model, optimizer, loss_fn, train_data, scheduler, parallel=parallel,
+                   **kwargs)
 
 def _maybe_fault(rank: int, update: int) -> None:
     spec = os.environ.get(FAULT_ENV)

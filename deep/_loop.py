@@ -1,17 +1,24 @@
-"""The core's decisions inside a training loop you already have: a batch sampler and an adapter.
+"""The one executor of a logical batch: a batch sampler and an adapter that every door uses.
 
-:class:`hessbatch.deep.Trainer` owns the loop. Most loops are someone else's, so this module gives
-them the two things they need, and nothing else:
+Every way to train here runs the core's decisions through this module, so each convention of a
+training step lives in one place:
 
 * :class:`AdaptiveBatchSampler`, a ``torch.utils.data.Sampler`` of index lists for
-  ``DataLoader(dataset, batch_sampler=...)``: the DataLoader keeps its workers, pinning and
-  collate. It yields *micro-batches* of ``micro_batch_size`` indices from one shuffled
-  permutation per epoch; the logical batch ``B`` is built from ``accumulation_steps`` of them.
-* :class:`LoopAdapter`, which ties the sampler, the core and the optimizer together: it tells the
-  loop the weight of each micro-batch's loss and when an update is complete, writes the decided
-  lr into the optimizer, computes the eigenvalue when the core asks for one (with
-  :func:`hessbatch.deep.top_eigenvalue`), makes ABSA's adversarial samples (with
-  :func:`hessbatch.deep.fgsm`), and saves and restores all of it with one ``state_dict``.
+  ``DataLoader(dataset, batch_sampler=...)``: one shuffled permutation per epoch, cut into
+  *micro-batches* of ``micro_batch_size`` indices; the logical batch ``B`` is built from
+  ``accumulation_steps`` of them. With ``world_size`` ranks, rank ``r`` receives micro-batches
+  ``r, r + W, r + 2W, ...`` of the epoch (round robin), padded with one weight-0 micro-batch
+  where the last round is short (below).
+* :class:`LoopAdapter`, the executor: the weight of each micro-batch's loss, where ABSA's
+  adversarial rows go (``Decision.adversarial_ranges``) and FGSM on them, the seed of each
+  micro-batch's dropout masks, the lr written into each param group, the Hessian batch and the
+  solver seed, the eigenvalue call (collective with several ranks), the report of every event
+  to the core, and one ``state_dict``.
+
+The doors: :class:`hessbatch.deep.Trainer` (and ``hessbatch train``, ``--nproc N``) is a plain
+loop over this sampler and adapter; your own loop uses them directly; the Lightning callback
+(:mod:`hessbatch.deep.lightning`) calls them from Lightning's hooks. Data parallelism is a
+property of the executor (``parallel=DataParallel(...)``), not of a door.
 
 The loop, with the adapter (docs/integrations.md has it before and after)::
 
@@ -26,41 +33,56 @@ The loop, with the adapter (docs/integrations.md has it before and after)::
         hb.end_epoch()
 
 Why the micro-batches do not depend on ``B``: a logical batch starts at a multiple of ``B`` (a
-multiple of the micro-batch) or after a short one at the end of an epoch, so the micro-batch
-boundaries of an epoch are always the multiples of ``micro_batch_size``: the index stream is
-``perm[0:m], perm[m:2m], ...`` whatever ``B`` is. When ``B`` changes mid-epoch only the grouping
-changes, which the adapter does as the batches arrive. This is also why the DataLoader's
-prefetching (workers fetch a few micro-batches ahead) can never get a batch wrong.
+multiple of the micro-batch, and of ``world_size`` micro-batches with several ranks) or after a
+short one at the end of an epoch, so the micro-batch boundaries of an epoch are always the
+multiples of ``micro_batch_size``: the index stream is ``perm[0:m], perm[m:2m], ...`` whatever
+``B`` is. When ``B`` changes mid-epoch only the grouping changes, which the adapter does as the
+batches arrive. This is also why the DataLoader's prefetching (workers fetch a few micro-batches
+ahead) can never get a batch wrong, on one rank or many.
 
-Same trajectory as :class:`~hessbatch.deep.Trainer` (tested in float64, ``num_workers`` 0 and
-2), given the Trainer's conventions, which the adapter keeps: one ``torch.Generator`` seeded by
-``seed`` draws each epoch's permutation, then each Hessian batch and solver seed, in that order;
-micro-batch ``j`` of ``m_j`` samples in a logical batch of ``n`` contributes
-``loss_j * m_j / n`` (the gradient of the mean over the ``n`` samples); a short last batch is
-stepped; the first ``decision.adversarial_count(n)`` samples of a logical batch are adversarial;
-each group's lr is ``decision.lr * group.get("lr_scale", 1.0)``. One convention is the loop's:
-give the DataLoader its own generator (``generator=torch.Generator()``), because each
-``iter(loader)`` otherwise draws a worker seed from torch's global RNG, which dropout also uses.
+The conventions (docs/deep.md, "one executor"):
+
+* one ``torch.Generator`` seeded by ``seed`` draws each epoch's permutation, then, per logical
+  batch with random-sign adversaries, the signs of all its adversarial rows (at its first
+  micro-batch), and per eigenvalue check the Hessian batch and the solver seed, in that order;
+  every rank draws the same numbers;
+* micro-batch ``j`` of ``m_j`` samples in a logical batch of ``n`` (global) samples contributes
+  ``loss_j * m_j / n``: the gradient of the mean over the ``n`` samples. With several ranks the
+  gradient is averaged by DDP, so the weight is ``world_size * m_j / n``;
+* the adversarial rows are the positions ``decision.adversarial_ranges(n)`` of the logical batch
+  (numbered in the epoch's permutation order), replaced by FGSM computed in eval mode;
+* before handing out micro-batch ``k`` of epoch ``e``, torch's global RNG is seeded with a hash
+  of ``(seed, e, k)``, so dropout masks belong to the micro-batch, not to the process or the
+  order of work: 1 and N ranks draw the same masks;
+* a short last batch is stepped; each group's lr is ``decision.lr * group.get("lr_scale", 1)``.
 """
 
 from __future__ import annotations
 
+import bisect
+import hashlib
 import math
+import time
 from typing import Any, Callable, Iterator, Mapping
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset, Sampler, default_collate
+from torch.utils.data import Dataset, Sampler, TensorDataset, default_collate
 
 from hessbatch import Decision, Scheduler, SchedulerConfig, SchedulerError
-from ._trainer import call_eigenvalue_fn, check_loop_arguments  # shared by every loop
 
-__all__ = ["AdaptiveBatchSampler", "LoopAdapter", "LOOP_STATE_FORMAT", "LOOP_STATE_VERSION"]
+__all__ = ["AdaptiveBatchSampler", "LoopAdapter", "LOOP_STATE_FORMAT", "LOOP_STATE_VERSION",
+           "TrainingDiverged", "call_eigenvalue_fn", "check_loop_arguments", "fetch",
+           "micro_batch_seed"]
 
 LOOP_STATE_FORMAT = "hessbatch.deep.loop"
 LOOP_STATE_VERSION = 1
 _SAMPLER_FORMAT = "hessbatch.deep.sampler"
 _ADVERSARIES = ("fgsm", "random")
+
+
+# ------------------------------------------------------------------------------------------
+# conventions every door shares
 
 
 def _as_scheduler(scheduler: Any) -> Scheduler:
@@ -80,19 +102,140 @@ def _check_int(name: str, value: Any, low: int) -> int:
     return value
 
 
+def check_loop_arguments(model: Any, optimizer: Any, loss_fn: Any) -> None:
+    """The type checks every door makes first."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"optimizer must be a torch.optim.Optimizer, got "
+                        f"{type(optimizer).__name__}")
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
+
+
+def call_eigenvalue_fn(eigenvalue_fn: Callable[..., Any], model: nn.Module,
+                       loss_fn: Callable[..., Any], batches: list[Any],
+                       generator: torch.Generator) -> Any:
+    """One eigenvalue check: a solver seed drawn from ``generator``, then
+    ``eigenvalue_fn(model, loss_fn, batches, seed=seed)``.
+
+    A diverged run (non-finite weights or loss) has no eigenvalue: its ``ValueError`` becomes
+    NaN, which the core refuses, so the check is skipped like a non-finite value. Any other
+    error is a real one and propagates.
+    """
+    seed = int(torch.randint(2 ** 31 - 1, (1,), generator=generator))
+    try:
+        return eigenvalue_fn(model, loss_fn, batches, seed=seed)
+    except ValueError as exc:
+        diverged = any(not bool(torch.isfinite(p).all()) for p in model.parameters())
+        if not (diverged or "finite" in str(exc)):
+            raise
+        return math.nan
+
+
+def fetch(dataset: Dataset, idx: Any, device: torch.device,
+          collate_fn: Callable[[list], Any] = default_collate) -> tuple[torch.Tensor, torch.Tensor]:
+    """The samples ``idx`` of ``dataset`` as one ``(x, y)`` batch on ``device``.
+
+    A ``TensorDataset`` is indexed in one go (fast); any other dataset sample by sample through
+    ``collate_fn`` (whose result starts with ``x, y``). Both give the same tensors.
+    """
+    idx = torch.as_tensor(idx, dtype=torch.long)
+    if isinstance(dataset, TensorDataset) and collate_fn is default_collate:
+        x, y = (t[idx.to(t.device)] for t in dataset.tensors[:2])
+    else:
+        batch = collate_fn([dataset[i] for i in idx.tolist()])
+        x, y = batch[0], batch[1]
+    return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+
+def micro_batch_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of torch's global RNG for micro-batch ``index`` (0-based in the epoch's
+    permutation order) of epoch ``epoch`` (0-based) of a run seeded ``seed``: 63 bits of
+    ``blake2b("seed:epoch:index")``. Dropout masks then depend on the micro-batch only."""
+    digest = hashlib.blake2b(f"{seed}:{epoch}:{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+class TrainingDiverged(ValueError):
+    """A training loss or gradient was NaN or infinite: training stopped before that update.
+
+    The optimizer step that would have used it was not taken, so the model and the optimizer
+    hold the state of the previous update. Attributes: ``epoch`` (1-based, the epoch being
+    trained), ``update`` (1-based number of the update that was refused, over the whole run),
+    ``what`` (``"loss"`` or ``"gradient"``).
+    """
+
+    def __init__(self, message: str, *, epoch: int, update: int, what: str):
+        super().__init__(message)
+        self.epoch, self.update, self.what = epoch, update, what
+
+
+def diverged(scheduler: Scheduler, what: str, detail: str) -> TrainingDiverged:
+    """The :class:`TrainingDiverged` for the update the core is about to make."""
+    d = scheduler.decision
+    return TrainingDiverged(
+        f"training diverged in epoch {d.epoch + 1}, update {d.updates + 1} (B={d.batch_size}, "
+        f"lr={d.lr:.4g}): {detail}; stopped before that update, so the model holds the weights "
+        f"of update {d.updates}. Lower the learning rate (or check the data and the loss)",
+        epoch=d.epoch + 1, update=d.updates + 1, what=what)
+
+
+def check_finite_gradients(model: nn.Module, scheduler: Scheduler) -> None:
+    """Raise :class:`TrainingDiverged` when a parameter gradient is not finite."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if grads and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
+        bad = sum(1 for g in grads if not bool(torch.isfinite(g).all()))
+        raise diverged(scheduler, "gradient", f"the gradient is not finite in {bad} of "
+                                              f"{len(grads)} parameter tensors")
+
+
+def training_modes(model: nn.Module) -> list[tuple[nn.Module, bool]]:
+    """Put ``model`` in train mode for an update, keeping each sub-module's own flag.
+
+    A model handed over in train mode keeps its per-module flags (a BatchNorm or Dropout the
+    user froze with ``.eval()`` stays frozen); a model whose root is in eval mode is switched
+    to train mode as a whole first. Returns the flags, for :func:`restore_modes`.
+    """
+    if not model.training:
+        model.train()
+    return [(m, m.training) for m in model.modules()]
+
+
+def restore_modes(modes: list[tuple[nn.Module, bool]]) -> None:
+    for module, flag in modes:
+        module.training = flag
+
+
+# ------------------------------------------------------------------------------------------
+# the sampler
+
+
 class AdaptiveBatchSampler(Sampler[list[int]]):
     """Micro-batches of indices for a DataLoader; the logical batch follows the core.
 
     Each pass over it is one epoch: a fresh permutation ``perm`` of the ``N =
-    samples_per_epoch`` indices (drawn from ``generator`` when the pass starts), yielded as
-    ``perm[k*m:(k+1)*m]`` with ``m = micro_batch_size`` (the last one may be shorter). The
-    logical batch is :attr:`accumulation_steps` micro-batches, read from the scheduler's current
-    decision; it may change mid-epoch, which changes the grouping only (see the module doc).
+    samples_per_epoch`` indices (drawn from ``generator`` when the pass starts), cut into
+    micro-batches ``perm[k*m:(k+1)*m]`` with ``m = micro_batch_size`` (the last one may be
+    shorter). One rank (the default) receives them all. With ``world_size = W`` ranks, rank
+    ``r`` receives micro-batches ``k = r, r + W, ...``; where the epoch's last round of ``W``
+    is short, the ranks without a micro-batch in it receive one *padding* micro-batch of one
+    index, which :class:`LoopAdapter` gives the weight 0 (so every rank runs the same number of
+    forward/backward passes per update: the collectives match).
 
-    Position and resume: the loop reports what it consumed (:class:`LoopAdapter` does, through
-    :meth:`consume` and :meth:`commit`), and a pass that starts in the middle of an epoch (after
-    :meth:`load_state_dict`, or after the loop broke out of an epoch) continues from the
-    consumed position in the same permutation; once the whole epoch is consumed, passes yield
+    ``batch_size`` is what each yielded list holds at most, as for torch's ``BatchSampler``
+    (the micro-batch); the logical batch the core decided is :attr:`logical_batch_size`.
+
+    Position and resume: the loop reports each completed update (:class:`LoopAdapter` does,
+    through :meth:`consume` and :meth:`commit`), and a pass that starts in the middle of an
+    epoch (after :meth:`load_state_dict`, or after the loop broke out of an epoch) continues
+    from that position in the same permutation; once the whole epoch is consumed, passes yield
     nothing until :meth:`end_epoch`. Used without an adapter (no consumption reported), every
     pass is a new epoch.
 
@@ -101,20 +244,22 @@ class AdaptiveBatchSampler(Sampler[list[int]]):
         generator: the ``torch.Generator`` for the permutations (share it with whatever else
             must stay in one random stream); default: a new one seeded by ``seed``.
         seed: seeds the default generator.
+        rank, world_size: this process's place among the data-parallel ranks (default: one).
 
     Raises:
-        TypeError, ValueError: a bad scheduler, generator or seed.
+        TypeError, ValueError: a bad scheduler, generator, seed, rank or world size.
 
     Example:
         >>> from hessbatch import SchedulerConfig
         >>> s = AdaptiveBatchSampler(SchedulerConfig(method="bl", lr=0.1, batch_size=4,
         ...     micro_batch_size=2, samples_per_epoch=5, epochs=1))
-        >>> [len(b) for b in s], s.accumulation_steps, len(s)
-        ([2, 2, 1], 2, 3)
+        >>> [len(b) for b in s], s.accumulation_steps, len(s), s.batch_size
+        ([2, 2, 1], 2, 3, 2)
     """
 
     def __init__(self, scheduler: Scheduler | SchedulerConfig, *,
-                 generator: torch.Generator | None = None, seed: int = 0):
+                 generator: torch.Generator | None = None, seed: int = 0,
+                 rank: int = 0, world_size: int = 1):
         self.scheduler = _as_scheduler(scheduler)
         _check_int("seed", seed, 0)
         if generator is not None and not isinstance(generator, torch.Generator):
@@ -127,51 +272,78 @@ class AdaptiveBatchSampler(Sampler[list[int]]):
             torch.Generator().manual_seed(seed)
         self.num_samples = self.scheduler.config.samples_per_epoch
         self.micro_batch_size = self.scheduler.config.micro_batch_size
+        self.rank, self.world_size = 0, 1
+        self.set_rank(rank, world_size)
         self._perm: torch.Tensor | None = None
         self._epoch_state: torch.Tensor | None = None  # generator state before this epoch's perm
-        self._consumed = 0   # samples of this epoch the loop has taken
+        self._consumed = 0   # samples of this epoch (all ranks) the loop has taken
         self._committed = 0  # samples of this epoch in completed updates
         self._exhausted = False  # the last pass yielded the epoch's last micro-batch
+
+    def set_rank(self, rank: int, world_size: int) -> None:
+        """Place this sampler among ``world_size`` data-parallel ranks (before iterating)."""
+        _check_int("world_size", world_size, 1)
+        _check_int("rank", rank, 0)
+        if rank >= world_size:
+            raise ValueError(f"rank must be < world_size = {world_size}, got {rank}")
+        self.rank, self.world_size = rank, world_size
 
     # -- what the loop reads
     @property
     def batch_size(self) -> int:
+        """Indices per yielded list at most: the micro-batch (torch's ``BatchSampler``
+        meaning; Lightning reads it to count samples)."""
+        return self.micro_batch_size
+
+    @property
+    def logical_batch_size(self) -> int:
         """B, the logical batch the core decided for the next update."""
         return self.scheduler.decision.batch_size
 
     @property
     def accumulation_steps(self) -> int:
-        """Micro-batches per logical batch now (``B / micro_batch_size``)."""
+        """Micro-batches per logical batch now (``B / micro_batch_size``, all ranks)."""
         return self.scheduler.decision.accumulation_steps
 
     @property
     def position(self) -> int:
-        """Samples of the current epoch the loop has consumed."""
+        """Samples of the current epoch (all ranks) the loop has consumed."""
         return self._consumed
 
-    def __len__(self) -> int:
+    @property
+    def micro_batches_per_epoch(self) -> int:
+        """Micro-batches in an epoch, over all ranks."""
         return math.ceil(self.num_samples / self.micro_batch_size)
+
+    def __len__(self) -> int:
+        # this rank's share, padding included
+        return math.ceil(self.micro_batches_per_epoch / self.world_size)
 
     def __iter__(self) -> Iterator[list[int]]:
         # A generator function on purpose: the body (and the permutation draw) runs at the
         # first next(), so an iterator that is created and dropped unused (a multi-worker
         # DataLoader creates two per epoch) consumes no randomness.
-        # New epoch: none open, or the last pass ran to its end with no consumption reported
-        # (the sampler used without an adapter). An epoch consumed to its end yields nothing
-        # until end_epoch(): the loop's inner loop then ends at once and reports the epoch.
         if self._perm is None or (self._exhausted and self._consumed == 0):
             self._epoch_state = self.generator.get_state()
             self._perm = torch.randperm(self.num_samples, generator=self.generator)
             self._consumed = self._committed = 0
         self._exhausted = False
-        perm, m = self._perm, self.micro_batch_size
-        for start in range(self._consumed, self.num_samples, m):
-            yield perm[start:start + m].tolist()
+        if self._consumed >= self.num_samples:  # the epoch is done: end_epoch() first
+            self._exhausted = True
+            return
+        perm, m, w = self._perm, self.micro_batch_size, self.world_size
+        total = self.micro_batches_per_epoch
+        first = self._consumed // m  # a multiple of w: logical batches are whole rounds
+        for k in range(first + self.rank, first + w * math.ceil((total - first) / w), w):
+            if k < total:
+                yield perm[k * m:(k + 1) * m].tolist()
+            else:
+                yield perm[:1].tolist()  # padding: weight 0 (LoopAdapter)
         self._exhausted = True
 
     # -- what the loop (the adapter) reports
     def consume(self, samples: int) -> None:
-        """The loop took ``samples`` more samples of this epoch."""
+        """The loop took ``samples`` more samples of this epoch (all ranks)."""
         _check_int("samples", samples, 1)
         if self._consumed + samples > self.num_samples:
             raise ValueError(f"consume({samples}) at position {self._consumed} passes the "
@@ -220,6 +392,12 @@ class AdaptiveBatchSampler(Sampler[list[int]]):
         position = _check_int("position", state["position"], 0)
         if position > self.num_samples or (position and state["epoch_generator"] is None):
             raise ValueError(f"sampler state with position {position} is inconsistent")
+        if position % (self.micro_batch_size * self.world_size) and \
+                position != self.num_samples:
+            raise ValueError(
+                f"sampler state at position {position}, which is not a whole number of rounds "
+                f"of {self.world_size} x {self.micro_batch_size} samples: it cannot be resumed "
+                f"on {self.world_size} ranks (resume it at an epoch end)")
         if state["epoch_generator"] is not None:
             self.generator.set_state(state["epoch_generator"])
             self._perm = torch.randperm(self.num_samples, generator=self.generator)
@@ -231,37 +409,66 @@ class AdaptiveBatchSampler(Sampler[list[int]]):
         self._exhausted = False
 
 
-class LoopAdapter:
-    """Run a :class:`hessbatch.Scheduler`'s decisions inside your own training loop.
+# ------------------------------------------------------------------------------------------
+# the executor
 
-    Per micro-batch ``j`` (``m_j`` samples) of a logical batch of ``n`` samples (``n = B``, or
-    what is left at the end of an epoch), :meth:`micro_batch` returns the inputs (the first
-    ``decision.adversarial_count(n)`` samples of the logical batch replaced by FGSM, for ABSA)
-    and the weight ``m_j / n``: back-propagating ``loss_j * m_j / n`` accumulates the gradient
-    of the mean loss over the ``n`` samples. When :attr:`update_complete` is true the loop steps
-    its optimizer and calls :meth:`step`, which reports the update to the core, computes the
+
+class _Stats:
+    """What the executor did since the last :meth:`LoopAdapter.take_stats` (for metrics)."""
+
+    def __init__(self) -> None:
+        self.adversarial = 0
+        self.eigenvalues: list[float] = []
+        self.skipped = 0
+        self.hvps = 0
+        self.time_adversarial = 0.0
+        self.time_eigenvalue = 0.0
+        self.time_eigenvalue_comm = 0.0
+        self.checks: list[dict[str, Any]] = []
+
+
+class LoopAdapter:
+    """Run a :class:`hessbatch.Scheduler`'s decisions inside a training loop: the executor.
+
+    Per micro-batch of ``m`` samples of a logical batch of ``n`` samples (``n = B``, or what is
+    left at the end of an epoch), :meth:`micro_batch` returns the inputs (the rows at
+    ``decision.adversarial_ranges(n)`` of the logical batch replaced by FGSM, for ABSA) and the
+    weight ``m / n`` (``world_size * m / n`` with several ranks, whose DDP averages; 0 for a
+    padding micro-batch): back-propagating ``loss * weight`` accumulates the gradient of the
+    mean loss over the ``n`` samples. When :attr:`update_complete` is true the loop steps its
+    optimizer and calls :meth:`step`, which reports the update to the core, computes the
     eigenvalue when one is due, and writes the next lr into every param group as
     ``decision.lr * group.get("lr_scale", 1.0)`` (the optimizer's lr is always the one for the
     next update: after construction, every event, and :meth:`load_state_dict`).
 
     Args:
-        model: the ``nn.Module`` being trained (for the eigenvalue and FGSM).
+        model: the ``nn.Module`` being trained (for the eigenvalue and FGSM; unwrapped, not the
+            DDP wrapper).
         optimizer: any ``torch.optim.Optimizer``; its lr is written, nothing else is touched.
             Param groups with different lrs need a ``"lr_scale"`` entry each (else an error).
         loss_fn: ``loss_fn(outputs, targets) -> scalar`` mean loss (for the eigenvalue, FGSM).
         train_data: the map-style training dataset (Hessian batches are drawn from it); its
             length must be the scheduler's ``samples_per_epoch``.
         scheduler: a :class:`~hessbatch.Scheduler` or a config.
-        seed: seeds the one generator of permutations, Hessian batches and solver seeds.
+        seed: seeds the one generator of permutations, signs, Hessian batches and solver seeds,
+            and the micro-batch seeds of torch's global RNG (dropout).
         collate_fn: turns a list of samples into a batch whose first two items are ``(x, y)``
             (for Hessian batches; default ``default_collate``).
-        hessian_batch_size, eigenvalue_fn, eig_method, max_hvp, eig_tol, adversary,
-            input_range: as in :class:`hessbatch.deep.Trainer`.
+        hessian_batch_size, eigenvalue_fn, eig_method, max_hvp, eig_tol, warm_start,
+            hvp_check, adversary, input_range: as in :class:`hessbatch.deep.Trainer`.
         compute_eigenvalues: ``True`` (default): :meth:`step` computes a due eigenvalue itself;
             ``False``: the loop reads :attr:`eigenvalue_due` and calls :meth:`report_eigenvalue`
             (or :meth:`compute_eigenvalue`).
         sampler: an :class:`AdaptiveBatchSampler` over the same scheduler, to adopt (its
             generator is then the one used); default: a new one.
+        parallel: a :class:`hessbatch.deep.DataParallel` to train on several ranks (the
+            process group must be initialised; wrap the model in DDP for the forward/backward);
+            None: one process.
+        config_extra: plain data (datasets are digested) added to the configuration hash that
+            the ranks compare with ``parallel`` (the doors pass their own options).
+        seed_micro_batches: seed torch's global RNG before each micro-batch (default True; see
+            the module doc). False leaves the global RNG alone (dropout masks then follow the
+            order of work, and ranks differ).
 
     Raises:
         TypeError, ValueError: naming the argument (a dataset whose length is not
@@ -280,7 +487,9 @@ class LoopAdapter:
                  adversary: str | Callable[..., torch.Tensor] = "fgsm",
                  input_range: tuple[float, float] = (0.0, 1.0),
                  compute_eigenvalues: bool = True,
-                 sampler: AdaptiveBatchSampler | None = None):
+                 sampler: AdaptiveBatchSampler | None = None,
+                 parallel: Any = None, seed_micro_batches: bool = True,
+                 config_extra: Any = None):
         check_loop_arguments(model, optimizer, loss_fn)
         if not callable(collate_fn):
             raise TypeError(f"collate_fn must be callable, got {type(collate_fn).__name__}")
@@ -290,10 +499,13 @@ class LoopAdapter:
         except TypeError:
             raise TypeError("train_data must be a map-style dataset with a length, got "
                             f"{type(train_data).__name__}") from None
+        if n_train < 1:
+            raise ValueError("train_data is empty")
         if self.scheduler.config.samples_per_epoch != n_train:
             raise ValueError(
                 f"scheduler samples_per_epoch must equal len(train_data) = {n_train}, got "
                 f"{self.scheduler.config.samples_per_epoch} (the core counts epochs in samples)")
+        _check_int("seed", seed, 0)
         _check_int("hessian_batch_size", hessian_batch_size, 1)
         _check_int("max_hvp", max_hvp, 1)
         if eig_method not in ("power", "lanczos"):
@@ -327,26 +539,45 @@ class LoopAdapter:
         self.train_data, self.collate_fn = train_data, collate_fn
         self.sampler = sampler
         self.generator = sampler.generator
+        self.seed = seed
         self.hessian_batch_size, self.eig_method = hessian_batch_size, eig_method
         self.max_hvp, self.eig_tol = max_hvp, float(eig_tol)
         self.adversary, self.input_range = adversary, (low, high)
-        if eigenvalue_fn is None:  # as the Trainer's: warm starts, first-check self-tests
-            from ._eigen import WarmStartEigenvalue
-            eigenvalue_fn = WarmStartEigenvalue(method=eig_method, max_hvp=max_hvp,
-                                                tol=float(eig_tol), warm_start=warm_start,
-                                                hvp_check=hvp_check)
+        self.seed_micro_batches = bool(seed_micro_batches)
+        self.parallel = parallel
+        if parallel is not None:
+            parallel.place(self.sampler)  # this rank's micro-batches
+        if eigenvalue_fn is None:
+            if parallel is not None:  # the collective eigenvalue on the global Hessian
+                eigenvalue_fn = parallel.make_eigenvalue_fn(self, warm_start=warm_start)
+            else:  # warm starts, first-check self-tests
+                from ._eigen import WarmStartEigenvalue
+                eigenvalue_fn = WarmStartEigenvalue(method=eig_method, max_hvp=max_hvp,
+                                                    tol=float(eig_tol), warm_start=warm_start,
+                                                    hvp_check=hvp_check)
         self.eigenvalue_fn = eigenvalue_fn
         self.compute_eigenvalues = bool(compute_eigenvalues)
-        # Events reported to the core, in order, as Trainer.events: ("step", n),
-        # ("eigenvalue", lam), ("skip", None), ("end_epoch", None). Not checkpointed.
+        if parallel is not None:
+            # the batch layout, the Hessian batch, and the same options on every rank (a hash
+            # of them and of config_extra), before any training collective
+            parallel.check(self, config_extra)
+        # Events reported to the core, in order: ("step", n), ("eigenvalue", lam),
+        # ("skip", None), ("end_epoch", None). Not checkpointed.
         self.events: list[tuple[str, Any]] = []
-        # One record per update: (samples n, B decided, lr written, micro-batches, adversarial).
+        # One record per update: (samples n, B decided, lr written, micro-batches of all ranks,
+        # adversarial samples). Not checkpointed.
         self.update_log: list[tuple[int, int, float, int, int]] = []
+        self.stats = _Stats()
         self._n = 0          # samples in the logical batch being accumulated (0: none open)
-        self._done = 0       # of which already handed out
-        self._micro = 0      # micro-batches handed out for it
-        self._adv = 0        # adversarial samples it has
+        self._start = 0      # its first position in the epoch's permutation
+        self._rounds = 0     # micro-batches each rank receives for it
+        self._got = 0        # of which this rank has received
+        self._next_k = 0     # the global index of this rank's next micro-batch
+        self._adv_at: list[int] = []  # its adversarial positions (0-based in the batch)
         self._eps = 0.0
+        self._noise: torch.Tensor | None = None
+        self._padding_modes: list[tuple[nn.Module, bool]] | None = None
+        self.padding = False  # the last micro-batch handed out is a padding one (weight 0)
         self._set_lr()
 
     # ---------------------------------------------------------------------------- reading
@@ -361,9 +592,19 @@ class LoopAdapter:
         return self.scheduler.decision.finished
 
     @property
+    def world_size(self) -> int:
+        return self.sampler.world_size
+
+    @property
     def update_complete(self) -> bool:
-        """The micro-batches of the logical batch are all in: step the optimizer, then step()."""
-        return self._n > 0 and self._done == self._n
+        """This rank's micro-batches of the logical batch are all in: step the optimizer, then
+        step()."""
+        return self._n > 0 and self._got == self._rounds
+
+    @property
+    def batch_open(self) -> bool:
+        """A logical batch is being accumulated (some micro-batches handed out)."""
+        return self._n > 0
 
     @property
     def eigenvalue_due(self) -> bool:
@@ -372,12 +613,41 @@ class LoopAdapter:
 
     @property
     def accumulation_steps(self) -> int:
-        """Micro-batches in the logical batch being accumulated (or the next one)."""
-        n = self._n or min(self.decision.batch_size,
-                           self.sampler.num_samples - self.sampler.position)
-        return math.ceil(max(n, 1) / self.sampler.micro_batch_size)
+        """Micro-batches this rank receives for the logical batch being accumulated (or the
+        next one)."""
+        if self._n:
+            return self._rounds
+        left = self.sampler.num_samples - self.sampler.position
+        return self._rounds_for(min(self.decision.batch_size, max(left, 1)))
+
+    def _rounds_for(self, n: int) -> int:
+        return math.ceil(math.ceil(n / self.sampler.micro_batch_size) / self.world_size)
+
+    @property
+    def device(self) -> torch.device:
+        return _model_device(self.model)
 
     # ---------------------------------------------------------------------------- the loop
+    def _open(self) -> None:
+        left = self.sampler.num_samples - self.sampler.position
+        if left <= 0:
+            raise RuntimeError(f"the epoch's {self.sampler.num_samples} samples are all "
+                               "consumed: call adapter.end_epoch() before the next epoch")
+        d = self.decision
+        if d.eigenvalue_due:
+            raise SchedulerError("an eigenvalue is due: report_eigenvalue() or "
+                                 "compute_eigenvalue() before the next update")
+        self._start = self.sampler.position
+        self._n = min(d.batch_size, left)
+        self._rounds = self._rounds_for(self._n)
+        self._got = 0
+        self._next_k = self._start // self.sampler.micro_batch_size + self.sampler.rank
+        # the core's positions in the logical batch, sorted
+        self._adv_at = [i for a, b in d.adversarial_ranges(self._n) for i in range(a, b)]
+        self._eps, self._noise = d.adv_eps, None
+        if self.parallel is not None:
+            self.parallel.open_batch(self)
+
     def micro_batch(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, float]:
         """Register the next micro-batch; returns ``(x, weight)`` for ``loss * weight``.
 
@@ -387,7 +657,8 @@ class LoopAdapter:
 
         Returns:
             ``x`` with its adversarial samples (a new tensor; ``x`` itself when there are
-            none), and ``weight = m / n``.
+            none), and the weight (0 for a padding micro-batch, see
+            :class:`AdaptiveBatchSampler`; the model is then in eval mode until :meth:`step`).
 
         Raises:
             SchedulerError: the schedule is finished, or an eigenvalue is still due.
@@ -401,34 +672,49 @@ class LoopAdapter:
         if self.update_complete:
             raise RuntimeError("the logical batch is complete: call optimizer.step() and "
                                "adapter.step() before the next micro-batch")
-        left = self.sampler.num_samples - self.sampler.position
-        if left <= 0:
-            raise RuntimeError(f"the epoch's {self.sampler.num_samples} samples are all "
-                               "consumed: call adapter.end_epoch() before the next epoch")
         if self._n == 0:
-            d = self.decision
-            if d.eigenvalue_due:
-                raise SchedulerError("an eigenvalue is due: report_eigenvalue() or "
-                                     "compute_eigenvalue() before the next update")
-            self._n = min(d.batch_size, left)
-            self._done = self._micro = 0
-            self._adv, self._eps = d.adversarial_count(self._n), d.adv_eps
+            self._open()
+        micro = self.sampler.micro_batch_size
+        k = self._next_k
+        lo = k * micro - self._start  # where this micro-batch starts in the logical batch
+        padding = lo >= self._n
         m = int(y.shape[0]) if isinstance(y, torch.Tensor) and y.dim() else len(y)
-        expected = min(self.sampler.micro_batch_size, self._n - self._done)
+        expected = 1 if padding else min(micro, self._n - lo)
         if m != expected:
             raise ValueError(
                 f"micro-batch of {m} samples where the schedule expects {expected} (position "
-                f"{self.sampler.position} of {self.sampler.num_samples}); build the DataLoader "
-                "with batch_sampler=adapter.sampler and no batch_size, drop_last or sampler")
-        k = min(max(self._adv - self._done, 0), m)
-        if k:
-            x = x.clone()
-            x[:k] = self._perturb(x[:k], y[:k], self._eps).detach()
-        weight = m / self._n
-        self._done += m
-        self._micro += 1
-        self.sampler.consume(m)
-        return x, weight
+                f"{self.sampler.position + max(lo, 0)} of {self.sampler.num_samples}); build "
+                "the DataLoader with batch_sampler=adapter.sampler and no batch_size, "
+                "drop_last or sampler")
+        if self.adversary == "random" and self._got == 0 and self._adv_at:
+            # signs for every adversarial row of the logical batch, drawn on every rank at its
+            # first micro-batch: the generator stays in step whatever a rank holds
+            shape = (len(self._adv_at), *tuple(x.shape[1:]))
+            self._noise = torch.randint(0, 2, shape, generator=self.generator)
+        if not padding:
+            a = bisect.bisect_left(self._adv_at, lo)
+            b = bisect.bisect_left(self._adv_at, lo + m)
+            if b > a:
+                rows = [i - lo for i in self._adv_at[a:b]]
+                x = x.clone()
+                x[rows] = self._perturb(x[rows], y[rows], self._eps, (a, b)).detach()
+        self._next_k += self.world_size
+        self._got += 1
+        self.padding = padding
+        if padding:
+            # one sample so that this rank joins the update's collectives, counted with weight
+            # 0; in eval mode, so that it moves no BatchNorm statistics and draws no dropout
+            self._padding_modes = [(mod, mod.training) for mod in self.model.modules()]
+            self.model.eval()
+        else:
+            if self.seed_micro_batches:
+                torch.manual_seed(micro_batch_seed(self.seed, self.decision.epoch, k))
+            if self.parallel is not None:
+                self.parallel.before_forward(k)  # BatchNorm statistics of micro-batch k
+        if padding:
+            return x, 0.0
+        scale = self.world_size if self.world_size > 1 else 1
+        return x, scale * m / self._n
 
     def step(self) -> Decision:
         """Report the update just made (call after ``optimizer.step()``).
@@ -441,20 +727,40 @@ class LoopAdapter:
         """
         if not self.update_complete:
             raise RuntimeError(
-                f"step() before the logical batch is complete ({self._done} of {self._n} "
-                "samples): check adapter.update_complete after each micro-batch")
+                f"step() before the logical batch is complete ({self._got} of {self._rounds} "
+                "micro-batches of this rank): check adapter.update_complete after each "
+                "micro-batch")
+        if self._padding_modes is not None:
+            restore_modes(self._padding_modes)
+            self._padding_modes = None
+        self.padding = False
+        if self.parallel is not None:
+            self.parallel.close_batch(self)
         n = self._n
-        self.update_log.append((n, self.decision.batch_size, self.optimizer.param_groups[0]
-                                ["lr"] / self.optimizer.param_groups[0].get("lr_scale", 1.0),
-                                self._micro, self._adv))
-        self._n = self._done = 0
+        group0 = self.optimizer.param_groups[0]
+        self.update_log.append((n, self.decision.batch_size,
+                                group0["lr"] / group0.get("lr_scale", 1.0),
+                                math.ceil(n / self.sampler.micro_batch_size), len(self._adv_at)))
+        self.stats.adversarial += len(self._adv_at)
+        self._n = self._got = 0
+        self._noise = None
         d = self.scheduler.step(n)
+        self.sampler.consume(n)
         self.sampler.commit()
         self.events.append(("step", n))
         if d.eigenvalue_due and self.compute_eigenvalues:
             d = self.compute_eigenvalue()
         self._set_lr()
         return d
+
+    def drop_rest_of_epoch(self) -> None:
+        """Skip the samples left in the epoch without an update (``last_batch="drop"``)."""
+        if self._n:
+            raise RuntimeError("drop_rest_of_epoch() with a logical batch open")
+        left = self.sampler.num_samples - self.sampler.position
+        if left:
+            self.sampler.consume(left)
+            self.sampler.commit()
 
     def end_epoch(self) -> Decision:
         """Report the end of the epoch (every sample consumed); writes the next lr.
@@ -475,21 +781,35 @@ class LoopAdapter:
         self._set_lr()
         return d
 
+    def take_stats(self) -> _Stats:
+        """What was done since the last call (adversarial samples, eigenvalues, HVPs, times)."""
+        stats, self.stats = self.stats, _Stats()
+        return stats
+
     # ---------------------------------------------------------------------------- curvature
     def compute_eigenvalue(self) -> Decision:
         """Compute the due eigenvalue on a fresh Hessian batch and report it.
 
-        As :class:`~hessbatch.deep.Trainer`: ``hessian_batch_size`` training samples drawn
-        from the generator, split in micro-batches, a solver seed from the generator; a value
+        ``hessian_batch_size`` training samples drawn from the generator (each rank takes its
+        contiguous share), split in micro-batches, a solver seed from the generator; a value
         the core refuses (NaN, infinite, negative) clears the check with ``skip_eigenvalue()``.
         """
         d = self.decision
         if not d.eigenvalue_due:
             raise SchedulerError("compute_eigenvalue: no eigenvalue is due")
+        dev = self.device
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        t0 = time.perf_counter()
         batches = self.hessian_batches()
         result = call_eigenvalue_fn(self.eigenvalue_fn, self.model, self.loss_fn, batches,
                                     self.generator)
-        return self.report_eigenvalue(getattr(result, "value", result))
+        self.stats.hvps += int(getattr(result, "n_hvp", 0) or 0)
+        out = self.report_eigenvalue(getattr(result, "value", result))
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        self.stats.time_eigenvalue += time.perf_counter() - t0
+        return out
 
     def report_eigenvalue(self, value: float) -> Decision:
         """Report an eigenvalue computed by the loop; a refused value skips the check."""
@@ -497,43 +817,60 @@ class LoopAdapter:
             value = float(value)
             d = self.scheduler.eigenvalue(value)
             self.events.append(("eigenvalue", value))
+            self.stats.eigenvalues.append(value)
         except (TypeError, ValueError):
             d = self.scheduler.skip_eigenvalue()
             self.events.append(("skip", None))
+            self.stats.skipped += 1
         self._set_lr()
         return d
 
     def hessian_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """A fresh Hessian batch from the training set, as ``(x, y)`` micro-batches on the
-        model's device (draws from the generator)."""
+        """A fresh Hessian batch from the training set (this rank's contiguous share of it with
+        several ranks), as ``(x, y)`` micro-batches on the model's device (draws from the
+        generator)."""
         n = self.sampler.num_samples
         size = min(self.hessian_batch_size, n)
         idx = torch.randperm(n, generator=self.generator)[:size]
-        micro, dev = self.sampler.micro_batch_size, self._device()
-        out = []
-        for i in range(0, size, micro):
-            batch = self.collate_fn([self.train_data[j] for j in idx[i:i + micro].tolist()])
-            x, y = batch[0], batch[1]
-            out.append((x.to(dev), y.to(dev)))
-        return out
+        if self.world_size > 1:
+            from ._distributed import shard_bounds
+            lo, hi = shard_bounds(size, self.world_size, self.sampler.rank)
+            idx = idx[lo:hi]
+        micro, dev = self.sampler.micro_batch_size, self.device
+        return [fetch(self.train_data, idx[i:i + micro], dev, self.collate_fn)
+                for i in range(0, int(idx.numel()), micro)]
 
-    def _device(self) -> torch.device:
-        for p in self.model.parameters():
-            return p.device
-        return torch.device("cpu")
-
-    def _default_eigenvalue(self, model, loss_fn, batches, *, seed):
-        from . import top_eigenvalue
-        return top_eigenvalue(model, loss_fn, batches, method=self.eig_method,
-                              max_hvp=self.max_hvp, tol=self.eig_tol, seed=seed)
-
-    def _perturb(self, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
-        if callable(self.adversary):
-            return self.adversary(self.model, self.loss_fn, x, y, eps)
-        from . import fgsm, random_sign
-        if self.adversary == "fgsm":
-            return fgsm(self.model, self.loss_fn, x, y, eps, clip=self.input_range)
-        return random_sign(x, eps, clip=self.input_range, generator=self.generator)
+    def _perturb(self, x: torch.Tensor, y: torch.Tensor, eps: float,
+                 rows: tuple[int, int]) -> torch.Tensor:
+        dev = self.device
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        t0 = time.perf_counter()
+        modes = [(m, m.training) for m in self.model.modules()]
+        try:
+            if callable(self.adversary):
+                # A custom adversary may call loss.backward(): its parameter gradients must not
+                # reach the update, so the accumulated .grad are set aside and put back after.
+                saved = [(p, p.grad) for p in self.model.parameters()]
+                for p, _ in saved:
+                    p.grad = None
+                try:
+                    return self.adversary(self.model, self.loss_fn, x, y, eps)
+                finally:
+                    for p, g in saved:
+                        p.grad = g
+            if self.adversary == "fgsm":
+                from ._adversarial import fgsm
+                return fgsm(self.model, self.loss_fn, x, y, eps, clip=self.input_range)
+            assert self._noise is not None
+            s = (2 * self._noise[rows[0]:rows[1]] - 1).to(device=x.device, dtype=x.dtype)
+            low, high = self.input_range
+            return (x.detach() + eps * s).clamp(low, high)
+        finally:
+            restore_modes(modes)  # whatever mode the adversary left, the user's flags
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            self.stats.time_adversarial += time.perf_counter() - t0
 
     def _set_lr(self) -> None:
         lr = self.decision.lr
@@ -550,8 +887,9 @@ class LoopAdapter:
         """
         if self._n:
             raise RuntimeError(
-                f"state_dict() in the middle of a logical batch ({self._done} of {self._n} "
-                "samples accumulated; the gradient is not saved): save after adapter.step()")
+                f"state_dict() in the middle of a logical batch ({self._got} of "
+                f"{self._rounds} micro-batches accumulated; the gradient is not saved): save "
+                "after adapter.step()")
         out = {"format": LOOP_STATE_FORMAT, "version": LOOP_STATE_VERSION,
                "scheduler": self.scheduler.state_dict(), "sampler": self.sampler.state_dict()}
         if hasattr(self.eigenvalue_fn, "state_dict"):  # e.g. the warm-start vector
@@ -575,5 +913,5 @@ class LoopAdapter:
         self.sampler.load_state_dict(state["sampler"])
         if "eigenvalue_fn" in state and hasattr(self.eigenvalue_fn, "load_state_dict"):
             self.eigenvalue_fn.load_state_dict(state["eigenvalue_fn"])
-        self._n = self._done = 0
+        self._n = self._got = 0
         self._set_lr()

@@ -79,7 +79,6 @@ Example:
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import copy
 import dataclasses
@@ -97,6 +96,10 @@ from torch import nn
 from torch.utils.data import Dataset, TensorDataset, default_collate
 
 from hessbatch import Decision, Scheduler, SchedulerConfig
+
+from ._loop import (LoopAdapter, TrainingDiverged, _check_int, call_eigenvalue_fn,
+                    check_finite_gradients, check_loop_arguments, diverged, fetch,
+                    restore_modes, training_modes)
 
 __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "EpochMetrics", "Trainer",
            "TrainingDiverged", "checkpoint_digest", "load_checkpoint"]
@@ -168,120 +171,10 @@ class EpochMetrics:
         return self.hvps / checks if checks else None
 
 
-@dataclass
-class _EpochAccumulator:
-    loss_sum: float = 0.0
-    samples: int = 0
-    eigenvalues: list[float] = field(default_factory=list)
-    skipped: int = 0
-    hvps: int = 0
-    batch_size: int = 0
-    lr: float = 0.0
-    adversarial: int = 0
-    time_train: float = 0.0
-    time_eig: float = 0.0
-    time_adv: float = 0.0
-    time_comm: float = 0.0
-    time_eig_comm: float = 0.0
-
-
-def _check_int(name: str, value: Any, low: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
-    if value < low:
-        raise ValueError(f"{name} must be >= {low}, got {value}")
-    return value
-
-
-class TrainingDiverged(ValueError):
-    """A training loss or gradient was NaN or infinite: training stopped before that update.
-
-    The optimizer step that would have used it was not taken, so the model and the optimizer
-    hold the state of the previous update. Attributes: ``epoch`` (1-based, the epoch being
-    trained), ``update`` (1-based number of the update that was refused, over the whole run),
-    ``what`` (``"loss"`` or ``"gradient"``).
-    """
-
-    def __init__(self, message: str, *, epoch: int, update: int, what: str):
-        super().__init__(message)
-        self.epoch, self.update, self.what = epoch, update, what
-
-
-def _training_modes(model: nn.Module) -> list[tuple[nn.Module, bool]]:
-    """Put ``model`` in train mode for an update, keeping each sub-module's own flag.
-
-    A model handed over in train mode keeps its per-module flags (a BatchNorm or Dropout the
-    user froze with ``.eval()`` stays frozen); a model whose root is in eval mode is switched
-    to train mode as a whole first. Returns the flags, for :func:`_restore_modes`.
-    """
-    if not model.training:
-        model.train()
-    return [(m, m.training) for m in model.modules()]
-
-
-def _restore_modes(modes: list[tuple[nn.Module, bool]]) -> None:
-    for module, flag in modes:
-        module.training = flag
-
-
-def _diverged(trainer: "Trainer", what: str, detail: str) -> TrainingDiverged:
-    d = trainer.scheduler.decision
-    lr = d.lr
-    return TrainingDiverged(
-        f"training diverged in epoch {d.epoch + 1}, update {d.updates + 1} (B={d.batch_size}, "
-        f"lr={lr:.4g}): {detail}; stopped before that update, so the model holds the weights "
-        f"of update {d.updates}. Lower the learning rate (or check the data and the loss)",
-        epoch=d.epoch + 1, update=d.updates + 1, what=what)
-
-
-def _check_finite_loss(value: float, trainer: "Trainer", micro_batch: int) -> None:
-    if not math.isfinite(value):
-        raise _diverged(trainer, "loss", f"the training loss is {value} (micro-batch "
-                                         f"{micro_batch})")
-
-
-def _check_finite_gradients(trainer: "Trainer") -> None:
-    grads = [p.grad for p in trainer.model.parameters() if p.grad is not None]
-    if grads and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
-        bad = sum(1 for g in grads if not bool(torch.isfinite(g).all()))
-        raise _diverged(trainer, "gradient", f"the gradient is not finite in {bad} of "
-                                             f"{len(grads)} parameter tensors")
-
-
-
-
-def check_loop_arguments(model: Any, optimizer: Any, loss_fn: Any) -> None:
-    """The type checks every training loop here makes first (Trainer, LoopAdapter)."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if not isinstance(optimizer, torch.optim.Optimizer):
-        raise TypeError(f"optimizer must be a torch.optim.Optimizer, got "
-                        f"{type(optimizer).__name__}")
-    if not callable(loss_fn):
-        raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
-
-def call_eigenvalue_fn(eigenvalue_fn: Callable[..., Any], model: nn.Module,
-                       loss_fn: Callable[..., Any], batches: list[Any],
-                       generator: torch.Generator) -> Any:
-    """One eigenvalue check as every training loop here makes it: a solver seed drawn from
-    ``generator``, then ``eigenvalue_fn(model, loss_fn, batches, seed=seed)``.
-
-    A diverged run (non-finite weights or loss) has no eigenvalue: its ``ValueError`` becomes
-    NaN, which the core refuses, so the check is skipped like a non-finite value. Any other
-    error is a real one and propagates.
-    """
-    seed = int(torch.randint(2 ** 31 - 1, (1,), generator=generator))
-    try:
-        return eigenvalue_fn(model, loss_fn, batches, seed=seed)
-    except ValueError as exc:
-        diverged = any(not bool(torch.isfinite(p).all()) for p in model.parameters())
-        if not (diverged or "finite" in str(exc)):
-            raise
-        return math.nan
-
-
 class Trainer:
-    """Train ``model`` with the decisions of a :class:`hessbatch.Scheduler`.
+    """Train ``model`` with the decisions of a :class:`hessbatch.Scheduler`: a plain loop over
+    the executor (:class:`hessbatch.deep.LoopAdapter` and its
+    :class:`~hessbatch.deep.AdaptiveBatchSampler`).
 
     Args:
         model: any ``nn.Module`` mapping a batch of inputs to outputs for ``loss_fn``; it stays
@@ -298,25 +191,25 @@ class Trainer:
             equal ``len(train_data)``.
         test_data: evaluated (loss, accuracy) after every epoch; optional.
         eigenvalue_fn: ``f(model, loss_fn, batches, *, seed) -> float | result with .value``
-            (default :func:`hessbatch.deep.top_eigenvalue` with ``eig_method``, ``max_hvp``,
-            ``eig_tol``).
+            (default :class:`hessbatch.deep.WarmStartEigenvalue` with ``eig_method``,
+            ``max_hvp``, ``eig_tol``, ``warm_start``, ``hvp_check``; with ``parallel``, the
+            collective :func:`hessbatch.deep.distributed_top_eigenvalue`).
         hessian_batch_size: training samples per eigenvalue (the paper: a fresh 128 each time);
-            above ``len(train_data)`` the whole training set is used (``hessbatch train``
-            refuses such a value, or lowers its default with a recorded note).
+            above ``len(train_data)`` the whole training set is used.
         eig_method, max_hvp, eig_tol: options of the default eigenvalue function.
-        warm_start, hvp_check: options of the default eigenvalue function,
-            :class:`hessbatch.deep.WarmStartEigenvalue` (``warm_start=True``: each check starts
-            from the previous eigenvector; off by default until the MNIST-5k benchmark shows
-            it keeps the accuracy contract, see docs/deep_curvature.md; the first check
-            self-tests the loss and the HVP). Its state (the kept
-            vector) is saved in checkpoints, like that of any ``eigenvalue_fn`` with
+        warm_start, hvp_check: options of the default eigenvalue function (each check starts
+            from the previous eigenvector; the first check self-tests the loss and the HVP).
+            Its state is saved in checkpoints, like that of any ``eigenvalue_fn`` with
             ``state_dict``/``load_state_dict``.
         adversary: ``"fgsm"`` (ABSA), ``"random"`` (random signs of the same size: the
             reviewers' ablation) or a callable ``f(model, loss_fn, x, y, eps) -> x_adv``.
         input_range: ``(low, high)`` that adversarial inputs are clipped to.
         last_batch: ``"step"`` (update on a short last batch) or ``"drop"``; see the module doc.
         eval_batch_size: samples per forward pass during evaluation.
-        seed: seeds the trainer's generator (shuffling, Hessian batches, solver seeds, noise).
+        seed: seeds the executor's generator (shuffling, signs, Hessian batches, solver seeds)
+            and the micro-batch seeds of dropout.
+        parallel: a :class:`hessbatch.deep.DataParallel` to train on all ranks of a process
+            group (the model is then run through DDP); None: one process.
 
     Raises:
         TypeError, ValueError: naming the argument, e.g. a scheduler whose samples_per_epoch is
@@ -336,246 +229,64 @@ class Trainer:
                  eig_tol: float = 1e-2, warm_start: bool = False, hvp_check: str = "error",
                  adversary: str | Callable[..., torch.Tensor] = "fgsm",
                  input_range: tuple[float, float] = (0.0, 1.0), last_batch: str = "step",
-                 eval_batch_size: int = 1024, seed: int = 0):
+                 eval_batch_size: int = 1024, seed: int = 0, parallel: Any = None):
         check_loop_arguments(model, optimizer, loss_fn)
-        if isinstance(scheduler, SchedulerConfig):
-            scheduler = Scheduler(scheduler)
-        if not isinstance(scheduler, Scheduler):
-            raise TypeError(f"scheduler must be a hessbatch.Scheduler or SchedulerConfig, got "
-                            f"{type(scheduler).__name__}")
-        try:
-            n_train = len(train_data)  # type: ignore[arg-type]
-        except TypeError:
-            raise TypeError("train_data must be a map-style dataset with a length, got "
-                            f"{type(train_data).__name__}") from None
-        if n_train < 1:
-            raise ValueError("train_data is empty")
-        if scheduler.config.samples_per_epoch != n_train:
-            raise ValueError(
-                f"scheduler samples_per_epoch must equal len(train_data) = {n_train}, got "
-                f"{scheduler.config.samples_per_epoch} (the core counts epochs in samples)")
         if test_data is not None and len(test_data) < 1:  # type: ignore[arg-type]
             raise ValueError("test_data is empty (pass None for no evaluation)")
-        _check_int("hessian_batch_size", hessian_batch_size, 1)
-        _check_int("max_hvp", max_hvp, 1)
         _check_int("eval_batch_size", eval_batch_size, 1)
         _check_int("seed", seed, 0)
-        if not (isinstance(eig_tol, (int, float)) and math.isfinite(eig_tol) and eig_tol >= 0):
-            raise ValueError(f"eig_tol must be a finite number >= 0, got {eig_tol!r}")
-        if eig_method not in ("power", "lanczos"):
-            raise ValueError(f"eig_method must be 'power' or 'lanczos', got {eig_method!r}")
-        if not callable(adversary) and adversary not in _ADVERSARIES:
-            raise ValueError(f"adversary must be one of {', '.join(_ADVERSARIES)} or a "
-                             f"callable, got {adversary!r}")
         if last_batch not in _LAST_BATCH:
             raise ValueError(f"last_batch must be one of {', '.join(_LAST_BATCH)}, got "
                              f"{last_batch!r}")
-        try:
-            low, high = (float(v) for v in input_range)
-        except (TypeError, ValueError):
-            raise TypeError(f"input_range must be a pair of numbers, got {input_range!r}") \
-                from None
-        if not low < high:
-            raise ValueError(f"input_range must have low < high, got {input_range!r}")
-        if eigenvalue_fn is not None and not callable(eigenvalue_fn):
-            raise TypeError(f"eigenvalue_fn must be callable, got {type(eigenvalue_fn).__name__}")
-
+        if parallel is not None:
+            model = parallel.prepare_model(model)  # SyncBatchNorm when asked (same parameters)
+        self.adapter = LoopAdapter(
+            model, optimizer, loss_fn, train_data, scheduler, seed=seed,
+            hessian_batch_size=hessian_batch_size, eigenvalue_fn=eigenvalue_fn,
+            eig_method=eig_method, max_hvp=max_hvp, eig_tol=eig_tol, warm_start=warm_start,
+            hvp_check=hvp_check, adversary=adversary, input_range=input_range,
+            parallel=parallel,
+            config_extra={"test": test_data, "last_batch": last_batch,
+                          "eval_batch_size": eval_batch_size})
+        hb = self.adapter
         self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
-        self.train_data, self.test_data, self.scheduler = train_data, test_data, scheduler
+        self.train_data, self.test_data, self.scheduler = train_data, test_data, hb.scheduler
+        self.sampler = hb.sampler
         self.hessian_batch_size, self.eval_batch_size = hessian_batch_size, eval_batch_size
-        self.eig_method, self.max_hvp, self.eig_tol = eig_method, max_hvp, float(eig_tol)
-        self.adversary, self.input_range, self.last_batch = adversary, (low, high), last_batch
+        self.eig_method, self.max_hvp, self.eig_tol = eig_method, max_hvp, hb.eig_tol
+        self.adversary, self.input_range, self.last_batch = adversary, hb.input_range, last_batch
         self.seed = seed
-        if eigenvalue_fn is None:
-            eigenvalue_fn = self._make_default_eigenvalue(warm_start, hvp_check)
-        self.eigenvalue_fn = eigenvalue_fn
-        self.generator = torch.Generator().manual_seed(seed)
+        self.parallel = parallel
+        self.eigenvalue_fn = hb.eigenvalue_fn
+        self.generator = hb.generator
+        # the training forward: through DDP with several ranks
+        self.forward_model = parallel.wrap(model) if parallel is not None else model
         self.history: list[EpochMetrics] = []
-        # One record per update: (samples n, B decided, lr applied, micro-batches run,
-        # adversarial samples). Lets a test replay the core and compare; not checkpointed.
-        self.update_log: list[tuple[int, int, float, int, int]] = []
-        # The events reported to the core, in order: ("step", n), ("eigenvalue", lam),
-        # ("skip", None), ("end_epoch", None). Not checkpointed.
-        self.events: list[tuple[str, Any]] = []
-        self._n_train = n_train
+        self._n_train = len(train_data)  # type: ignore[arg-type]
 
-    # ----------------------------------------------------------------------------------------
-    # data access
+    # the executor's records (see LoopAdapter): per update (n, B, lr, micro-batches,
+    # adversarial samples) and the events reported to the core; not checkpointed
+    @property
+    def update_log(self) -> list[tuple[int, int, float, int, int]]:
+        return self.adapter.update_log
+
+    @property
+    def events(self) -> list[tuple[str, Any]]:
+        return self.adapter.events
+
+    @property
+    def world_size(self) -> int:
+        return self.adapter.world_size
 
     @property
     def device(self) -> torch.device:
         """The device of the model's first parameter (CPU for a parameter-free model)."""
-        for p in self.model.parameters():
-            return p.device
-        return torch.device("cpu")
-
-    def _fetch(self, dataset: Dataset, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The samples ``idx`` of ``dataset`` as one batch on the model's device."""
-        if isinstance(dataset, TensorDataset):
-            x, y = (t[idx.to(t.device)] for t in dataset.tensors[:2])
-        else:
-            x, y = default_collate([dataset[i] for i in idx.tolist()])[:2]
-        dev = self.device
-        return x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-
-    def _shard(self, idx: torch.Tensor) -> tuple[torch.Tensor, int]:
-        # The single-process case: this rank holds the whole logical batch, from position 0.
-        # The data-parallel trainer (_distributed.py) returns its contiguous part of idx and
-        # where that part starts in the logical batch.
-        return idx, 0
-
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        # The training forward pass (the data-parallel trainer runs it through DDP).
-        return self.model(x)
-
-    def _accumulate(self, last: bool) -> Any:
-        # Context of one micro-batch's forward/backward; the data-parallel trainer skips the
-        # gradient all-reduce (DDP no_sync) unless ``last``.
-        return contextlib.nullcontext()
-
-    def _reduce_gradients(self, idx: torch.Tensor, acc: _EpochAccumulator) -> None:
-        # After the micro-batches of an update, before the step: nothing in one process.
-        pass
-
-    # A non-finite micro-batch loss stops the update at once in one process. With several
-    # ranks a rank that stopped alone would leave the others waiting in the all-reduce, so the
-    # data-parallel trainer sets this False and relies on the check after the reduction.
-    _local_finiteness_checks = True
-
-    def _finish_epoch(self, acc: _EpochAccumulator) -> None:
-        # Before an epoch's metrics are built: the data-parallel trainer sums over ranks here.
-        pass
+        return self.adapter.device
 
     def _sync(self) -> None:
         # CUDA runs asynchronously: wait before reading the clock, or time lands elsewhere.
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-
-    # ----------------------------------------------------------------------------------------
-    # the pieces of one update
-
-    def _make_default_eigenvalue(self, warm_start: bool, hvp_check: str) -> Callable[..., Any]:
-        # Warm starts and the first-check self-tests (issue 11). The data-parallel trainer
-        # returns its own collective eigenvalue instead (every rank on the global Hessian).
-        from ._eigen import WarmStartEigenvalue
-        return WarmStartEigenvalue(method=self.eig_method, max_hvp=self.max_hvp,
-                                   tol=self.eig_tol, warm_start=warm_start,
-                                   hvp_check=hvp_check)
-
-    def _default_eigenvalue(self, model, loss_fn, batches, *, seed):
-        from . import top_eigenvalue  # the curvature module; imported late on purpose
-        return top_eigenvalue(model, loss_fn, batches, method=self.eig_method,
-                              max_hvp=self.max_hvp, tol=self.eig_tol, seed=seed)
-
-    def _perturb(self, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
-        if callable(self.adversary):
-            # A custom adversary may call loss.backward(): its parameter gradients must not
-            # reach the update, so the accumulated .grad are set aside and put back after.
-            saved = [(p, p.grad) for p in self.model.parameters()]
-            for p, _ in saved:
-                p.grad = None
-            try:
-                return self.adversary(self.model, self.loss_fn, x, y, eps)
-            finally:
-                for p, g in saved:
-                    p.grad = g
-        from . import fgsm, random_sign
-        if self.adversary == "fgsm":
-            return fgsm(self.model, self.loss_fn, x, y, eps, clip=self.input_range)
-        # The signs come from the trainer's CPU generator, so they are reproducible and saved
-        # in checkpoints whatever the device.
-        return random_sign(x, eps, clip=self.input_range, generator=self.generator)
-
-    def _set_lr(self, lr: float) -> float:
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr * group.get("lr_scale", 1.0)
-        return lr
-
-    def _update(self, idx: torch.Tensor, d: Decision, acc: _EpochAccumulator) -> None:
-        """One parameter update on the samples ``idx`` (n <= B), as decided by ``d``."""
-        n = int(idx.numel())
-        # the core's positions in the logical batch, sorted
-        adv_at = [i for a, b in d.adversarial_ranges(n) for i in range(a, b)]
-        n_adv = len(adv_at)
-        micro = d.micro_batch_size
-        self._sync()
-        start_time = time.perf_counter()
-        adv_time = 0.0
-        self.optimizer.zero_grad(set_to_none=True)
-        modes = _training_modes(self.model)
-        local, offset = self._shard(idx)
-        micro_batches = 0
-        for start in range(0, local.numel(), micro):
-            part = local[start:start + micro]
-            m = int(part.numel())
-            x, y = self._fetch(self.train_data, part)
-            # the adversarial positions of this micro-batch, in the logical batch's numbering:
-            # the micro-batch covers [offset + start, offset + start + m) of it
-            lo = offset + start
-            k = [i - lo for i in adv_at[bisect.bisect_left(adv_at, lo):
-                                        bisect.bisect_left(adv_at, lo + m)]]
-            if k:
-                self._sync()
-                t0 = time.perf_counter()
-                x = x.clone()
-                x[k] = self._perturb(x[k], y[k], d.adv_eps).detach()
-                _restore_modes(modes)  # whatever mode the adversary left, the user's flags
-                self._sync()
-                adv_time += time.perf_counter() - t0
-            with self._accumulate(last=start + micro >= local.numel()):
-                loss = self.loss_fn(self._forward(x), y)
-                # m / n: the accumulated gradient is the gradient of the mean over all n
-                # samples (n global: over all ranks in data parallelism)
-                (loss * (m / n)).backward()
-            loss_value = float(loss.detach())
-            if self._local_finiteness_checks:
-                _check_finite_loss(loss_value, self, start // micro + 1)
-            acc.loss_sum += loss_value * m
-            micro_batches += 1
-        self._reduce_gradients(idx, acc)
-        # after the reduction: with several ranks a NaN anywhere is a NaN on every rank, so
-        # every rank stops at the same update instead of one rank waiting for the others
-        _check_finite_gradients(self)
-        lr = self._set_lr(d.lr)
-        self.optimizer.step()
-        self._sync()
-        total = time.perf_counter() - start_time
-        acc.time_adv += adv_time
-        acc.time_train += total - adv_time
-        acc.samples += n
-        acc.adversarial += n_adv
-        acc.batch_size = max(acc.batch_size, d.batch_size)
-        acc.lr = lr
-        self.update_log.append((n, d.batch_size, lr, micro_batches, n_adv))
-
-    def _hessian_batches(self, micro: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        size = min(self.hessian_batch_size, self._n_train)
-        idx = torch.randperm(self._n_train, generator=self.generator)[:size]
-        return [self._fetch(self.train_data, idx[i:i + micro]) for i in range(0, size, micro)]
-
-    def _eigenvalue(self, d: Decision, acc: _EpochAccumulator) -> Decision:
-        """Compute the due eigenvalue and report it (or skip a value the core refuses)."""
-        self._sync()
-        t0 = time.perf_counter()
-        batches = self._hessian_batches(d.micro_batch_size)
-        result = call_eigenvalue_fn(self.eigenvalue_fn, self.model, self.loss_fn, batches,
-                                    self.generator)
-        value = getattr(result, "value", result)
-        acc.hvps += int(getattr(result, "n_hvp", 0) or 0)
-        try:
-            value = float(value)
-            d = self.scheduler.eigenvalue(value)
-            acc.eigenvalues.append(value)
-            self.events.append(("eigenvalue", value))
-        except (TypeError, ValueError):
-            # NaN, inf or negative: the core refuses it and the check stays due; clear it
-            # without a decision (a skipped check never grows the batch).
-            d = self.scheduler.skip_eigenvalue()
-            acc.skipped += 1
-            self.events.append(("skip", None))
-        self._sync()
-        acc.time_eig += time.perf_counter() - t0
-        return d
 
     # ----------------------------------------------------------------------------------------
     # public loop
@@ -584,7 +295,8 @@ class Trainer:
         """Mean loss and accuracy of the model on ``dataset`` (default: the test set).
 
         Runs in eval mode under ``torch.no_grad`` and restores the model's mode. Accuracy is
-        the share of samples whose arg-max output equals the label.
+        the share of samples whose arg-max output equals the label. With ``parallel``, each
+        rank evaluates its contiguous part and the sums are all-reduced (collective).
 
         Raises:
             ValueError: no dataset given and no test set.
@@ -593,21 +305,26 @@ class Trainer:
         if dataset is None:
             raise ValueError("evaluate needs a dataset: none given and the trainer has no "
                              "test_data")
+        n = len(dataset)  # type: ignore[arg-type]
+        lo, hi = 0, n
+        if self.parallel is not None:
+            lo, hi = self.parallel.shard(n)
         # each module's own flag is restored (a user may keep a frozen BatchNorm in eval mode)
         modes = [(m, m.training) for m in self.model.modules()]
         self.model.eval()
-        loss_sum, correct, n = 0.0, 0, len(dataset)  # type: ignore[arg-type]
+        loss_sum, correct = 0.0, 0
         try:
             with torch.no_grad():
-                for start in range(0, n, self.eval_batch_size):
-                    idx = torch.arange(start, min(start + self.eval_batch_size, n))
-                    x, y = self._fetch(dataset, idx)
+                for start in range(lo, hi, self.eval_batch_size):
+                    idx = torch.arange(start, min(start + self.eval_batch_size, hi))
+                    x, y = fetch(dataset, idx, self.device)
                     out = self.model(x)
                     loss_sum += float(self.loss_fn(out, y)) * len(idx)
                     correct += int((out.argmax(dim=1) == y).sum())
         finally:
-            for module, flag in modes:
-                module.training = flag
+            restore_modes(modes)
+        if self.parallel is not None:
+            loss_sum, correct = self.parallel.sum_floats([loss_sum, float(correct)])
         return loss_sum / n, correct / n
 
     def train_epoch(self, on_update: Callable[["Trainer", Decision], None] | None = None
@@ -623,43 +340,80 @@ class Trainer:
             TrainingDiverged: a training loss or gradient was NaN or infinite; raised before
                 the optimizer step that would have used it.
         """
-        sch = self.scheduler
+        sch, hb = self.scheduler, self.adapter
         if sch.decision.finished:
             from hessbatch import SchedulerError
             raise SchedulerError(f"all {sch.config.epochs} epochs are done; nothing to train")
-        acc = _EpochAccumulator()
-        perm = torch.randperm(self._n_train, generator=self.generator)
-        pos, steps = 0, 0
-        while pos < self._n_train:
-            d = sch.decision
-            n = min(d.batch_size, self._n_train - pos)
-            if n < d.batch_size and self.last_batch == "drop" and steps:
-                break
-            self._update(perm[pos:pos + n], d, acc)
-            pos, steps = pos + n, steps + 1
-            d = sch.step(n)
-            self.events.append(("step", n))
-            if d.eigenvalue_due:
-                d = self._eigenvalue(d, acc)
-            if on_update is not None:
-                on_update(self, d)
-        d = sch.end_epoch()
-        self.events.append(("end_epoch", None))
+        hb.take_stats()
+        loss_sum, samples, steps, biggest, lr = 0.0, 0, 0, 0, 0.0
+        time_train = 0.0
+        one_process = self.parallel is None
+        modes = training_modes(self.model)
         self._sync()
+        t_start = time.perf_counter()
+        for idx in self.sampler:
+            if not hb.batch_open:
+                d = sch.decision
+                left = self._n_train - self.sampler.position
+                if left < d.batch_size and self.last_batch == "drop" and steps:
+                    hb.drop_rest_of_epoch()
+                    break
+                self.optimizer.zero_grad(set_to_none=True)
+            x, y = fetch(self.train_data, idx, self.device)
+            x, weight = hb.micro_batch(x, y)
+            last = hb.update_complete
+            with self.parallel.accumulate(self.forward_model, last) if not one_process \
+                    else contextlib.nullcontext():
+                out = self.forward_model(x)
+                if hb.padding:
+                    loss = out.sum() * 0.0  # joins the collectives; contributes nothing
+                else:
+                    loss = self.loss_fn(out, y)
+                (loss * weight).backward()
+            if not hb.padding:
+                value = float(loss.detach())
+                if one_process and not math.isfinite(value):
+                    raise diverged(sch, "loss", f"the training loss is {value} (micro-batch "
+                                                f"{hb._got} of the update)")
+                loss_sum += value * int(idx.numel() if hasattr(idx, "numel") else len(idx))
+            if last:
+                # after the reduction: with several ranks a NaN anywhere is a NaN on every
+                # rank, so every rank stops at the same update
+                check_finite_gradients(self.model, sch)
+                d = sch.decision
+                biggest, lr = max(biggest, d.batch_size), d.lr
+                samples += hb._n
+                self.optimizer.step()
+                steps += 1
+                self._sync()
+                t_eig = hb.stats.time_eigenvalue
+                d = hb.step()
+                restore_modes(modes)  # an eigenvalue or adversary leaves the user's flags
+                if on_update is not None:
+                    on_update(self, d)
+        d = hb.end_epoch()
+        self._sync()
+        stats = hb.take_stats()
+        time_train = time.perf_counter() - t_start - stats.time_eigenvalue \
+            - stats.time_adversarial
         t0 = time.perf_counter()
         test_loss, test_acc = self.evaluate() if self.test_data is not None else (None, None)
         time_eval = time.perf_counter() - t0
-        self._finish_epoch(acc)
+        times = [time_train, stats.time_eigenvalue, stats.time_adversarial]
+        if self.parallel is not None:
+            loss_sum = self.parallel.sum_floats([loss_sum])[0]
+            times = self.parallel.max_floats(times)
+            stats.time_eigenvalue_comm = self.parallel.take_eigenvalue_comm()
         metrics = EpochMetrics(
-            epoch=d.epoch, train_loss=acc.loss_sum / max(acc.samples, 1), test_loss=test_loss,
+            epoch=d.epoch, train_loss=loss_sum / max(samples, 1), test_loss=test_loss,
             test_accuracy=test_acc,
-            eigenvalue=acc.eigenvalues[-1] if acc.eigenvalues else None,
-            eigenvalues=list(acc.eigenvalues), eigenvalues_skipped=acc.skipped, hvps=acc.hvps,
-            batch_size=acc.batch_size, next_batch_size=d.batch_size, lr=acc.lr,
-            updates=d.updates, samples=d.samples_seen, adversarial_samples=acc.adversarial,
-            time_train=acc.time_train, time_eigenvalue=acc.time_eig,
-            time_adversarial=acc.time_adv, time_eval=time_eval, time_grad_comm=acc.time_comm,
-            time_eigenvalue_comm=acc.time_eig_comm)
+            eigenvalue=stats.eigenvalues[-1] if stats.eigenvalues else None,
+            eigenvalues=list(stats.eigenvalues), eigenvalues_skipped=stats.skipped,
+            hvps=stats.hvps, batch_size=biggest, next_batch_size=d.batch_size, lr=lr,
+            updates=d.updates, samples=d.samples_seen, adversarial_samples=stats.adversarial,
+            time_train=times[0], time_eigenvalue=times[1], time_adversarial=times[2],
+            time_eval=time_eval, time_grad_comm=0.0,
+            time_eigenvalue_comm=stats.time_eigenvalue_comm)
         self.history.append(metrics)
         return metrics
 
@@ -759,12 +513,14 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"])
+        self.sampler.end_epoch()  # checkpoints are taken at epoch ends
         torch.set_rng_state(state["torch_rng"])
         if "cuda_rng" in state and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda_rng"], self.device)
         self.history = [EpochMetrics(**m) for m in state["history"]]
         if "eigenvalue_fn" in state and hasattr(self.eigenvalue_fn, "load_state_dict"):
             self.eigenvalue_fn.load_state_dict(state["eigenvalue_fn"])
+        self.adapter._set_lr()
 
     def checkpoint_bytes(self, extra: Mapping[str, Any] | None = None) -> bytes:
         """The checkpoint file's content: :meth:`state_dict`, ``extra`` and their checksum.
@@ -784,7 +540,7 @@ class Trainer:
 
         The file carries a sha256 of its payload (:func:`checkpoint_digest`), verified by
         :func:`load_checkpoint`. A failed write (disk full) leaves the previous file intact
-        and no ``.tmp`` behind.
+        and no ``.tmp`` behind. With ``parallel``, rank 0 writes and every rank waits for it.
 
         Args:
             path: the file to write.
@@ -796,7 +552,16 @@ class Trainer:
             OSError: the file cannot be written (one line naming it and the cause).
         """
         from hessbatch._outputs import write_file
-        return write_file(Path(path), self.checkpoint_bytes(extra))
+        path = Path(path)
+        extra = dict(extra or {})
+        if self.parallel is not None:
+            extra.setdefault("world_size", self.world_size)
+        if self.parallel is None or self.parallel.rank == 0:
+            write_file(path, self.checkpoint_bytes(extra))
+        if self.parallel is not None:
+            self.parallel.barrier()
+        return path
+
 
 
 def _check_version(version: Any, what: str) -> None:

@@ -110,17 +110,23 @@ def test_same_trajectory_with_dropout_given_a_loader_generator():
         assert torch.equal(a, b)
 
 
-def test_dropout_without_a_loader_generator_drifts_off_the_trainer():
-    """Why the convention is documented: iter(loader) draws from the global RNG otherwise."""
+@pytest.mark.parametrize("seeded", [True, False])
+def test_dropout_masks_belong_to_the_micro_batch_not_to_the_loader(seeded):
+    """iter(loader) without its own generator draws from the global RNG; the executor seeds
+    the global RNG per micro-batch, so the dropout masks do not see it. Without that seeding
+    (seed_micro_batches=False) the same loop drifts off the Trainer: the seeding is what
+    makes the doors agree."""
     cfg = _config(method="abs", epochs=2)
     ref_model, _ = _trainer_run(cfg, dropout=0.3)
     model = _model(0.3)
     opt = _optimizer(model)
-    hb = LoopAdapter(model, opt, F.cross_entropy, _data(), cfg, seed=5, hessian_batch_size=16)
+    hb = LoopAdapter(model, opt, F.cross_entropy, _data(), cfg, seed=5, hessian_batch_size=16,
+                     seed_micro_batches=seeded)
     torch.manual_seed(11)
     _plain_loop(hb, model, opt, DataLoader(_data(), batch_sampler=hb.sampler))
-    assert not all(torch.equal(a, b) for a, b in
-                   zip(model.state_dict().values(), ref_model.state_dict().values()))
+    same = all(torch.equal(a, b) for a, b in
+               zip(model.state_dict().values(), ref_model.state_dict().values()))
+    assert same == seeded
 
 
 def test_a_different_seed_gives_a_different_trajectory():
