@@ -61,6 +61,12 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
                         "differentiable (default %(default)s)")
     g.add_argument("--width", type=int, default=None,
                    help="model width (cnn: first conv channels, 16; mlp: 64; resnet18: 64)")
+    g.add_argument("--batchnorm", action="store_true",
+                   help="mlp: BatchNorm1d after each hidden layer (default: none)")
+    g.add_argument("--dropout", type=float, default=0.0,
+                   help="mlp: dropout probability after each hidden layer (default "
+                        "%(default)s: none); masks are seeded per micro-batch, the same on any "
+                        "number of processes")
     g.add_argument("--data", default="mnist5k",
                    help="mnist5k (shipped), cifar10:PATH (folder of the python-version "
                         "batches; cifar10-partial:PATH if some training batches are "
@@ -172,7 +178,9 @@ def build_from_spec(spec: dict[str, Any], device: torch.device):
                        else (1, 28, 28))
     torch.manual_seed(spec["seed"])  # the model's initial weights
     model = make_model(spec["model"], bundle.input_shape, bundle.num_classes,
-                       activation=spec["activation"], width=spec["width"]).to(device)
+                       activation=spec["activation"], width=spec["width"],
+                       batchnorm=bool(spec.get("batchnorm", False)),
+                       dropout=float(spec.get("dropout", 0.0))).to(device)
     dtype = _cli_distributed.dtype_of(spec.get("dtype"))  # checkpoints before --dtype: float32
     if dtype != torch.float32:
         model = model.to(dtype)
@@ -397,7 +405,8 @@ def _refuse_changed_options(args: argparse.Namespace, spec: dict[str, Any],
     pairs = [(k, spec.get(k)) for k in _SPEC_KEYS] + \
         [(dest, saved.get(field)) for dest, field in _CONFIG_FIELDS.items()] + \
         [("warm_start", spec.get("warm_start", False)),
-         ("hvp_check", spec.get("hvp_check", "error"))]
+         ("hvp_check", spec.get("hvp_check", "error")),
+         ("batchnorm", spec.get("batchnorm", False)), ("dropout", spec.get("dropout", 0.0))]
     for dest, kept in pairs:
         given = getattr(args, dest)
         if norm(given) != norm(defaults[dest]) and norm(given) != norm(kept):
@@ -471,7 +480,7 @@ def _report_divergence(exc: TrainingDiverged, args: argparse.Namespace, trainer:
                        spec: dict[str, Any]) -> int:
     """The NaN stop: one message, metrics.json says why, the last good checkpoint is kept."""
     where = ""
-    if getattr(trainer, "rank", 0) != 0:
+    if trainer.parallel is not None and trainer.parallel.rank != 0:
         return 3  # every rank stopped at the same update; rank 0 reports and writes
     if args.out is not None:
         ck = args.out / "checkpoint.pt"
@@ -531,6 +540,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         spec = {k: getattr(args, k) for k in _SPEC_KEYS}
         spec["method"] = args.method
+        spec["batchnorm"], spec["dropout"] = bool(args.batchnorm), float(args.dropout)
         spec["dtype"] = args.dtype or "float32"
         spec["warm_start"], spec["hvp_check"] = bool(args.warm_start), args.hvp_check
         config = None

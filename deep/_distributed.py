@@ -484,6 +484,22 @@ class _BatchNormStats:
                 m.running_var.mul_(1 - f).add_(bvar * f)
 
 
+def _mean_hook(parallel, bucket):  # no annotations: DDP checks them against its own types
+    """DDP communication hook: DDP's own averaging all-reduce (divide, then sum), left
+    asynchronous so that it overlaps the rest of the backward pass; the time each bucket is in
+    flight (launch to completion) is added to ``parallel.grad_comm_time`` by a callback,
+    without waiting for it."""
+    buf = bucket.buffer()
+    buf.div_(parallel.world_size)
+    t0 = time.perf_counter()
+    fut = dist.all_reduce(buf, group=parallel.group, async_op=True).get_future()
+
+    def done(f):
+        parallel.grad_comm_time += time.perf_counter() - t0
+        return f.value()[0]
+    return fut.then(done)
+
+
 class DataParallel:
     """Data parallelism as a property of the executor: what a door needs on ``W`` ranks.
 
@@ -532,6 +548,7 @@ class DataParallel:
         self._bn: _BatchNormStats | None = None
         self._eig_stats: dict[str, float] = {}
         self._updates = 0
+        self.grad_comm_time = 0.0  # seconds the gradient all-reduces were in flight
 
     # -- set-up ------------------------------------------------------------------------------
     def prepare_model(self, model: nn.Module) -> nn.Module:
@@ -601,7 +618,9 @@ class DataParallel:
             kw["forward_sync_buffers" if newer else "broadcast_buffers"] = False
         if _first_device(model).type == "cuda":
             kw.setdefault("device_ids", [_first_device(model)])
-        return nn.parallel.DistributedDataParallel(model, process_group=self.group, **kw)
+        ddp = nn.parallel.DistributedDataParallel(model, process_group=self.group, **kw)
+        ddp.register_comm_hook(self, _mean_hook)
+        return ddp
 
     # -- each update ---------------------------------------------------------------------------
     def open_batch(self, adapter: Any) -> None:
@@ -644,6 +663,10 @@ class DataParallel:
 
     def take_eigenvalue_comm(self) -> float:
         return float(self._eig_stats.pop("comm_time", 0.0))
+
+    def take_grad_comm(self) -> float:
+        out, self.grad_comm_time = self.grad_comm_time, 0.0
+        return out
 
     def barrier(self) -> None:
         dist.barrier(group=self.group)

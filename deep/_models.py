@@ -76,9 +76,11 @@ class MLP(nn.Module):
         num_classes: output logits, >= 2.
         hidden: widths of the hidden layers (may be empty: logistic regression).
         activation: ``relu``, ``softplus`` or ``elu``.
+        batchnorm: a ``BatchNorm1d`` after each hidden ``Linear`` (before the activation).
+        dropout: a ``Dropout(dropout)`` after each hidden activation (0: none).
 
     Raises:
-        ValueError, TypeError: a bad shape, class count, width or activation.
+        ValueError, TypeError: a bad shape, class count, width, activation or dropout.
 
     Example:
         >>> MLP((1, 28, 28), 10, hidden=(32,))(torch.zeros(4, 1, 28, 28)).shape
@@ -86,8 +88,11 @@ class MLP(nn.Module):
     """
 
     def __init__(self, input_shape: Sequence[int] = (1, 28, 28), num_classes: int = 10,
-                 hidden: Sequence[int] = (128, 64), activation: str = "relu"):
+                 hidden: Sequence[int] = (128, 64), activation: str = "relu",
+                 batchnorm: bool = False, dropout: float = 0.0):
         super().__init__()
+        if not (isinstance(dropout, (int, float)) and 0.0 <= dropout < 1.0):
+            raise ValueError(f"dropout must be a probability in [0, 1), got {dropout!r}")
         shape = _check_shape(input_shape)
         _check_classes(num_classes)
         hidden = tuple(hidden)
@@ -97,7 +102,12 @@ class MLP(nn.Module):
         layers: list[nn.Module] = [nn.Flatten()]
         width = math.prod(shape)
         for h in hidden:
-            layers += [nn.Linear(width, h), make_activation(activation)]
+            layers.append(nn.Linear(width, h))
+            if batchnorm:
+                layers.append(nn.BatchNorm1d(h))
+            layers.append(make_activation(activation))
+            if dropout:
+                layers.append(nn.Dropout(float(dropout)))
             width = h
         layers.append(nn.Linear(width, num_classes))
         self.net = nn.Sequential(*layers)
@@ -226,7 +236,8 @@ class ResNet18(nn.Module):
 
 
 def make_model(name: str, input_shape: Sequence[int], num_classes: int, *,
-               activation: str = "relu", width: int | None = None) -> nn.Module:
+               activation: str = "relu", width: int | None = None,
+               batchnorm: bool = False, dropout: float = 0.0) -> nn.Module:
     """Build a model from its command-line name.
 
     Args:
@@ -236,6 +247,7 @@ def make_model(name: str, input_shape: Sequence[int], num_classes: int, *,
         num_classes: output logits.
         activation: ``relu``, ``softplus`` or ``elu``.
         width: the model's width knob (defaults: cnn 16, mlp 64, resnet18 64).
+        batchnorm, dropout: for ``mlp`` only (see :class:`MLP`).
 
     Raises:
         ValueError: an unknown name (and whatever the constructor raises).
@@ -247,9 +259,12 @@ def make_model(name: str, input_shape: Sequence[int], num_classes: int, *,
     if not isinstance(name, str) or name.lower() not in MODELS:
         raise ValueError(f"model must be one of {', '.join(MODELS)}, got {name!r}")
     name = name.lower()
+    if name != "mlp" and (batchnorm or dropout):
+        raise ValueError(f"batchnorm and dropout are options of the mlp model, not {name!r}")
     if name == "cnn":
         return SmallCNN(input_shape, num_classes, width=width or 16, activation=activation)
     if name == "mlp":
         w = width or 64
-        return MLP(input_shape, num_classes, hidden=(2 * w, w), activation=activation)
+        return MLP(input_shape, num_classes, hidden=(2 * w, w), activation=activation,
+                   batchnorm=batchnorm, dropout=dropout)
     return ResNet18(input_shape, num_classes, base=width or 64, activation=activation)

@@ -399,11 +399,11 @@ class Trainer:
         t0 = time.perf_counter()
         test_loss, test_acc = self.evaluate() if self.test_data is not None else (None, None)
         time_eval = time.perf_counter() - t0
-        times = [time_train, stats.time_eigenvalue, stats.time_adversarial]
+        times = [time_train, stats.time_eigenvalue, stats.time_adversarial, 0.0, 0.0]
         if self.parallel is not None:
             loss_sum = self.parallel.sum_floats([loss_sum])[0]
+            times[3:] = [self.parallel.take_grad_comm(), self.parallel.take_eigenvalue_comm()]
             times = self.parallel.max_floats(times)
-            stats.time_eigenvalue_comm = self.parallel.take_eigenvalue_comm()
         metrics = EpochMetrics(
             epoch=d.epoch, train_loss=loss_sum / max(samples, 1), test_loss=test_loss,
             test_accuracy=test_acc,
@@ -412,8 +412,7 @@ class Trainer:
             hvps=stats.hvps, batch_size=biggest, next_batch_size=d.batch_size, lr=lr,
             updates=d.updates, samples=d.samples_seen, adversarial_samples=stats.adversarial,
             time_train=times[0], time_eigenvalue=times[1], time_adversarial=times[2],
-            time_eval=time_eval, time_grad_comm=0.0,
-            time_eigenvalue_comm=stats.time_eigenvalue_comm)
+            time_eval=time_eval, time_grad_comm=times[3], time_eigenvalue_comm=times[4])
         self.history.append(metrics)
         return metrics
 

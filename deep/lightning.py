@@ -49,6 +49,7 @@ from torch.utils.data import DataLoader, Dataset
 try:
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import Callback, GradientAccumulationScheduler
+    from lightning.pytorch.strategies import DDPStrategy
 except ImportError as exc:  # the optional extra is missing: say how to get it
     raise ImportError(
         "hessbatch.deep.lightning needs PyTorch Lightning: pip install 'hessbatch[lightning]' "
@@ -69,6 +70,15 @@ class _SamplerLoader(DataLoader):
 
     def state_dict(self) -> dict[str, Any]:
         return {}
+
+    def __iter__(self):  # type: ignore[override]
+        cb = getattr(self, "_hessbatch_callback", None)
+        if cb is not None and not cb._registered:
+            raise RuntimeError(
+                "this DataLoader was made by HessbatchCallback.dataloader(), but the callback "
+                "is not in Trainer(callbacks=[...]): without it training would run at a fixed "
+                "batch and lr; pass the callback to the Trainer")
+        return super().__iter__()
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         pass
@@ -103,7 +113,7 @@ class HessbatchCallback(Callback):
 
     def __init__(self, scheduler: Scheduler | SchedulerConfig,
                  loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], *,
-                 seed: int = 0, **adapter_options: Any):
+                 seed: int = 0, log_metrics: bool = True, **adapter_options: Any):
         allowed = {"hessian_batch_size", "eigenvalue_fn", "eig_method", "max_hvp", "eig_tol",
                    "adversary", "input_range"}
         unknown = sorted(set(adapter_options) - allowed)
@@ -127,6 +137,8 @@ class HessbatchCallback(Callback):
         self.events: list[tuple[str, Any]] = []
         self.update_log: list[tuple[int, int, float, int, int]] = []
         self._scale = 1.0
+        self.log_metrics = bool(log_metrics)
+        self._registered = False
 
     @property
     def decision(self) -> Decision:
@@ -142,10 +154,31 @@ class HessbatchCallback(Callback):
                         "batch_sampler"} & set(kwargs))
         if clash:
             raise ValueError(f"{clash} are decided by the callback's sampler; leave them out")
-        return _SamplerLoader(dataset, batch_sampler=self.sampler, **kwargs)
+        loader = _SamplerLoader(dataset, batch_sampler=self.sampler, **kwargs)
+        loader._hessbatch_callback = self
+        return loader
 
     # ------------------------------------------------------------------------ set-up checks
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._registered = True
+        if trainer.world_size > 1:
+            # this rank's micro-batches (round robin), before Lightning sizes the epoch
+            self.sampler.set_rank(trainer.global_rank, trainer.world_size)
+
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._registered = True
+        if trainer.fast_dev_run:
+            raise ValueError(
+                f"Trainer(fast_dev_run={trainer.fast_dev_run}) runs a few batches, not the "
+                "schedule's epochs, so the core's epochs and sample counts would be wrong: "
+                "leave fast_dev_run out with HessbatchCallback (for a quick check use a "
+                "SchedulerConfig with epochs=1 on a small dataset)")
+        if trainer.overfit_batches:
+            raise ValueError(
+                f"Trainer(overfit_batches={trainer.overfit_batches}) trains on a fixed subset "
+                "of batches, which is not the schedule's epoch: leave overfit_batches out with "
+                "HessbatchCallback (or train on a Subset of the data with samples_per_epoch "
+                "set to its length)")
         if trainer.accumulate_grad_batches != 1 or any(
                 isinstance(c, GradientAccumulationScheduler) for c in trainer.callbacks):
             raise ValueError(
@@ -163,17 +196,33 @@ class HessbatchCallback(Callback):
             raise ValueError("configure_optimizers returned an lr scheduler: the lr is the "
                              "core's decision (lr decay: lr_decay_epochs/lr_decay_factor in "
                              "the SchedulerConfig); return the optimizer alone")
-        if trainer.world_size != 1 or trainer.strategy.handles_gradient_accumulation:
-            raise ValueError(f"HessbatchCallback runs on one device and process for now, got "
-                             f"world_size={trainer.world_size} with "
-                             f"{type(trainer.strategy).__name__}")
+        if trainer.world_size > 1:
+            strategy = type(trainer.strategy).__name__
+            if not isinstance(trainer.strategy, DDPStrategy):
+                raise ValueError(f"HessbatchCallback on {trainer.world_size} processes runs "
+                                 f"under strategy='ddp' or 'ddp_spawn', got {strategy}")
+            if trainer._accelerator_connector.use_distributed_sampler:
+                raise ValueError(
+                    "Trainer(use_distributed_sampler=True) with HessbatchCallback on "
+                    f"{trainer.world_size} processes: Lightning would replace the callback's "
+                    "sampler, which already gives each rank its micro-batches; pass "
+                    "use_distributed_sampler=False")
+        elif trainer.strategy.handles_gradient_accumulation:
+            raise ValueError(f"HessbatchCallback cannot drive {type(trainer.strategy).__name__}, "
+                             "which accumulates gradients itself")
+        cfg = self.scheduler.config
         if trainer.max_steps != -1:
-            raise ValueError(f"Trainer(max_steps={trainer.max_steps}) would cut an epoch "
-                             "short: the schedule's length is its epochs (set max_epochs)")
+            # the most updates the schedule can make: every epoch at B0
+            most = cfg.epochs * -(-cfg.samples_per_epoch // cfg.batch_size)
+            if trainer.max_steps < most:
+                raise ValueError(
+                    f"Trainer(max_steps={trainer.max_steps}) could cut an epoch short (the "
+                    f"schedule can make up to {most} updates): the schedule's length is its "
+                    f"epochs; set max_epochs, or max_steps >= {most}")
         if trainer.max_epochs is None or trainer.max_epochs < 0 or \
-                trainer.max_epochs > self.scheduler.config.epochs:
+                trainer.max_epochs > cfg.epochs:
             raise ValueError(f"Trainer(max_epochs={trainer.max_epochs}) must be set and at "
-                             f"most the schedule's epochs = {self.scheduler.config.epochs}")
+                             f"most the schedule's epochs = {cfg.epochs}")
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         loader = trainer.train_dataloader
@@ -186,9 +235,30 @@ class HessbatchCallback(Callback):
                 f"Lightning runs {trainer.num_training_batches} batches per epoch, the "
                 f"schedule's epoch is {len(self.sampler)} micro-batches: remove "
                 "limit_train_batches (an epoch is every sample once)")
+        if trainer.checkpoint_callbacks and trainer.val_check_batch < \
+                trainer.num_training_batches and trainer.num_val_batches and \
+                any(trainer.num_val_batches):
+            raise ValueError(
+                f"validation every {trainer.val_check_batch} micro-batches "
+                "(val_check_interval) with checkpointing: Lightning saves a checkpoint after "
+                "each validation, which can fall inside a logical batch, whose gradient cannot "
+                "be saved. Validate at epoch ends (val_check_interval=1.0, "
+                "check_val_every_n_epoch) or pass enable_checkpointing=False")
+        if trainer.current_epoch != self.scheduler.state.epoch:
+            raise ValueError(
+                f"Lightning is at epoch {trainer.current_epoch} and the schedule at epoch "
+                f"{self.scheduler.state.epoch}: the checkpoint given to fit(ckpt_path=...) has "
+                "no HessbatchCallback state (it was made without the callback), so the "
+                "schedule cannot resume; start a new fit, or resume from a checkpoint written "
+                "with the callback")
+        parallel = None
+        if trainer.world_size > 1:
+            from ._distributed import DataParallel
+            parallel = DataParallel()
         self.adapter = LoopAdapter(pl_module, trainer.optimizers[0], self.loss_fn,
                                    loader.dataset, self.scheduler, sampler=self.sampler,
-                                   collate_fn=loader.collate_fn, **self.adapter_options)
+                                   collate_fn=loader.collate_fn, parallel=parallel,
+                                   **self.adapter_options)
         self.adapter.events, self.adapter.update_log = self.events, self.update_log
 
     # ------------------------------------------------------------------------ each micro-batch
@@ -200,7 +270,7 @@ class HessbatchCallback(Callback):
                 and isinstance(batch[0], torch.Tensor)):
             raise TypeError(f"the train batch must be an (x, y, ...) sequence with a tensor x, "
                             f"got {type(batch).__name__}")
-        first = hb._n == 0
+        first = not hb.batch_open
         if first:
             pl_module.optimizer_zero_grad(trainer.current_epoch, batch_idx,
                                           trainer.optimizers[0])
@@ -229,7 +299,26 @@ class HessbatchCallback(Callback):
         hb = self.adapter
         assert hb is not None
         if hb.update_complete:
+            checks = len(hb.stats.eigenvalues) + hb.stats.skipped
             hb.step()  # the optimizer has stepped: report, eigenvalue when due, next lr
+            if self.log_metrics:
+                n, b, lr, _, adv = hb.update_log[-1]
+                self._log(pl_module, n, b, lr, adv, checks)
+
+    def _log(self, pl_module: pl.LightningModule, n: int, b: int, lr: float, adv: int,
+             checks: int) -> None:
+        """What the update did, through Lightning's logger (``self.log`` conventions: one
+        value per optimizer step, the same on every rank, so no ``sync_dist``)."""
+        hb = self.adapter
+        assert hb is not None
+        log = dict(on_step=True, on_epoch=False, batch_size=n, sync_dist=False)
+        pl_module.log("hessbatch/B", float(b), prog_bar=True, **log)
+        pl_module.log("hessbatch/lr", float(lr), prog_bar=True, **log)
+        pl_module.log("hessbatch/adversarial", float(adv), **log)
+        pl_module.log("hessbatch/hvps", float(hb.stats.hvps), **log)
+        if len(hb.stats.eigenvalues) + hb.stats.skipped > checks and hb.stats.eigenvalues:
+            pl_module.log("hessbatch/eigenvalue", float(hb.stats.eigenvalues[-1]),
+                          prog_bar=True, **log)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         assert self.adapter is not None
