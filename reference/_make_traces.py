@@ -571,6 +571,56 @@ def negative_zero() -> Trace:
     return rec.trace()
 
 
+def lower_bound_checks() -> Trace:
+    rec = TraceRecorder(
+        "lower_bound_checks",
+        "ABS, B0 = 100, B_max = 800, kappa = 3, alpha = 2: a check may be answered by a lower "
+        "bound on the top eigenvalue (\"lower_bound\": true, 'at least x'). The decision's "
+        "eigenvalue_threshold is lam_ref / alpha while a check is due (null at the first "
+        "check and when none is due). A bound strictly above the threshold is a no-drop "
+        "check, counted towards the patience exactly as the value would be (and a patience "
+        "growth keeps lam_ref), recorded as last_eigenvalue = x with last_eigenvalue_bound = "
+        "true, also through a state dict; a bound at or below the threshold, or at the first "
+        "check, is refused as undecided (a value error naming eigenvalue): nothing changes and "
+        "the check stays due.",
+        _config("abs", samples_per_epoch=200, epochs=6, patience=3),
+        covers=["eigenvalue threshold", "lower bound", "lower bound refused",
+                "lower bound patience growth"])
+    rec.step()
+    rec.step(note="check due, first: threshold null")
+    rec.eigenvalue(9.0, lower_bound=True, error=("value", "eigenvalue"),
+                   note="a bound cannot set the reference: refused")
+    rec.eigenvalue(8.0, note="first: lam_ref = 8, d = 1")
+    rec.end_epoch()
+    rec.step()
+    rec.step(note="check due: threshold 8 / 2 = 4.0")
+    rec.eigenvalue(4.0, lower_bound=True, error=("value", "eigenvalue"),
+                   note="a bound at the threshold is undecided: refused")
+    rec.eigenvalue(1.0, lower_bound=True, error=("value", "eigenvalue"),
+                   note="a bound below the threshold is undecided: refused")
+    rec.eigenvalue(NAN, lower_bound=True, error=("value", "eigenvalue"),
+                   note="a NaN bound: refused as a value would be")
+    rec.eigenvalue(4.000000000000001, lower_bound=True,
+                   note="just above 4.0: no drop, d = 2, last_eigenvalue_bound true")
+    rec.save_load(note="the bound flag survives a state dict")
+    rec.end_epoch()
+    rec.step()
+    rec.step(note="check due: threshold 4.0")
+    rec.eigenvalue(50.0, lower_bound=True, note="no drop, d = 3 = kappa: grow, B = 200, lr = "
+                   "0.2, lam_ref stays 8")
+    rec.end_epoch()
+    rec.step(note="check due: threshold 4.0")
+    rec.eigenvalue(3.0, note="a value: 3.0 <= 4.0, drop: B = 400, lam_ref = 3, flag false")
+    rec.end_epoch()
+    rec.step(note="check due: threshold 1.5")
+    rec.skip_eigenvalue(note="skipped: last_eigenvalue and its flag unchanged")
+    rec.end_epoch()
+    rec.step(note="check due: threshold 1.5")
+    rec.eigenvalue(1.5000000000000002, lower_bound=True, note="no drop, d = 1")
+    rec.end_epoch(note="finished")
+    return rec.trace()
+
+
 def _state_of(config: dict, events) -> dict:
     from ._scheduler import Scheduler, SchedulerConfig
     sch = Scheduler(SchedulerConfig.from_dict(config))
@@ -594,6 +644,10 @@ def state_dicts() -> Trace:
     v1 = json.loads(json.dumps(mid))
     v1["version"] = 1
     del v1["config"]["adv_rule"]
+    del v1["state"]["last_eigenvalue_bound"]
+    v2 = json.loads(json.dumps(mid))
+    v2["version"] = 2
+    del v2["state"]["last_eigenvalue_bound"]
     cases: list[dict] = [
         dict(note="written by Python mid-run: every field", load_into=full, state_dict=mid),
         dict(note="config with the defaults left out: they are filled in, and written back",
@@ -608,10 +662,20 @@ def state_dicts() -> Trace:
                                last_eigenvalue=3, adv_fraction=0)),
         dict(note="version 1 (before adv_rule): loads as adv_rule 'batch'",
              load_into={**full, "adv_rule": "batch"}, state_dict=v1),
+        dict(note="version 2 (before lower bounds): last_eigenvalue_bound loads as false",
+             load_into=full, state_dict=v2),
+        dict(note="a lower bound above the threshold (3.0 / 2) recorded as the last eigenvalue",
+             load_into=full, state_dict=_patch(mid, last_eigenvalue=1.6,
+                                               last_eigenvalue_bound=True)),
     ]
     bad = [
         ("another format", {**mid, "format": "torch"}, ("value", "format")),
-        ("an unknown version", {**mid, "version": 3}, ("value", "version")),
+        ("an unknown version", {**mid, "version": 4}, ("value", "version")),
+        ("version 2 with last_eigenvalue_bound", _patch(v2, last_eigenvalue_bound=False),
+         ("value", "last_eigenvalue_bound")),
+        ("a lower bound at the threshold", _patch(mid, last_eigenvalue=1.5,
+                                                  last_eigenvalue_bound=True),
+         ("value", "last_eigenvalue_bound")),
         ("version 1 into a blocks scheduler", v1, ("value", "adv_rule")),
         ("another config", {**mid, "config": {**full, "patience": 4}}, ("value", "patience")),
         ("a bad config", {**mid, "config": {**full, "alpha": 0.5}}, ("value", "alpha")),
@@ -677,7 +741,7 @@ SCRIPTS: tuple[Callable[[], Trace], ...] = (
     fb_warmup, gg_schedule, errors_and_skips, defaults, config_errors,
     adv_blocks_rule, adv_rule_thresholds, adv_batch_threshold, adv_stop_tolerance,
     adv_stop_odd_epochs, absa_at_max_from_start, absa_tau_zero, fb_order_of_operations,
-    fb_without_warmup, negative_zero, state_dicts)
+    fb_without_warmup, negative_zero, state_dicts, lower_bound_checks)
 
 
 def build_all() -> dict[str, str]:

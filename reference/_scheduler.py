@@ -88,14 +88,33 @@ __all__ = [
 METHODS = ("bl", "fb", "gg", "abs", "absa")
 ADV_RULES = ("blocks", "batch")
 STATE_FORMAT = "hessbatch.scheduler"
-STATE_VERSION = 2
-# version 1 predates adv_rule; its schedulers ran the "batch" rule, so that is what it loads as
-_STATE_VERSIONS = {1: {"adv_rule": "batch"}, 2: {}}
+STATE_VERSION = 3
+# What an older version leaves out, as (config defaults, state defaults): version 1 predates
+# adv_rule (its schedulers ran the "batch" rule, so that is what it loads as); versions 1 and
+# 2 predate lower bounds, so their last eigenvalue is a value.
+_STATE_VERSIONS: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {
+    1: ({"adv_rule": "batch"}, {"last_eigenvalue_bound": False}),
+    2: ({}, {"last_eigenvalue_bound": False}),
+    3: ({}, {})}
 _ROUND_TOL = 1e-9
 
 
 class SchedulerError(RuntimeError):
     """An event arrived that the protocol does not allow now (events out of order)."""
+
+    field = None  # protocol errors name no field (see docs/porting.md, section 4)
+
+
+def _err(cls: type[Exception], field: str, message: str) -> Exception:
+    """A ``cls`` (ValueError or TypeError) whose ``field`` attribute names the field at fault.
+
+    ``field`` is the error contract of docs/porting.md section 4: one exact name from a fixed
+    vocabulary (a config field, a state field, ``samples``, ``eigenvalue``, ``config``,
+    ``state``, ``state_dict``, ``format``, ``version``), which the traces compare exactly.
+    """
+    exc = cls(message)
+    exc.field = field  # type: ignore[attr-defined]
+    return exc
 
 
 # --------------------------------------------------------------------------------------------
@@ -333,6 +352,7 @@ class SchedulerState:
     eigenvalue_due: bool         # a check was triggered and its eigenvalue not yet reported
     epoch_start_samples: int     # s at the last epoch end: an epoch needs at least one step
     last_eigenvalue: float | None  # last eigenvalue reported (for logs; no decision uses it)
+    last_eigenvalue_bound: bool  # last_eigenvalue is a lower bound ("at least"), not a value
     reason: str                  # what the last event did, for logs and traces
 
     def to_dict(self) -> dict[str, Any]:
@@ -360,6 +380,12 @@ class Decision:
             A backend replaces exactly the samples at these positions and needs no rule of its
             own; :meth:`adversarial_ranges` gives them for a short last batch.
         eigenvalue_due: report ``eigenvalue()`` (or ``skip_eigenvalue()``) before anything else.
+        eigenvalue_threshold: the question the due check asks, ``lam_ref / alpha``: an
+            eigenvalue at or below it is a drop (growth, new reference); above it, a no-drop
+            check that counts towards the patience whatever the value. ``None`` when no check
+            is due or at the first check (no reference yet: the value itself is needed). A
+            solver may stop as soon as its estimate, a lower bound on the top eigenvalue, is
+            above it, and report that bound with ``eigenvalue(bound, lower_bound=True)``.
         epoch: completed epochs.
         samples_seen: training samples consumed so far.
         updates: parameter updates made so far.
@@ -378,6 +404,7 @@ class Decision:
     adv_rule: str
     adv_ranges: tuple[tuple[int, int], ...]
     eigenvalue_due: bool
+    eigenvalue_threshold: float | None
     epoch: int
     samples_seen: int
     updates: int
@@ -493,7 +520,8 @@ def init(cfg: SchedulerConfig) -> SchedulerState:
     return SchedulerState(
         batch_size=batch, lr=float(lr), lam_ref=None, patience_count=0, samples_seen=0,
         adv_fraction=float(gamma), epoch=0, updates=0, eigenvalue_due=False,
-        epoch_start_samples=0, last_eigenvalue=None, reason="start")
+        epoch_start_samples=0, last_eigenvalue=None, last_eigenvalue_bound=False,
+        reason="start")
 
 
 def _refuse_if_done_or_due(cfg: SchedulerConfig, st: SchedulerState, event: str) -> None:
@@ -557,28 +585,62 @@ def _check_eigenvalue(lam: Any) -> float:
     return lam
 
 
-def on_eigenvalue(cfg: SchedulerConfig, st: SchedulerState, lam: float) -> SchedulerState:
-    """Step 3: the top eigenvalue the scheduler asked for."""
+def _threshold(cfg: SchedulerConfig, st: SchedulerState) -> float | None:
+    # The question a due check asks: is the top eigenvalue <= lam_ref / alpha? (None: no check
+    # is due, or the first one, which needs the value to set the reference.)
+    if not st.eigenvalue_due or st.lam_ref is None:
+        return None
+    return st.lam_ref / cfg.alpha
+
+
+def on_eigenvalue(cfg: SchedulerConfig, st: SchedulerState, lam: float, *,
+                  lower_bound: bool = False) -> SchedulerState:
+    """Step 3: the top eigenvalue the scheduler asked for, or a lower bound on it.
+
+    With ``lower_bound=True``, ``lam`` says only "the top eigenvalue is at least ``lam``" (a
+    Lanczos or power estimate never exceeds it). That decides the check only when ``lam`` is
+    strictly above the threshold ``lam_ref / alpha``: then it is a no-drop check, counted
+    towards the patience exactly as the value would be, and recorded as ``last_eigenvalue =
+    lam`` with ``last_eigenvalue_bound = True``. A bound at or below the threshold, or at the
+    first check (no reference), is refused with ``ValueError``: nothing changes, the check
+    stays due, and the loop reports the value.
+    """
     if not st.eigenvalue_due:
         raise SchedulerError(
             f"eigenvalue: none is due (samples_seen={st.samples_seen}); report one only when "
             "decision.eigenvalue_due is true")
     lam = _check_eigenvalue(lam)
-    base = dict(eigenvalue_due=False, last_eigenvalue=lam)
+    if lower_bound:
+        threshold = _threshold(cfg, st)
+        if threshold is None:
+            raise _err(ValueError, "eigenvalue",
+                       f"eigenvalue: a lower bound ({lam!r}) cannot answer the first check, "
+                       "which sets the reference; nothing changed and the check is still due:"
+                       " report the value (lower_bound=False)")
+        if not lam > threshold:
+            raise _err(ValueError, "eigenvalue",
+                       f"eigenvalue: the lower bound {lam!r} is not above the threshold "
+                       f"lam_ref / alpha = {threshold!r}, so it does not decide the check "
+                       "(undecided); nothing changed and the check is still due: report the "
+                       "value (lower_bound=False)")
+    base = dict(eigenvalue_due=False, last_eigenvalue=lam, last_eigenvalue_bound=lower_bound)
     if st.lam_ref is None:
         # The first check only sets the reference (rebuilt); d = 1 counts it towards patience.
         return dataclasses.replace(st, lam_ref=lam, patience_count=1,
                                    reason="eigenvalue: first, reference set", **base)
-    if lam <= st.lam_ref / cfg.alpha:
+    if not lower_bound and lam <= st.lam_ref / cfg.alpha:
         b, lr, gamma = _grow(cfg, st, cfg.beta)
         return dataclasses.replace(st, batch_size=b, lr=lr, adv_fraction=gamma, lam_ref=lam,
                                    patience_count=0, reason="eigenvalue: dropped, grow", **base)
+    kind = "lower bound, " if lower_bound else ""
     d = st.patience_count + 1
     if d >= cfg.patience:
         b, lr, gamma = _grow(cfg, st, cfg.beta)
         return dataclasses.replace(st, batch_size=b, lr=lr, adv_fraction=gamma,
-                                   patience_count=0, reason="eigenvalue: patience, grow", **base)
-    return dataclasses.replace(st, patience_count=d, reason="eigenvalue: no drop", **base)
+                                   patience_count=0,
+                                   reason=f"eigenvalue: {kind}patience, grow", **base)
+    return dataclasses.replace(st, patience_count=d, reason=f"eigenvalue: {kind}no drop",
+                               **base)
 
 
 def on_skip_eigenvalue(cfg: SchedulerConfig, st: SchedulerState) -> SchedulerState:
@@ -636,6 +698,7 @@ def decide(cfg: SchedulerConfig, st: SchedulerState) -> Decision:
         adv_rule=cfg.adv_rule,
         adv_ranges=ranges,
         eigenvalue_due=st.eigenvalue_due,
+        eigenvalue_threshold=_threshold(cfg, st),
         epoch=st.epoch,
         samples_seen=st.samples_seen,
         updates=st.updates,
@@ -652,7 +715,8 @@ _STATE_TYPES: dict[str, tuple[type, ...]] = {
     "batch_size": (int,), "lr": (float, int), "lam_ref": (float, int, type(None)),
     "patience_count": (int,), "samples_seen": (int,), "adv_fraction": (float, int),
     "epoch": (int,), "updates": (int,), "eigenvalue_due": (bool,),
-    "epoch_start_samples": (int,), "last_eigenvalue": (float, int, type(None)), "reason": (str,),
+    "epoch_start_samples": (int,), "last_eigenvalue": (float, int, type(None)),
+    "last_eigenvalue_bound": (bool,), "reason": (str,),
 }
 
 
@@ -668,16 +732,21 @@ def _config_of_state_dict(data: Mapping[str, Any]) -> SchedulerConfig:
     config = data.get("config")
     if not isinstance(config, Mapping):
         return SchedulerConfig.from_dict(config)  # raises the TypeError naming the config
-    return SchedulerConfig.from_dict({**_STATE_VERSIONS[version], **config})
+    return SchedulerConfig.from_dict({**_STATE_VERSIONS[version][0], **config})
 
 
-def _state_from_dict(cfg: SchedulerConfig, data: Mapping[str, Any]) -> SchedulerState:
+def _state_from_dict(cfg: SchedulerConfig, data: Mapping[str, Any],
+                     version: int = STATE_VERSION) -> SchedulerState:
     if not isinstance(data, Mapping):
         raise TypeError(f"the state dict's state must be a mapping, got {data!r}")
-    missing = sorted(set(_STATE_TYPES) - set(data))
-    extra = sorted(set(data) - set(_STATE_TYPES))
+    later = _STATE_VERSIONS[version][1]   # fields a later version added: absent here
+    fields = [name for name in _STATE_TYPES if name not in later]
+    missing = [name for name in fields if name not in data]
+    extra = sorted(set(data) - set(fields))
     if missing or extra:
-        raise ValueError(f"state has missing fields {missing} and unknown fields {extra}")
+        raise ValueError(f"state has missing fields {missing} and unknown fields {extra}"
+                         f" (version {version})")
+    data = {**data, **later}
     for name, types in _STATE_TYPES.items():
         value = data[name]
         bad_bool = isinstance(value, bool) and bool not in types
@@ -725,6 +794,10 @@ def _invariant_problems(cfg: SchedulerConfig, st: SchedulerState) -> list[str]:
     if st.lam_ref is None and (st.patience_count or st.last_eigenvalue is not None):
         out.append("patience_count and last_eigenvalue must be 0 and null before the first "
                    "eigenvalue (lam_ref null)")
+    if st.last_eigenvalue_bound and (st.lam_ref is None or st.last_eigenvalue is None
+                                     or not st.last_eigenvalue > st.lam_ref / cfg.alpha):
+        out.append(f"last_eigenvalue_bound: a lower bound {st.last_eigenvalue} is only "
+                   f"recorded above the threshold lam_ref / alpha (lam_ref {st.lam_ref})")
     if not cfg.uses_eigenvalues and st.lam_ref is not None:
         out.append(f"lam_ref {st.lam_ref} for method {cfg.method}, which uses no eigenvalue")
     if st.samples_seen < st.updates:
@@ -777,9 +850,18 @@ class Scheduler:
         self._state = on_step(self._config, self._state, samples)
         return self.decision
 
-    def eigenvalue(self, value: float) -> Decision:
-        """Report the top Hessian eigenvalue asked for by ``decision.eigenvalue_due``."""
-        self._state = on_eigenvalue(self._config, self._state, value)
+    def eigenvalue(self, value: float, *, lower_bound: bool = False) -> Decision:
+        """Report the top Hessian eigenvalue asked for by ``decision.eigenvalue_due``.
+
+        With ``lower_bound=True``, ``value`` is a lower bound on it ("at least value"), which
+        is accepted only when it is strictly above ``decision.eigenvalue_threshold`` (a
+        certain no-drop check); see :func:`on_eigenvalue`.
+        """
+        if not isinstance(lower_bound, bool):
+            raise _err(TypeError, "lower_bound",
+                       f"lower_bound must be True or False, got {lower_bound!r} "
+                       f"({type(lower_bound).__name__})")
+        self._state = on_eigenvalue(self._config, self._state, value, lower_bound=lower_bound)
         return self.decision
 
     def skip_eigenvalue(self) -> Decision:
@@ -823,7 +905,7 @@ class Scheduler:
                     if getattr(cfg, f.name) != getattr(self._config, f.name)]
             raise ValueError(f"the saved config differs from this scheduler's in {diff}; "
                              "build the scheduler with Scheduler.from_state_dict() instead")
-        self._state = _state_from_dict(cfg, data.get("state"))
+        self._state = _state_from_dict(cfg, data.get("state"), data["version"])
 
     @classmethod
     def from_state_dict(cls, data: Mapping[str, Any]) -> "Scheduler":

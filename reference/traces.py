@@ -119,13 +119,13 @@ DECISION_TYPES: dict[str, str] = {
     "method": "str", "batch_size": "int", "micro_batch_size": "int",
     "accumulation_steps": "int", "lr": "float", "adv_fraction": "float", "adv_count": "int",
     "adv_eps": "float", "adv_rule": "str", "adv_ranges": "ranges", "eigenvalue_due": "bool",
-    "epoch": "int", "samples_seen": "int", "updates": "int", "finished": "bool",
+    "eigenvalue_threshold": "float|null", "epoch": "int", "samples_seen": "int", "updates": "int", "finished": "bool",
     "reason": "str"}
 STATE_TYPES: dict[str, str] = {
     "batch_size": "int", "lr": "float", "lam_ref": "float|null", "patience_count": "int",
     "samples_seen": "int", "adv_fraction": "float", "epoch": "int", "updates": "int",
     "eigenvalue_due": "bool", "epoch_start_samples": "int", "last_eigenvalue": "float|null",
-    "reason": "str"}
+    "last_eigenvalue_bound": "bool", "reason": "str"}
 # config fields as a saved state dict writes them (every field, defaults filled in)
 CONFIG_TYPES: dict[str, str] = {
     "method": "str", "lr": "float", "batch_size": "int", "samples_per_epoch": "int",
@@ -285,7 +285,9 @@ class Trace:
             if name not in EVENTS:
                 fail(where, f"'event' must be one of {', '.join(EVENTS)}, got {name!r}")
             need = {"step": {"samples"}, "eigenvalue": {"value"}}.get(name, set())
-            optional = {"adv_ranges"} if name == "step" else set()
+            optional = {"step": {"adv_ranges"}, "eigenvalue": {"lower_bound"}}.get(name, set())
+            if "lower_bound" in ev and not isinstance(ev["lower_bound"], bool):
+                fail(where + ".lower_bound", f"must be true or false, got {ev['lower_bound']!r}")
             extra = set(ev) - {"event", "note", "error", "decision", "state"} - need - optional
             if need - set(ev) or extra:
                 fail(where, f"a {name} event needs {sorted(need) or 'no argument'}, got keys "
@@ -582,7 +584,10 @@ def _apply(sch: Any, ev: Mapping[str, Any], config: SchedulerConfig,
     if name == "step":
         sch.step(decode_tags(ev["samples"]))
     elif name == "eigenvalue":
-        sch.eigenvalue(_decode_value(ev["value"]))
+        if ev.get("lower_bound", False):
+            sch.eigenvalue(_decode_value(ev["value"]), lower_bound=True)
+        else:
+            sch.eigenvalue(_decode_value(ev["value"]))
     elif name == "skip_eigenvalue":
         sch.skip_eigenvalue()
     elif name == "epoch_end":
@@ -787,10 +792,14 @@ class TraceRecorder:
         return self._record({"event": "step", "samples": encode_tags(n, "samples")}, note,
                             error)
 
-    def eigenvalue(self, value: Any, *, note: str | None = None,
+    def eigenvalue(self, value: Any, *, lower_bound: bool = False, note: str | None = None,
                    error: Sequence[str] | None = None):
-        """Record an eigenvalue report (non-finite floats are written as strings)."""
-        return self._record({"event": "eigenvalue", "value": _encode_value(value)}, note, error)
+        """Record an eigenvalue report (non-finite floats are written as strings); with
+        ``lower_bound=True`` a lower bound on it (``"lower_bound": true`` in the file)."""
+        event = {"event": "eigenvalue", "value": _encode_value(value)}
+        if lower_bound:
+            event["lower_bound"] = True
+        return self._record(event, note, error)
 
     def skip_eigenvalue(self, *, note: str | None = None, error: Sequence[str] | None = None):
         """Record a skipped check."""

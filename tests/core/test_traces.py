@@ -38,7 +38,7 @@ EXPECTED_FILES = {
     "adv_blocks_rule.json", "adv_rule_thresholds.json", "adv_batch_threshold.json",
     "adv_stop_tolerance.json", "adv_stop_odd_epochs.json", "absa_at_max_from_start.json",
     "absa_tau_zero.json", "fb_order_of_operations.json", "fb_without_warmup.json",
-    "negative_zero.json", "state_dicts.json"}
+    "negative_zero.json", "state_dicts.json", "lower_bound_checks.json"}
 TRACES = {p.name[:-5]: load_trace(p) for p in builtin_traces()}
 EVENT_TRACES = [t for t in TRACES.values() if t.kind == "events"]
 approx = dict(rel=1e-12, abs=0.0)
@@ -145,7 +145,8 @@ def test_traces_reach_every_line_and_every_reason_of_the_core():
                    "eigenvalue: dropped, grow", "eigenvalue: patience, grow",
                    "eigenvalue: no drop", "eigenvalue: skipped", "epoch end",
                    "epoch end: lr decays", "epoch end: gg: batch grows",
-                   "epoch end: gg: lr decays", "epoch end: adversary stops"]:
+                   "epoch end: gg: lr decays", "epoch end: adversary stops",
+                   "eigenvalue: lower bound, no drop", "eigenvalue: lower bound, patience, grow"]:
         assert wanted in reasons, wanted
     methods = {t.config["method"].lower() for t in EVENT_TRACES}
     assert methods == set(hessbatch.METHODS)
@@ -468,14 +469,35 @@ def test_hand_fb_order_and_negative_zero():
     assert (d["adv_count"], math.copysign(1, d["adv_eps"])) == (0, 1)
 
 
+def test_lower_bound_trace_by_hand():
+    t = TRACES["lower_bound_checks"]
+    assert after(t, "threshold null")["decision"]["eigenvalue_threshold"] is None
+    assert after(t, "check due: threshold 8 / 2 = 4.0")["decision"]["eigenvalue_threshold"] == 4.0
+    refused = [e for e in t.events if "error" in e]
+    assert len(refused) == 4 and all(e.get("lower_bound") for e in refused)
+    assert all(e["error"]["kind"] == "value" and e["state"]["eigenvalue_due"] for e in refused)
+    d = after(t, "just above 4.0")
+    assert d["state"]["patience_count"] == 2 and d["state"]["last_eigenvalue_bound"] is True
+    assert d["state"]["last_eigenvalue"] == 4.000000000000001 and d["state"]["lam_ref"] == 8.0
+    assert d["decision"]["eigenvalue_threshold"] is None        # no check due any more
+    g = after(t, "d = 3 = kappa")
+    assert (g["decision"]["batch_size"], g["decision"]["lr"], g["state"]["lam_ref"]) == \
+        (200, 0.2, 8.0)
+    v = after(t, "a value: 3.0")
+    assert (v["decision"]["batch_size"], v["state"]["lam_ref"],
+            v["state"]["last_eigenvalue_bound"]) == (400, 3.0, False)
+    sk = after(t, "skipped")
+    assert sk["state"]["last_eigenvalue"] == 3.0 and sk["state"]["last_eigenvalue_bound"] is False
+
+
 def test_state_dict_fixtures_by_hand():
     t = TRACES["state_dicts"]
     good = [c for c in t.cases if "error" not in c]
-    assert len(good) == 6 and len(t.cases) - len(good) >= 25
+    assert len(good) == 8 and len(t.cases) - len(good) >= 25
     first = good[0]["saved"]
     for case in good:                                  # every accepted one writes back ...
         saved = case["saved"]
-        assert saved["version"] == 2 and set(saved["config"]) == set(first["config"])
+        assert saved["version"] == 3 and set(saved["config"]) == set(first["config"])
         assert all(type(saved["config"][k]) is float for k in
                    ("lr", "alpha", "beta", "adv_decay", "warmup_epochs"))
     sparse = good[1]["state_dict"]["config"]
