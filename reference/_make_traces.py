@@ -336,7 +336,7 @@ def defaults() -> Trace:
 
 def config_errors() -> Trace:
     good = _config("absa", max_batch_size=800, epochs=10, lr_decay_epochs=[3, 6])
-    # mentions: the field (or fields, for unknown or missing ones) the error must name
+    # the field the error must name, exactly (docs/porting.md section 4)
     bad: list[tuple[dict, tuple[str, ...]]] = [
         ({"method": "sgd"}, ("value", "method")),
         ({"method": "ab"}, ("value", "method")),
@@ -381,7 +381,7 @@ def config_errors() -> Trace:
         ({"lr": 1e-300, "lr_decay_factor": 1e-5}, ("value", "lr")),
         ({"alpha": "2"}, ("type", "alpha")),
         ({"lr": True}, ("type", "lr")),
-        ({"colour": "red"}, ("value", "colour")),
+        ({"colour": "red"}, ("value", "config")),
         ({"lr": None}, ("type", "lr")),
         # several bad fields: the first in the check order decides (docs/porting.md)
         ({"lr": -1.0, "batch_size": 100.5}, ("value", "lr")),
@@ -390,20 +390,23 @@ def config_errors() -> Trace:
         ({"adv_rule": "head", "alpha": 0.5}, ("value", "alpha")),
         ({"warmup_epochs": -1.0, "lr": 1e308}, ("value", "warmup_epochs")),
         ({"micro_batch_size": 30, "max_batch_size": 50}, ("value", "max_batch_size")),
-        ({"colour": "red", "lr": -1.0}, ("value", "colour")),
+        ({"colour": "red", "lr": -1.0}, ("value", "config")),
     ]
     cases = [({**good, **change}, error) for change, error in bad]
     # missing required fields (all named), before any other check
-    for missing in (("lr",), ("method",), ("epochs", "samples_per_epoch")):
+    # the error names the first missing one in table order
+    for missing, field in ((("lr",), "lr"), (("method",), "method"),
+                           (("epochs", "samples_per_epoch"), "samples_per_epoch")):
         cases.append(({k: v for k, v in good.items() if k not in missing},
-                      ("value",) + missing))
+                      ("value", field)))
     cases.append(({**{k: v for k, v in good.items() if k != "lr"}, "batch_size": 0},
                   ("value", "lr")))
     return config_error_trace(
         "config_errors",
         "Configs that must be refused at construction, each differing from a valid ABSA "
         "config in one field (or adding an unknown one, or leaving a required one out); "
-        "mentions is the field the error must name. With several bad fields the first in the "
+        "error.field is the field the error must name, exactly (config for unknown fields, "
+        "the first missing one in table order for missing ones). With several bad fields the first in the "
         "check order decides: unknown fields, missing required fields, then the fields in "
         "the order of the config table (type before range), then the reachable-lr checks. "
         "'type' cases are values of the wrong JSON type; a whole float at an int field is "
@@ -571,6 +574,22 @@ def negative_zero() -> Trace:
     return rec.trace()
 
 
+def integer_range() -> Trace:
+    rec = TraceRecorder(
+        "integer_range",
+        "Integers stay in [0, 2**53] (docs/porting.md, Numerics): BL with B0 = 2**52 and "
+        "N = 2**53; two steps reach samples_seen = 2**53 exactly, a third is refused as a "
+        "value error naming samples (it would leave the range every double holds exactly).",
+        _config("bl", batch_size=2 ** 52, micro_batch_size=2 ** 52, max_batch_size=2 ** 52,
+                samples_per_epoch=2 ** 53, epochs=1),
+        covers=["integer range", "samples_seen bound"])
+    rec.step()
+    rec.step(note="samples_seen = 2**53: still in range")
+    rec.step(1, error=("value", "samples"), note="2**53 + 1 is out of range: refused")
+    rec.end_epoch(note="finished")
+    return rec.trace()
+
+
 def lower_bound_checks() -> Trace:
     rec = TraceRecorder(
         "lower_bound_checks",
@@ -635,6 +654,11 @@ def state_dicts() -> Trace:
     events = [("step",), ("step",), ("eigenvalue", 8.0), ("end_epoch",), ("step",),
               ("step",), ("eigenvalue", 3.0), ("end_epoch",), ("step",)]
     mid = _state_of(full, events)
+    abs_cfg, fb_cfg = {**full, "method": "abs"}, {**full, "method": "fb"}
+    abs_mid = _state_of(abs_cfg, events)
+    k1_cfg = {**full, "patience": 1}
+    k1_first = _state_of(k1_cfg, events[:3])
+    assert k1_first["state"]["patience_count"] == 1
     assert mid["state"]["eigenvalue_due"] and mid["state"]["batch_size"] == 200
     sparse_cfg = {k: full[k] for k in ("method", "lr", "batch_size", "samples_per_epoch",
                                        "epochs", "max_batch_size", "lr_decay_epochs",
@@ -664,15 +688,36 @@ def state_dicts() -> Trace:
              load_into={**full, "adv_rule": "batch"}, state_dict=v1),
         dict(note="version 2 (before lower bounds): last_eigenvalue_bound loads as false",
              load_into=full, state_dict=v2),
+        dict(note="abs (not absa) with adv_fraction -0.0 in its state: loads, decides 0.0 "
+             "(gamma only for absa), writes -0.0 back",
+             load_into=abs_cfg, state_dict=_patch(abs_mid, adv_fraction=-0.0)),
+        dict(note="kappa = 1: d = 1 right after the first eigenvalue is allowed",
+             load_into=k1_cfg, state_dict=k1_first),
         dict(note="a lower bound above the threshold (3.0 / 2) recorded as the last eigenvalue",
              load_into=full, state_dict=_patch(mid, last_eigenvalue=1.6,
                                                last_eigenvalue_bound=True)),
     ]
+    v1_null_rule = json.loads(json.dumps(v1))
+    v1_null_rule["config"]["adv_rule"] = None
     bad = [
+        ("version 1 with adv_rule null: null is a type error, not the version's default",
+         v1_null_rule, ("type", "adv_rule")),
+        ("a version that is not an int", {**mid, "version": "3"}, ("value", "version")),
+        ("an unknown top-level key", {**mid, "saved_at": "today"}, ("value", "state_dict")),
+        ("gamma > 0 at B_max", _patch(mid, batch_size=800, eigenvalue_due=False,
+                                      adv_fraction=0.1), ("value", "adv_fraction")),
+        ("a negative last eigenvalue", _patch(mid, last_eigenvalue=-1.0),
+         ("value", "last_eigenvalue")),
+        ("a count without a reference", _patch(mid, lam_ref=None, last_eigenvalue=None,
+                                               patience_count=1), ("value", "patience_count")),
+        ("a check due after the last epoch", _patch(mid, epoch=6, adv_fraction=0.0),
+         ("value", "eigenvalue_due")),
+        ("samples_seen past 2**53", _patch(mid, samples_seen=2 ** 54),
+         ("value", "samples_seen")),
         ("another format", {**mid, "format": "torch"}, ("value", "format")),
         ("an unknown version", {**mid, "version": 4}, ("value", "version")),
         ("version 2 with last_eigenvalue_bound", _patch(v2, last_eigenvalue_bound=False),
-         ("value", "last_eigenvalue_bound")),
+         ("value", "state")),
         ("a lower bound at the threshold", _patch(mid, last_eigenvalue=1.5,
                                                   last_eigenvalue_bound=True),
          ("value", "last_eigenvalue_bound")),
@@ -680,7 +725,7 @@ def state_dicts() -> Trace:
         ("another config", {**mid, "config": {**full, "patience": 4}}, ("value", "patience")),
         ("a bad config", {**mid, "config": {**full, "alpha": 0.5}}, ("value", "alpha")),
         ("a missing state field", _patch(mid, drop="updates"), ("value", "updates")),
-        ("an unknown state field", _patch(mid, colour=1), ("value", "colour")),
+        ("an unknown state field", _patch(mid, colour=1), ("value", "state")),
         ("a whole float for an int", _patch(mid, batch_size=200.0), ("type", "batch_size")),
         ("a bool for an int", _patch(mid, updates=True), ("type", "updates")),
         ("an int for a bool", _patch(mid, eigenvalue_due=1), ("type", "eigenvalue_due")),
@@ -692,25 +737,35 @@ def state_dicts() -> Trace:
         ("gamma above gamma0", _patch(mid, adv_fraction=0.5), ("value", "adv_fraction")),
         ("gamma after tau", _patch(mid, epoch=3, adv_fraction=0.1), ("value", "adv_fraction")),
         ("a check due at B_max", _patch(mid, batch_size=800, adv_fraction=0.0),
-         ("value", "eigenvalue")),
+         ("value", "eigenvalue_due")),
         ("epoch past the last", _patch(mid, epoch=7), ("value", "epoch")),
         ("a negative counter", _patch(mid, updates=-1), ("value", "updates")),
         ("epoch start after samples seen", _patch(mid, epoch_start_samples=10000),
          ("value", "epoch_start_samples")),
         ("patience count at kappa", _patch(mid, patience_count=3), ("value", "patience_count")),
         ("a negative lam_ref", _patch(mid, lam_ref=-1.0), ("value", "lam_ref")),
-        ("a count without a reference", _patch(mid, lam_ref=None), ("value", "patience_count")),
+        ("a last eigenvalue without a reference", _patch(mid, lam_ref=None),
+         ("value", "last_eigenvalue")),
         ("fewer samples than updates", _patch(mid, samples_seen=4, epoch_start_samples=0),
          ("value", "samples_seen")),
         ("a check due before check_every samples",
-         _patch(_state_of(full, [("step",)]), eigenvalue_due=True), ("value", "check_every")),
+         _patch(_state_of(full, [("step",)]), eigenvalue_due=True), ("value", "eigenvalue_due")),
         ("state not an object", {**mid, "state": []}, ("type", "state")),
         ("config not an object", {**mid, "config": [1]}, ("type", "config")),
         ("no state", {k: v for k, v in mid.items() if k != "state"}, ("type", "state")),
-        ("not an object at all", [mid], ("type", "state dict")),
+        ("not an object at all", [mid], ("type", "state_dict")),
     ]
     for note, data, error in bad:
         cases.append(dict(note=note, load_into=full, state_dict=data, error=error))
+    cases.append(dict(note="fb below B_max", load_into=fb_cfg,
+                      state_dict=_patch(_state_of(fb_cfg, [("step",)]), batch_size=100),
+                      error=("value", "batch_size")))
+    cases.append(dict(note="gamma > 0 for abs", load_into=abs_cfg,
+                      state_dict=_patch(abs_mid, adv_fraction=0.1), error=("value",
+                                                                           "adv_fraction")))
+    cases.append(dict(note="kappa = 1: d = 2 is refused", load_into=k1_cfg,
+                      state_dict=_patch(k1_first, patience_count=2),
+                      error=("value", "patience_count")))
     cases.append(dict(note="a reference for a method without eigenvalues",
                       load_into={**full, "method": "bl", "max_batch_size": 100},
                       state_dict=_patch(_state_of({**full, "method": "bl",
@@ -741,7 +796,7 @@ SCRIPTS: tuple[Callable[[], Trace], ...] = (
     fb_warmup, gg_schedule, errors_and_skips, defaults, config_errors,
     adv_blocks_rule, adv_rule_thresholds, adv_batch_threshold, adv_stop_tolerance,
     adv_stop_odd_epochs, absa_at_max_from_start, absa_tau_zero, fb_order_of_operations,
-    fb_without_warmup, negative_zero, state_dicts, lower_bound_checks)
+    fb_without_warmup, negative_zero, state_dicts, lower_bound_checks, integer_range)
 
 
 def build_all() -> dict[str, str]:

@@ -21,9 +21,10 @@ File format (JSON, UTF-8; ``version`` 2)::
         "state": {...}},
        {"event": "eigenvalue", "value": 3.0, "note": "8 -> 3 drops by > alpha: grow", ...},
        {"event": "eigenvalue", "value": "NaN", "error": {"kind": "value",
-        "mentions": ["eigenvalue"]}, "decision": {...}, "state": {...}},
+        "field": "eigenvalue"}, "decision": {...}, "state": {...}},
+       {"event": "eigenvalue", "value": 4.5, "lower_bound": true, ...},
        {"event": "step", "samples": {"float": 100.0}, "error": {"kind": "type",
-        "mentions": ["samples"]}, ...},
+        "field": "samples"}, ...},
        {"event": "skip_eigenvalue", ...}, {"event": "epoch_end", ...},
        {"event": "save_load", ...}]}
 
@@ -35,8 +36,8 @@ an accepted step also records ``adv_ranges``, where its ``samples`` put their ad
 samples (``decision.adversarial_ranges(k)`` before the step). An event with ``error`` must
 fail with that kind of error (``"protocol"``: events out of order,
 :class:`hessbatch.SchedulerError`; ``"value"``: :class:`ValueError`; ``"type"``:
-:class:`TypeError`) whose message names every field of ``mentions`` (empty for protocol
-errors); the decision and state recorded with it are those before the event: a refused event
+:class:`TypeError`) whose ``field`` attribute is exactly the recorded ``field`` (``null``
+for protocol errors; docs/porting.md section 4 lists the vocabulary); the decision and state recorded with it are those before the event: a refused event
 changes nothing. ``save_load`` serialises the state dict to JSON text, parses it into a fresh
 scheduler built from the same config, and carries on with that one. Non-finite eigenvalues,
 which JSON cannot spell as numbers, are the strings ``"NaN"``, ``"Infinity"`` and
@@ -102,11 +103,15 @@ __all__ = [
     "state_dict_trace",
     "decode_tags",
     "encode_tags",
+    "error_field",
     "main",
 ]
 
 TRACE_FORMAT = "hessbatch.trace"
-TRACE_VERSION = 2  # 2: language-neutral numbers, and "count" states the number of events (or cases)
+# 2: language-neutral numbers, and "count" states the number of events (or cases); 3: errors
+# name one exact "field" (not "mentions"), eigenvalue events may be lower bounds, and the
+# decision and state have eigenvalue_threshold and last_eigenvalue_bound
+TRACE_VERSION = 3
 KINDS = ("events", "config_errors", "state_dicts")
 EVENTS = ("step", "eigenvalue", "skip_eigenvalue", "epoch_end", "save_load")
 FLOAT_TAG = "float"  # {"float": 100.0}: a float where an int is expected (see TYPES)
@@ -313,12 +318,15 @@ class Trace:
 
 
 def _check_error_spec(spec: Any, where: str, fail: Callable[[str, str], None]) -> None:
-    if not isinstance(spec, Mapping) or spec.get("kind") not in ERROR_KINDS \
-            or set(spec) - {"kind", "mentions"} \
-            or not isinstance(spec.get("mentions", []), list) \
-            or not all(isinstance(m, str) for m in spec.get("mentions", [])):
-        fail(where, f"must be {{'kind': one of {sorted(ERROR_KINDS)}, 'mentions': [strings]}},"
-             f" got {spec!r}")
+    ok = isinstance(spec, Mapping) and set(spec) == {"kind", "field"} \
+        and spec["kind"] in ERROR_KINDS
+    if ok:
+        # protocol errors name no field; value and type errors exactly one (porting.md, 4)
+        ok = spec["field"] is None if spec["kind"] == "protocol" \
+            else isinstance(spec["field"], str) and bool(spec["field"])
+    if not ok:
+        fail(where, f"must be {{'kind': one of {sorted(ERROR_KINDS)}, 'field': the field the "
+             f"error names (null for protocol errors)}}, got {spec!r}")
 
 
 def _check_snapshot(obj: Any, where: str, fail: Callable[[str, str], None]) -> None:
@@ -558,19 +566,38 @@ def _compare(index: int, event: str, prefix: str, expected: Mapping[str, Any],
     return out
 
 
+def error_field(exc: BaseException) -> str | None:
+    """The field an error of the core names: its ``field`` attribute (None for protocol
+    errors and for an error that carries none)."""
+    return getattr(exc, "field", None)
+
+
 def _error_mismatch(index: int, event: str, spec: Mapping[str, Any] | None,
                     exc: BaseException | None) -> list[Mismatch]:
     def describe(e: BaseException | None) -> str | None:
-        return None if e is None else f"{type(e).__name__}: {e}"
+        if e is None:
+            return None
+        field = error_field(e)
+        return f"{type(e).__name__}: {e}" + (f" [field {field!r}]" if field else "")
 
     if spec is None:
         return [] if exc is None else [Mismatch(index, event, "error", None, describe(exc))]
-    wanted = f"{spec['kind']} error ({ERROR_KINDS[spec['kind']].__name__}) mentioning " \
-             f"{spec.get('mentions', [])}"
+    wanted = f"{spec['kind']} error ({ERROR_KINDS[spec['kind']].__name__}) with field " \
+             f"{spec['field']!r}"
+    # exact: substring matching would let a check that names a neighbouring field pass
+    # (lr in lr_decay_factor, batch_size in max_batch_size, epochs in lr_decay_epochs)
     if exc is None or not isinstance(exc, ERROR_KINDS[spec["kind"]]) \
-            or any(m not in str(exc) for m in spec.get("mentions", [])):
+            or error_field(exc) != spec["field"]:
         return [Mismatch(index, event, "error", wanted, describe(exc))]
     return []
+
+
+def _spec(error: Sequence[str | None]) -> dict[str, Any]:
+    """``(kind, field)`` (or ``(kind,)`` for a protocol error) as a trace's error object."""
+    if not error or error[0] not in ERROR_KINDS or len(error) > 2:
+        raise ValueError(f"error must be (kind, field) with kind in {sorted(ERROR_KINDS)}, "
+                         f"got {error!r}")
+    return {"kind": error[0], "field": error[1] if len(error) == 2 else None}
 
 
 def _snapshot(sch: Any) -> dict[str, Any]:
@@ -717,7 +744,7 @@ class TraceRecorder:
 
     Every call applies one event to a :class:`hessbatch.Scheduler` and records the event with
     the decision and state that followed. An event meant to fail must say so with
-    ``error=(kind, *mentions)``; an error the script did not declare, or a declared one that
+    ``error=(kind, field)`` (``(kind,)`` for a protocol error); an error the script did not declare, or a declared one that
     does not happen, raises :class:`AssertionError`, so a slip in a script cannot turn into
     a recorded expectation.
 
@@ -770,7 +797,7 @@ class TraceRecorder:
             raise AssertionError(f"{self.name}: event {len(self.events)} {event} raised an "
                                  f"undeclared {type(exc).__name__}: {exc}")
         if error is not None:
-            spec = {"kind": error[0], "mentions": list(error[1:])}
+            spec = _spec(error)
             if _error_mismatch(len(self.events), event["event"], spec, exc):
                 raise AssertionError(f"{self.name}: event {len(self.events)} {event} should "
                                      f"fail with {spec}, got {exc!r}")
@@ -828,12 +855,12 @@ def config_error_trace(name: str, description: str,
     """A ``config_errors`` trace: configs that must be refused, each with its error.
 
     Args:
-        cases: pairs ``(config_dict, (kind, *mentions))``; each is checked against the
+        cases: pairs ``(config_dict, (kind, field))``; each is checked against the
             reference core before it is recorded (an accepted config raises AssertionError).
     """
     out = []
     for i, (config, error) in enumerate(cases):
-        spec = {"kind": error[0], "mentions": list(error[1:])}
+        spec = _spec(error)
         try:
             SchedulerConfig.from_dict(config)
         except (SchedulerError, ValueError, TypeError) as exc:
@@ -857,7 +884,7 @@ def state_dict_trace(name: str, description: str, cases: Iterable[Mapping[str, A
         cases: dicts with ``load_into`` (the config of the scheduler that loads), ``state_dict``
             (the JSON-able dict to load, floats at int positions as Python floats: they are
             tagged here), an optional ``note`` and, for one that must be refused,
-            ``error = (kind, *mentions)``. The decision and the state dict written back after
+            ``error = (kind, field)``. The decision and the state dict written back after
             an accepted load are recorded from the reference core; a case that does not
             behave as declared raises AssertionError.
     """
@@ -871,7 +898,7 @@ def state_dict_trace(name: str, description: str, cases: Iterable[Mapping[str, A
             sch.load_state_dict(copy.deepcopy(data))
         except (SchedulerError, ValueError, TypeError) as caught:
             exc = caught
-        spec = None if error is None else {"kind": error[0], "mentions": list(error[1:])}
+        spec = None if error is None else _spec(error)
         if _error_mismatch(i, "load", spec, exc):
             raise AssertionError(f"{name}: case {i} should give {spec}, got {exc!r}")
         row: dict[str, Any] = {}

@@ -38,7 +38,8 @@ EXPECTED_FILES = {
     "adv_blocks_rule.json", "adv_rule_thresholds.json", "adv_batch_threshold.json",
     "adv_stop_tolerance.json", "adv_stop_odd_epochs.json", "absa_at_max_from_start.json",
     "absa_tau_zero.json", "fb_order_of_operations.json", "fb_without_warmup.json",
-    "negative_zero.json", "state_dicts.json", "lower_bound_checks.json"}
+    "negative_zero.json", "state_dicts.json", "lower_bound_checks.json",
+    "integer_range.json"}
 TRACES = {p.name[:-5]: load_trace(p) for p in builtin_traces()}
 EVENT_TRACES = [t for t in TRACES.values() if t.kind == "events"]
 approx = dict(rel=1e-12, abs=0.0)
@@ -200,12 +201,13 @@ def test_config_error_cases_name_the_first_bad_field_in_the_check_order():
         # the field named is one that changed, or the owner of a cross-field check (the
         # divisibility by micro_batch_size, the reachable lr); which one when several are
         # bad is declared by hand in _make_traces.config_errors from the documented order
-        want = unknown or missing
-        if not want:
-            assert len(case["error"]["mentions"]) == 1
-            assert case["error"]["mentions"][0] in changed + ["lr", "micro_batch_size"], case
-            want = case["error"]["mentions"]
-        assert sorted(case["error"]["mentions"]) == sorted(want), (case, want)
+        field = case["error"]["field"]
+        if unknown:
+            assert field == "config", case           # unknown fields: the config is at fault
+        elif missing:
+            assert field == min(missing, key=order.index), case   # the first in table order
+        else:
+            assert field in changed + ["lr", "micro_batch_size"], case
         assert case["error"]["kind"] in ("value", "type")
         multi += len(unknown) + len(missing) + len(changed) > 1
     assert multi >= 8            # the check order itself is pinned by several cases
@@ -493,7 +495,7 @@ def test_lower_bound_trace_by_hand():
 def test_state_dict_fixtures_by_hand():
     t = TRACES["state_dicts"]
     good = [c for c in t.cases if "error" not in c]
-    assert len(good) == 8 and len(t.cases) - len(good) >= 25
+    assert len(good) == 10 and len(t.cases) - len(good) >= 35
     first = good[0]["saved"]
     for case in good:                                  # every accepted one writes back ...
         saved = case["saved"]
@@ -511,7 +513,7 @@ def test_state_dict_fixtures_by_hand():
     bad = {c["note"]: c for c in t.cases if "error" in c}
     assert bad["a whole float for an int"]["state_dict"]["state"]["batch_size"] == \
         {"float": 200.0}
-    assert bad["version 1 into a blocks scheduler"]["error"]["mentions"] == ["adv_rule"]
+    assert bad["version 1 into a blocks scheduler"]["error"]["field"] == "adv_rule"
 
 
 # ----------------------------------------------------------------------------- replay finds bugs
@@ -630,16 +632,16 @@ def test_unexpected_and_missing_errors_are_mismatches():
     del data["events"][0]["error"]                        # the core refuses it anyway
     good = next(i for i, e in enumerate(data["events"]) if e.get("note") == "check due")
     del data["events"][good]["adv_ranges"]
-    data["events"][good]["error"] = {"kind": "value", "mentions": []}   # a good step
+    data["events"][good]["error"] = {"kind": "value", "field": "samples"}   # a good step
     found = replay(data)
     assert [(m.index, m.field) for m in found] == [(0, "error"), (good, "error")]
     assert found[0].got.startswith("SchedulerError: eigenvalue: none is due")
     assert found[1].got is None
     data = TRACES["errors_and_skips"].to_dict()
     nan = next(i for i, e in enumerate(data["events"]) if e.get("value") == "NaN")
-    data["events"][nan]["error"]["mentions"] = ["a message the core never writes"]
+    data["events"][nan]["error"]["field"] = "eigenvalue_due"     # a neighbouring field
     assert [(m.index, m.field) for m in replay(data)] == [(nan, "error")]
-    data["events"][nan]["error"] = {"kind": "type", "mentions": []}   # ValueError != type
+    data["events"][nan]["error"] = {"kind": "type", "field": "eigenvalue"}   # ValueError
     assert [(m.index, m.field) for m in replay(data)] == [(nan, "error")]
     data = TRACES["config_errors"].to_dict()
     data["cases"][0]["config"]["method"] = "abs"          # a valid config where one must fail
@@ -655,7 +657,7 @@ GOOD = json.dumps(TRACES["bl_fixed"].to_dict())
 @pytest.mark.parametrize("mutate, match", [
     (lambda d: d.update(format="something"), "format: must be 'hessbatch.trace'"),
     (lambda d: d.update(version=1), "version: 1 is not supported"),
-    (lambda d: d.update(version=3), "version: 3 is not supported"),
+    (lambda d: d.update(version=2), "version: 2 is not supported"),
     (lambda d: d.update(kind="film"), "kind: must be one of 'events', 'config_errors'"),
     (lambda d: d.pop("config"), r"missing keys \['config'\]"),
     (lambda d: d.update(colour=1), r"unknown keys \['colour'\]"),
@@ -666,7 +668,11 @@ GOOD = json.dumps(TRACES["bl_fixed"].to_dict())
     (lambda d: d["events"][0].update(value=1.0), r"events\[0\]: a step event needs"),
     (lambda d: d["events"][1].pop("decision"), r"events\[1\]: needs a non-empty 'decision'"),
     (lambda d: d["events"][1].update(error={"kind": "oops"}), r"events\[1\].error: must be"),
-    (lambda d: d["events"][1].update(error={"kind": "value", "mentions": "x"}),
+    (lambda d: d["events"][1].update(error={"kind": "value", "mentions": ["x"]}),
+     r"events\[1\].error: must be"),
+    (lambda d: d["events"][1].update(error={"kind": "value", "field": None}),
+     r"events\[1\].error: must be"),
+    (lambda d: d["events"][1].update(error={"kind": "protocol", "field": "samples"}),
      r"events\[1\].error: must be"),
     (lambda d: d.update(covers="all"), "covers: must be a list of strings"),
 ])
@@ -712,7 +718,9 @@ def test_recorder_refuses_undeclared_and_missing_errors():
     assert len(rec.events) == 0 and rec.decision.samples_seen == 0   # nothing recorded or run
     rec.step()
     rec.step(note="due")
-    rec.eigenvalue(float("-inf"), error=("value", "finite"))
+    with pytest.raises(AssertionError, match="should fail"):
+        rec.eigenvalue(float("-inf"), error=("value", "eigenvalue_due"))   # not its field
+    rec.eigenvalue(float("-inf"), error=("value", "eigenvalue"))
     trace = rec.trace()
     assert [e["event"] for e in trace.events] == ["step", "step", "eigenvalue"]
     assert trace.events[2]["value"] == "-Infinity" and replay(trace) == []
