@@ -378,6 +378,18 @@ def config_errors() -> Trace:
         ({"adv_rule": "head"}, ("value", "adv_rule")),
         ({"adv_rule": None}, ("type", "adv_rule")),
         ({"lr": 1e308}, ("value", "lr")),
+        ({"lr": 5.617791046444737e+304, "max_batch_size": 200}, ("value", "lr")),
+        ({"lr": 1e306, "max_batch_size": 200}, ("value", "lr")),
+        ({"lr": 2.7470047635891377e-306, "lr_decay_factor": 0.3,
+          "lr_decay_epochs": [1, 2, 3, 4]}, ("value", "lr")),
+        ({"micro_batch_size": 0}, ("value", "micro_batch_size")),
+        ({"micro_batch_size": 80}, ("value", "micro_batch_size")),
+        ({"adv_eps": INF}, ("value", "adv_eps")),
+        ({"adv_decay": INF}, ("value", "adv_decay")),
+        ({"warmup_epochs": INF}, ("value", "warmup_epochs")),
+        ({"alpha": NAN}, ("value", "alpha")),
+        ({"batch_size": 2 ** 70}, ("value", "batch_size")),
+        ({"max_batch_size": 2 ** 54}, ("value", "max_batch_size")),
         ({"lr": 1e-300, "lr_decay_factor": 1e-5}, ("value", "lr")),
         ({"alpha": "2"}, ("type", "alpha")),
         ({"lr": True}, ("type", "lr")),
@@ -571,6 +583,109 @@ def negative_zero() -> Trace:
     rec.step(note="check due")
     rec.eigenvalue(0.0, note="0.0 <= -0.0 / 2: grow, B = 200")
     rec.end_epoch(note="epoch 2 >= 0.5 * 3: the adversary stops, adv_eps 0.0")
+    return rec.trace()
+
+
+def lr_range_boundaries() -> Trace:
+    rec = TraceRecorder(
+        "lr_range_boundaries",
+        "The largest eta that ABS with B0 = 100, B_max = 200 accepts: ((eta * B_max) / B0) * "
+        "B_max = ((5.617791046444736e+304 * 200) / 100) * 200 is <= the largest double / 8; "
+        "the growth to B_max then computes (lr * 200) / 100, finite. The next double above "
+        "this eta is refused (config_errors); eta = 1e306 would reach lr = inf (lr * 200 "
+        "overflows) and is refused too.",
+        _config("abs", lr=5.617791046444736e+304, max_batch_size=200, epochs=2),
+        covers=["reachable lr: the ceiling", "growth at the largest lr"])
+    _epoch(rec, [8.0], notes=["first: reference"])
+    _epoch(rec, [2.0], notes=["drop: B = B_max = 200, lr = 1.1235582092889473e+305"],
+           end_note="finished")
+    return rec.trace()
+
+
+def lr_floor_sequential() -> Trace:
+    rec = TraceRecorder(
+        "lr_floor_sequential",
+        "BL with eta = 5.609908878679024e-307, rho = 0.19915642058736663 at epochs 1 and 2: "
+        "(eta * rho) * rho is 2.2250738585072014e-308 or more (the smallest normal double), "
+        "so the config is accepted, and the run reaches exactly that lr; eta * rho ** 2 "
+        "(with CPython's pow) would be below it. The rule multiplies in order, never pow "
+        "(docs/porting.md, Numerics); config_errors pins the other direction.",
+        _config("bl", lr=5.609908878679024e-307, lr_decay_factor=0.19915642058736663,
+                lr_decay_epochs=[1, 2], epochs=2),
+        covers=["reachable lr: the floor, multiplied in order"])
+    _epoch(rec)
+    _epoch(rec, end_note="finished: lr = (eta * rho) * rho, a normal double")
+    return rec.trace()
+
+
+def spec_corners() -> Trace:
+    rec = TraceRecorder(
+        "spec_corners",
+        "Corners of the rules: rho = 1.0 and tau = 0.0 are allowed (ABSA with gamma0 = 0.29 "
+        "starts without an adversary since 0 >= 0 * epochs - 1e-9; the decay at epoch 1 "
+        "multiplies the lr by 1.0); a step with samples null is a full batch; a float "
+        "sample count above B is a type error, not a value error (type before value).",
+        _config("absa", lr_decay_factor=1.0, lr_decay_epochs=[1], adv_stop=0.0,
+                adv_fraction=0.29, epochs=3),
+        covers=["rho = 1", "tau = 0", "step with samples null", "type before value"])
+    rec.step(null=True, note="samples null: a full batch of B = 100")
+    rec.step(100.5, error=("type", "samples"), note="a float above B: type, not value")
+    rec.step(0.5, error=("type", "samples"), note="a float below 1: type, not value")
+    rec.step(note="check due")
+    rec.eigenvalue(8.0, note="first: reference")
+    rec.end_epoch(note="epoch 1 in A: lr * 1.0")
+    rec.step(null=True)
+    rec.step(null=True, note="check due")
+    rec.eigenvalue(2.0, note="drop: B = 200, gamma stays 0")
+    rec.end_epoch()
+    return rec.trace()
+
+
+def adv_blocks_capped() -> Trace:
+    rec = TraceRecorder(
+        "adv_blocks_capped",
+        "The blocks rule's caps: B0 = 100, m = 10, beta = 1.2, gamma0 = 0.29, omega = 1 (gamma "
+        "kept), patience 1: 29 per block. At B = 120 the last block holds 20 samples, fewer "
+        "than 29: its range is capped at B, [100, 120). A short step of k = 110 caps it at "
+        "k, [100, 110); a short step of k = 20 caps the first block, [0, 20).",
+        _config("absa", micro_batch_size=10, max_batch_size=1000, beta=1.2,
+                samples_per_epoch=240, check_every=240, epochs=3, adv_fraction=0.29,
+                adv_decay=1.0, adv_stop=1.0, patience=1),
+        covers=["blocks: last block capped at B", "blocks: short step capped at k"])
+    rec.step()
+    rec.step()
+    rec.step(40, note="check due")
+    rec.eigenvalue(8.0, note="first: reference")
+    rec.end_epoch()
+    rec.step()
+    rec.step()
+    rec.step(40, note="check due again")
+    rec.eigenvalue(8.0, note="patience 1: B = 120, ranges [0, 29) and [100, 120)")
+    rec.end_epoch()
+    rec.step(110, note="k = 110: [0, 29) and [100, 110)")
+    rec.step(20, note="k = 20: [0, 20)")
+    rec.step(note="B = 120: [0, 29) and [100, 120); check due")
+    rec.eigenvalue(8.0, note="patience 1: B = 150")
+    rec.end_epoch(note="finished")
+    return rec.trace()
+
+
+def negative_zero_gamma() -> Trace:
+    rec = TraceRecorder(
+        "negative_zero_gamma",
+        "ABSA with gamma0 = -0.0 (>= 0, allowed): gamma is -0.0 from the start and decided "
+        "as -0.0; at tau the test gamma > 0 is false, so gamma stays -0.0 and the reason "
+        "has no 'adversary stops'. After the last epoch the state is saved and loaded: the "
+        "loaded scheduler still refuses events (epoch = epochs).",
+        _config("absa", adv_fraction=-0.0, adv_stop=0.5, epochs=2, max_batch_size=400),
+        covers=["negative zero gamma", "gamma > 0 test before the stop",
+                "finished state loaded"])
+    _epoch(rec, [8.0], notes=["first: reference"],
+           end_note="epoch 1 >= 0.5 * 2 but gamma = -0.0 is not > 0: no stop")
+    _epoch(rec, [2.0], notes=["drop: B = 200, gamma = -0.0 / 2"], end_note="finished")
+    rec.save_load(note="a finished state through a state dict")
+    rec.end_epoch(error=("protocol",), note="the loaded state is finished: refused")
+    rec.step(error=("protocol",), note="refused too")
     return rec.trace()
 
 
@@ -796,7 +911,9 @@ SCRIPTS: tuple[Callable[[], Trace], ...] = (
     fb_warmup, gg_schedule, errors_and_skips, defaults, config_errors,
     adv_blocks_rule, adv_rule_thresholds, adv_batch_threshold, adv_stop_tolerance,
     adv_stop_odd_epochs, absa_at_max_from_start, absa_tau_zero, fb_order_of_operations,
-    fb_without_warmup, negative_zero, state_dicts, lower_bound_checks, integer_range)
+    fb_without_warmup, negative_zero, state_dicts, lower_bound_checks, integer_range,
+    lr_range_boundaries, lr_floor_sequential, spec_corners, adv_blocks_capped,
+    negative_zero_gamma)
 
 
 def build_all() -> dict[str, str]:

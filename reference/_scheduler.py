@@ -159,6 +159,17 @@ def _need_real(name: str, value: Any, allowed: str, ok) -> None:
         raise _err(ValueError, name, f"{name} must be {allowed}, got {value!r}")
 
 
+def _reachable_lr(cfg: "SchedulerConfig") -> tuple[float, float]:
+    """(bound on every lr * B' the run computes, the lowest lr it reaches), in the spec's
+    order of operations: ((eta * B_max) / B0) * B_max, and eta * rho * rho ... (once per
+    epoch in A, left to right)."""
+    highest = ((cfg.lr * cfg.max_batch_size) / cfg.batch_size) * cfg.max_batch_size
+    lowest = cfg.lr
+    for _ in cfg.lr_decay_epochs:
+        lowest = lowest * cfg.lr_decay_factor
+    return highest, lowest
+
+
 def _round_up(x: float, multiple: int) -> int:
     """Smallest multiple of ``multiple`` that is >= x, up to floating point error."""
     return multiple * math.ceil(x / multiple - _ROUND_TOL)
@@ -311,10 +322,7 @@ class SchedulerConfig:
         # peak is eta * B_max, smaller still. Decays only lower the lr, and the lowest one is
         # eta times rho once per epoch in A, multiplied in that order (as the run does: no pow,
         # whose last bit differs between languages).
-        highest = ((self.lr * self.max_batch_size) / self.batch_size) * self.max_batch_size
-        lowest = self.lr
-        for _ in self.lr_decay_epochs:
-            lowest = lowest * self.lr_decay_factor
+        highest, lowest = _reachable_lr(self)
         if not highest <= LR_CEILING:
             raise _err(
                 ValueError, "lr",

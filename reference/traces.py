@@ -428,8 +428,11 @@ def _encode_value(value: Any) -> Any:
 
 
 def _is_tag(value: Any) -> bool:
-    return isinstance(value, Mapping) and set(value) == {FLOAT_TAG} \
-        and isinstance(value[FLOAT_TAG], (int, float)) and not isinstance(value[FLOAT_TAG], bool)
+    if not (isinstance(value, Mapping) and set(value) == {FLOAT_TAG}):
+        return False
+    inner = value[FLOAT_TAG]
+    return inner in _SPECIAL_FLOATS if isinstance(inner, str) else \
+        isinstance(inner, (int, float)) and not isinstance(inner, bool)
 
 
 def decode_tags(value: Any) -> Any:
@@ -437,10 +440,13 @@ def decode_tags(value: Any) -> Any:
 
     The tag marks a float in a place where an int is expected (a wrong-type input a trace
     tests, such as ``step(100.0)``): a JSON parser that reads ``100.0`` as the integer 100
-    (JavaScript's) still sees that it is a float.
+    (JavaScript's) still sees that it is a float. ``x`` may also be ``"NaN"``, ``"Infinity"``
+    or ``"-Infinity"``: a non-finite double in an input (``{"adv_decay": {"float":
+    "Infinity"}}``), which JSON cannot write as a number.
     """
     if _is_tag(value):
-        return float(value[FLOAT_TAG])
+        inner = value[FLOAT_TAG]
+        return _SPECIAL_FLOATS[inner] if isinstance(inner, str) else float(inner)
     if isinstance(value, Mapping):
         return {k: decode_tags(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -455,6 +461,8 @@ def encode_tags(value: Any, key: str | None = None) -> Any:
         return {k: encode_tags(v, k) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [encode_tags(v, key) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return {FLOAT_TAG: _encode_value(value)}      # JSON has no number for it
     if key in INT_INPUTS and isinstance(value, float):
         return {FLOAT_TAG: value}
     return value
@@ -600,6 +608,11 @@ def _spec(error: Sequence[str | None]) -> dict[str, Any]:
     return {"kind": error[0], "field": error[1] if len(error) == 2 else None}
 
 
+def _step_size(decision: Any, samples: Any) -> Any:
+    # step() without a sample count (null) is a full batch of the decided B
+    return decision.batch_size if samples is None else samples
+
+
 def _snapshot(sch: Any) -> dict[str, Any]:
     return {"decision": sch.decision.to_dict(), "state": sch.state_dict()["state"]}
 
@@ -690,7 +703,11 @@ def replay(trace: Trace | Mapping[str, Any] | str | os.PathLike, *,
     for i, ev in enumerate(trace.events):
         exc = None
         if "adv_ranges" in ev:   # where this step's adversarial samples go, before it runs
-            got = [list(r) for r in sch.decision.adversarial_ranges(decode_tags(ev["samples"]))]
+            try:
+                got = [list(r) for r in sch.decision.adversarial_ranges(
+                    _step_size(sch.decision, decode_tags(ev["samples"])))]
+            except (ValueError, TypeError) as error:   # a step the core refuses places nothing
+                got = f"{type(error).__name__}: {error}"
             if not _same(ev["adv_ranges"], got):
                 mismatches.append(Mismatch(i, "step", "adv_ranges", ev["adv_ranges"], got))
         try:
@@ -804,8 +821,8 @@ class TraceRecorder:
         if note:
             event["note"] = note
         if event["event"] == "step" and error is None:
-            event["adv_ranges"] = [list(r) for r in
-                                   before.decision.adversarial_ranges(event["samples"])]
+            event["adv_ranges"] = [list(r) for r in before.decision.adversarial_ranges(
+                _step_size(before.decision, decode_tags(event["samples"])))]
         if error is not None:
             event["error"] = spec
         event.update(_snapshot(self.scheduler))
@@ -813,9 +830,10 @@ class TraceRecorder:
         return self.scheduler.decision
 
     def step(self, samples: Any = None, *, note: str | None = None,
-             error: Sequence[str] | None = None):
-        """Record a step of ``samples`` samples (default: the decided batch size)."""
-        n = self.scheduler.decision.batch_size if samples is None else samples
+             error: Sequence[str] | None = None, null: bool = False):
+        """Record a step of ``samples`` samples (default: the decided batch size, written as
+        a number; with ``null=True`` written as ``null``, which a port must read as B)."""
+        n = self.scheduler.decision.batch_size if samples is None and not null else samples
         return self._record({"event": "step", "samples": encode_tags(n, "samples")}, note,
                             error)
 
