@@ -75,6 +75,7 @@ import importlib.resources
 import json
 import math
 import os
+import random
 import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -104,6 +105,7 @@ __all__ = [
     "decode_tags",
     "encode_tags",
     "error_field",
+    "random_trace",
     "main",
 ]
 
@@ -278,6 +280,12 @@ class Trace:
                        covers=tuple(covers), kind=kind, cases=tuple(cases))
         if not isinstance(data["config"], Mapping):
             fail("config", "must be an object with the SchedulerConfig fields")
+        try:   # a trace's config must build: its refusal is the file's fault, not a mismatch
+            SchedulerConfig.from_dict(decode_tags(data["config"]))
+        except (ValueError, TypeError) as exc:
+            field = error_field(exc)
+            fail("config" + (f".{field}" if field and field != "config" else ""),
+                 f"not a valid config: {exc}")
         _check_snapshot(data["initial"], "initial", fail)
         events = data["events"]
         if not isinstance(events, list) or not events:
@@ -301,6 +309,11 @@ class Trace:
                 _check_error_spec(ev["error"], where + ".error", fail)
                 if "adv_ranges" in ev:
                     fail(where, "a refused step has no 'adv_ranges' (it places nothing)")
+            elif "adv_ranges" in ev:
+                k = decode_tags(ev["samples"])
+                if k is not None and (not isinstance(k, int) or isinstance(k, bool)):
+                    fail(where + ".samples", f"an accepted step (with 'adv_ranges') needs an "
+                         f"int sample count or null, got {json.dumps(ev['samples'])}")
             _check_snapshot(ev, where, fail)
         return cls(name=data["name"], description=data["description"], covers=tuple(covers),
                    kind=kind, config=data["config"], initial=data["initial"],
@@ -935,6 +948,108 @@ def state_dict_trace(name: str, description: str, cases: Iterable[Mapping[str, A
 
 
 # --------------------------------------------------------------------------------------------
+# random scenarios: a port can be tested far beyond the shipped files
+
+
+def _random_config(rng: random.Random) -> dict[str, Any]:
+    method = rng.choice(("bl", "fb", "gg", "abs", "absa", "abs", "absa"))
+    micro = rng.choice((1, 2, 5, 10, 16))
+    b0 = micro * rng.randint(1, 12)
+    b_max = b0 * rng.choice((1, 2, 3, 4, 8)) + micro * rng.choice((0, 0, 1, 3))
+    n = rng.randint(b0, 6 * b0)
+    epochs = rng.randint(1, 8)
+    decay = sorted(rng.sample(range(1, epochs + 1), rng.randint(0, min(3, epochs))))
+    pick = rng.choice
+    return dict(
+        method=pick((method, method.upper())), lr=pick((0.1, 0.05, 1.0, rng.uniform(1e-4, 2))),
+        batch_size=b0, samples_per_epoch=n, epochs=epochs, max_batch_size=b_max,
+        micro_batch_size=micro, lr_decay_epochs=decay,
+        lr_decay_factor=pick((0.1, 0.5, 1.0, rng.uniform(0.01, 1.0))),
+        alpha=pick((2.0, 1.5, rng.uniform(1.01, 4.0))), beta=pick((2.0, 1.5, 1.1, 3.0)),
+        check_every=pick((None, n, max(1, n // 2), rng.randint(1, 3 * n))),
+        patience=rng.randint(1, 4), adv_eps=pick((0.005, 0.0, -0.0)),
+        adv_fraction=pick((0.2, 0.29, 0.0, -0.0, rng.uniform(0.0, 0.99))),
+        adv_decay=pick((2.0, 1.0, 1.4, rng.uniform(1.0, 4.0))),
+        adv_stop=pick((0.5, 0.0, 1.0, 0.28, rng.uniform(0.0, 1.0))),
+        warmup_epochs=pick((0.0, 1.0, 5.0, rng.uniform(0.0, 3.0))),
+        adv_rule=pick(("blocks", "batch")))
+
+
+def _core_error(rec: "TraceRecorder", event: Mapping[str, Any]) -> tuple[str, ...] | None:
+    """The error the reference core raises for ``event`` now, as ``(kind, field)``."""
+    try:
+        _apply(_copy(rec.scheduler, rec.config), event, rec.config, Scheduler)
+    except (SchedulerError, ValueError, TypeError) as exc:
+        kind = next(k for k, cls in ERROR_KINDS.items() if isinstance(exc, cls))
+        return (kind,) if kind == "protocol" else (kind, error_field(exc))
+    return None
+
+
+def random_trace(seed: int, name: str | None = None, max_events: int = 120) -> Trace:
+    """A random scenario and the reference core's decisions for it, as an events trace.
+
+    The config and every event are drawn from ``random.Random(seed)`` (same seed, same
+    file): steps of B, of fewer samples or of ``null``; eigenvalues around the threshold, lower
+    bounds, skips and bad values; epoch ends, state dict round trips, and events out of order.
+    Every event the core refuses is recorded with the core's error (kind and field).
+
+    Args:
+        seed: the scenario's seed (an int).
+        name: the trace name (default ``random_<seed>``).
+        max_events: stop after this many events if the run has not finished.
+    """
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise TypeError(f"seed must be an int, got {seed!r}")
+    rng = random.Random(seed)
+    for _ in range(100):    # a drawn config can be invalid (lr range): draw again
+        config = _random_config(rng)
+        try:
+            SchedulerConfig.from_dict(config)
+            break
+        except (ValueError, TypeError):
+            continue
+    rec = TraceRecorder(name or f"random_{seed}",
+                        f"A random scenario drawn with seed {seed} by "
+                        "hessbatch.traces.random_trace; the decisions are the reference core's.",
+                        config, covers=["random scenario"])
+    while len(rec.events) < max_events and not rec.decision.finished:
+        d = rec.decision
+        roll = rng.random()
+        if d.eigenvalue_due:
+            lam_ref = rec.scheduler.state.lam_ref
+            base = d.eigenvalue_threshold if d.eigenvalue_threshold is not None else 10.0
+            value: Any = base * rng.choice((0.5, 1.0, 1.0000001, 2.0, rng.uniform(0.0, 3.0)))
+            if roll < 0.05:
+                event: dict[str, Any] = {"event": "skip_eigenvalue"}
+            elif roll < 0.1:
+                event = {"event": "eigenvalue", "value": _encode_value(
+                    rng.choice((math.nan, math.inf, -1.0, "8", True, None)))}
+            elif roll < 0.15:
+                event = {"event": "save_load"}
+            else:
+                event = {"event": "eigenvalue", "value": value}
+                if lam_ref is not None and rng.random() < 0.4:
+                    event["lower_bound"] = True
+        elif roll < 0.03:
+            event = {"event": rng.choice(("eigenvalue", "skip_eigenvalue")), "value": 1.0}
+            if event["event"] == "skip_eigenvalue":
+                del event["value"]
+        elif roll < 0.06:
+            event = {"event": "step", "samples": encode_tags(rng.choice(
+                (0, d.batch_size + 1, float(d.batch_size), "1")), "samples")}
+        elif roll < 0.1:
+            event = {"event": "save_load"}
+        elif roll < 0.1 + 0.9 / 4 and d.samples_seen > 0:
+            event = {"event": "epoch_end"}
+        else:
+            k = rng.choice((None, d.batch_size, d.batch_size, rng.randint(1, d.batch_size)))
+            event = {"event": "step", "samples": k}
+        error = None if event["event"] == "save_load" else _core_error(rec, event)
+        rec._record(event, None, error)
+    return rec.trace()
+
+
+# --------------------------------------------------------------------------------------------
 # command line: python -m hessbatch.traces
 
 
@@ -953,7 +1068,30 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="copy the built-in traces into DIR and exit")
     parser.add_argument("--no-state", action="store_true",
                         help="compare decisions only, not the state dicts")
+    parser.add_argument("--random", metavar="N", type=int,
+                        help="write N random scenarios (events traces with the core's "
+                             "decisions) into --out DIR and exit")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the first random scenario (scenario i uses seed + i; "
+                             "default 0)")
+    parser.add_argument("--out", metavar="DIR", help="folder for --random")
     args = parser.parse_args(argv)
+    if args.random is not None:
+        if args.random < 1 or args.out is None:
+            parser.error("--random N needs N >= 1 and --out DIR (the folder to write the "
+                         "scenarios to)")
+        from ._outputs import check_out_dir, write_files
+        try:
+            out = check_out_dir(args.out, option="--out", overwrite=True)
+            write_files(out, {f"random_{args.seed + i}.json":
+                              trace_to_json(random_trace(args.seed + i))
+                              for i in range(args.random)})
+        except (OSError, ValueError) as exc:
+            print(f"python -m hessbatch.traces: error: {exc}", file=sys.stderr)
+            return 2
+        print(f"wrote {args.random} random scenarios (seeds {args.seed} to "
+              f"{args.seed + args.random - 1}) to {args.out}")
+        return 0
     if args.copy_to is not None:
         from ._outputs import check_out_dir, write_files
         try:
@@ -977,7 +1115,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{label}  error: {exc}")
             bad += 1
             continue
-        found = replay(trace, check_state=not args.no_state)
+        try:
+            found = replay(trace, check_state=not args.no_state)
+        except (SchedulerError, ValueError, TypeError) as exc:
+            # one line per bad file, naming it, the field and the problem; the others replay
+            field = error_field(exc)
+            print(f"{label}  error: {field + ': ' if field else ''}{exc}")
+            bad += 1
+            continue
         untyped = check_language_neutral(trace.to_dict())
         size = len(trace.events) or len(trace.cases)
         verdict = [f"{len(found)} mismatches"] * bool(found) + \

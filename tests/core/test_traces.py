@@ -166,8 +166,8 @@ def test_refused_events_change_nothing_and_counters_add_up(trace):
         if "error" in ev or ev["event"] == "save_load":
             assert (ev["decision"], ev["state"]) == (prev["decision"], prev["state"])
         elif ev["event"] == "step":
-            assert ev["decision"]["samples_seen"] == prev["decision"]["samples_seen"] + \
-                ev["samples"]
+            k = prev["decision"]["batch_size"] if ev["samples"] is None else ev["samples"]
+            assert ev["decision"]["samples_seen"] == prev["decision"]["samples_seen"] + k
             assert ev["decision"]["updates"] == prev["decision"]["updates"] + 1
         prev = ev
     # the state and the decision tell the same story
@@ -883,7 +883,7 @@ def _rebuild(data):
         events = []
         for ev in data["events"]:
             ev = {**ev, **_typed_snapshot(ev)}
-            if "samples" in ev:
+            if ev.get("samples") is not None:
                 ev["samples"] = _as("int", ev["samples"])
             if "adv_ranges" in ev:
                 ev["adv_ranges"] = _as("ranges", ev["adv_ranges"])
@@ -968,3 +968,74 @@ def test_copy_to_checks_the_folder_and_replaces_old_copies_whole(tmp_path, capsy
     assert traces_main(["--copy-to", str(out)]) == 0
     assert load_trace(out / "bl_fixed.json").to_dict() == TRACES["bl_fixed"].to_dict()
     assert not list(out.glob("*.tmp"))
+
+
+# ------------------------------------------------- bad files on the command line, random scenarios
+
+
+def test_the_command_reports_a_bad_config_or_a_string_samples_in_one_line(tmp_path, capsys):
+    """issue 24 item 6: alpha = 1 or a string ``samples`` with adv_ranges printed a traceback
+    and stopped; now one line names the file, the field and the problem, the others replay."""
+    from hessbatch.traces import main as traces_main
+
+    data = TRACES["abs_growth_by_drop"].to_dict()
+    data["config"]["alpha"] = 1.0
+    alpha = tmp_path / "a_alpha.json"
+    alpha.write_text(json.dumps(data))
+    data = TRACES["abs_growth_by_drop"].to_dict()
+    data["events"][0]["samples"] = "100"
+    samples = tmp_path / "b_samples.json"
+    samples.write_text(json.dumps(data))
+    data = TRACES["spec_corners"].to_dict()
+    assert data["events"][0]["samples"] is None and "adv_ranges" in data["events"][0]
+    null = tmp_path / "c_null.json"             # samples null with adv_ranges: replays
+    null.write_text(json.dumps(data))
+    good = tmp_path / "d_good.json"
+    good.write_text(json.dumps(TRACES["bl_fixed"].to_dict()))
+    assert traces_main([str(alpha), str(samples), str(null), str(good)]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4, lines
+    assert "a_alpha.json" in lines[0] and "config.alpha:" in lines[0] and "> 1" in lines[0]
+    assert "b_samples.json" in lines[1] and "events[0].samples:" in lines[1]
+    assert lines[2].startswith(str(null)) and lines[2].endswith(" ok")
+    assert lines[3].startswith(str(good)) and lines[3].endswith(" ok")
+
+
+def test_a_replay_error_is_one_line_too(tmp_path, capsys, monkeypatch):
+    from hessbatch import traces as traces_mod
+
+    def broken(*args, **kw):
+        raise TypeError("boom")
+    monkeypatch.setattr(traces_mod, "replay", broken)
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(TRACES["bl_fixed"].to_dict()))
+    assert traces_mod.main([str(good), str(good)]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and all(line.endswith("error: boom") for line in lines)
+
+
+def test_random_scenarios_are_seeded_replay_and_reach_every_kind_of_event(tmp_path, capsys):
+    from hessbatch.traces import main as traces_main, random_trace
+
+    assert trace_to_json(random_trace(7)) == trace_to_json(random_trace(7))   # same seed
+    assert trace_to_json(random_trace(7)) != trace_to_json(random_trace(8))
+    seen = set()
+    for seed in range(40):
+        trace = random_trace(seed)
+        assert replay(trace) == [] and check_language_neutral(trace.to_dict()) == []
+        seen |= {(e["event"], e.get("error", {}).get("kind"), e.get("lower_bound", False))
+                 for e in trace.events}
+    for wanted in [("step", None, False), ("eigenvalue", None, True),
+                   ("eigenvalue", "value", True), ("skip_eigenvalue", None, False),
+                   ("save_load", None, False), ("step", "type", False),
+                   ("epoch_end", "protocol", False)]:
+        assert wanted in seen, wanted
+    assert traces_main(["--random", "3", "--seed", "5", "--out", str(tmp_path)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == \
+        ["random_5.json", "random_6.json", "random_7.json"]
+    assert (tmp_path / "random_7.json").read_text() == trace_to_json(random_trace(7))
+    capsys.readouterr()
+    assert traces_main([str(p) for p in sorted(tmp_path.iterdir())]) == 0
+    with pytest.raises(SystemExit):
+        traces_main(["--random", "3"])               # no --out: an error naming it
+    assert "--out" in capsys.readouterr().err
