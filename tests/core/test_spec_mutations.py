@@ -14,7 +14,6 @@ import dataclasses
 import json
 import math
 import re
-import sys
 from pathlib import Path
 
 import pytest
@@ -527,3 +526,13 @@ def test_every_mutation_is_a_different_rule():
     assert len({m[0] for m in MUTATIONS}) == len(MUTATIONS) >= 40
     assert {m[1] for m in MUTATIONS} <= set(TRACES)
     json.dumps([m[0] for m in MUTATIONS])
+
+
+def test_the_rule_list_is_the_checklist_of_porting_md():
+    """docs/porting.md section 9 lists the same (rule, trace) rows as MUTATIONS, in order: a
+    rule documented there without a mutation here (or the other way round) fails."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "porting.md").read_text("utf-8")
+    section = text[text.index("## 9. The rules and the traces that pin them"):]
+    rows = re.findall(r"^\| (.+) \| `(\w+)` \|$", section, flags=re.M)
+    assert rows == [(rule, trace) for rule, trace, _ in MUTATIONS]
+    assert all(trace in TRACES for _, trace in rows)
