@@ -3,9 +3,11 @@
 The scheduler never touches a model. A training loop *reports events* and *reads decisions*:
 
 * events in: ``step(n)`` (one parameter update was made on ``n`` samples), ``eigenvalue(lam)``
-  (the top Hessian eigenvalue the scheduler asked for), ``skip_eigenvalue()`` and ``end_epoch()``;
+  (the top Hessian eigenvalue the scheduler asked for, or with ``lower_bound=True`` a lower
+  bound on it), ``skip_eigenvalue()`` and ``end_epoch()``;
 * decisions out (:class:`Decision`): logical batch size ``B``, micro-batch and accumulation
-  steps, learning rate, adversarial sample count and step, and whether an eigenvalue is due.
+  steps, learning rate, adversarial sample count and step, whether an eigenvalue is due and
+  the threshold ``lam_ref / alpha`` that decides it.
 
 The same protocol drives the paper's five methods, so every comparison runs through one loop:
 
@@ -32,6 +34,8 @@ Algorithm 1 (ALGORITHM.md section 2), with the names used in the code::
     eigenvalue:  lam_ref is None        -> lam_ref = lam, d = 1                 (rebuilt)
                  lam <= lam_ref / alpha -> grow; lam_ref = lam; d = 0
                  otherwise              -> d += 1; if d >= kappa: grow; d = 0
+                 (a lower bound lam > lam_ref / alpha takes the last branch; one at or below
+                 it, or with no lam_ref, is refused as undecided: the check stays due)
     grow:        B_new = min(round_up(beta * B), B_max); lr = (lr * B_new) / B; gamma /= omega
                  if B_new == B_max: gamma = 0 and no eigenvalue is asked for again
     epoch end:   if epoch in A: lr *= rho;  if epoch >= tau * epochs: gamma = 0
@@ -46,6 +50,9 @@ Invariants (checked by :meth:`Scheduler.check_invariants` and by the property te
   ``check_every`` samples; the patience count stays below kappa (1 right after the first
   eigenvalue when kappa = 1) and is 0 before the first eigenvalue (the complete list, as
   :meth:`Scheduler.load_state_dict` checks it, is in docs/porting.md section 7);
+* every lr the run can reach is a finite, normal double (the config checks
+  ``((eta * B_max) / B0) * B_max <= DBL_MAX / 8`` and ``eta * rho * rho ... >= DBL_MIN``),
+  and every integer stays in [0, 2**53];
 * a negative, NaN or infinite eigenvalue is refused with ``ValueError`` and changes nothing:
   the check stays due, so the loop can recompute it on another batch or call
   ``skip_eigenvalue()``, which clears the check without counting it towards the patience, so a
@@ -55,6 +62,9 @@ Rounding, fixed here so that a port reproduces the decisions bit for bit:
 ``round_up(x) = m * ceil(x / m - 1e-9)`` with ``m`` the micro-batch size, and the adversarial
 counts use ``floor(gamma * B0 + 1e-9)`` (blocks) or ``floor(gamma * B + 1e-9)`` (batch); the
 tolerances absorb binary floating point error (``0.29 * 100`` is ``28.999999999999996``).
+Errors: events out of order raise :class:`SchedulerError`; a bad config, state dict or event
+argument raises ``ValueError`` or ``TypeError`` whose ``field`` attribute names the field at
+fault, one exact name (docs/porting.md section 4 has the vocabulary).
 docs/algorithm.md maps each line above to the code;
 docs/porting.md describes the protocol and the conformance traces.
 """

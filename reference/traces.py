@@ -12,7 +12,7 @@ files from their hand-written event scripts.
 
 File format (JSON, UTF-8; ``version`` 2)::
 
-    {"format": "hessbatch.trace", "version": 2, "kind": "events",
+    {"format": "hessbatch.trace", "version": 3, "kind": "events",
      "name": "...", "description": "...", "covers": ["growth by drop", ...], "count": 42,
      "config": {SchedulerConfig fields, as given},
      "initial": {"decision": {...}, "state": {...}},
