@@ -14,6 +14,7 @@ import dataclasses
 import json
 import math
 import re
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,7 @@ ORIG = {name: getattr(_scheduler, name) for name in (
     "_grow", "_adv_count", "_block_count", "_adv_ranges", "_adversary_over", "init", "decide",
     "on_step", "on_eigenvalue", "on_skip_eigenvalue", "on_epoch_end", "_check_eigenvalue",
     "_checks_active", "_round_up", "_is_int", "_invariant_problems", "_reachable_lr",
-    "_refuse_if_done_or_due", "_err", "_finished")}
+    "_refuse_if_done_or_due", "_err", "_finished", "_config_of_state_dict")}
 ORIG_FROM_DICT = SchedulerConfig.from_dict.__func__
 ORIG_RANGES = Decision.adversarial_ranges
 ORIG_STATE_DICT = Scheduler.state_dict
@@ -331,6 +332,38 @@ def _without_invariant(test):
     return patch("_invariant_problems", problems)
 
 
+def _fma(a, b, c):
+    """a * b + c rounded once, as a fused multiply-add computes it."""
+    return float(Fraction(a) * Fraction(b) + Fraction(c))
+
+
+def _warmup_fused(cfg, st, d):
+    if cfg.method != "fb" or cfg.warmup_epochs == 0:
+        return d
+    p = min(1.0, st.samples_seen / (cfg.warmup_epochs * cfg.samples_per_epoch))
+    return rep(d, lr=_fma(st.lr - cfg.lr, p, cfg.lr))
+
+
+def _kappa_one_without_exception(cfg, st):
+    out = ORIG["_invariant_problems"](cfg, st)
+    if st.patience_count >= cfg.patience:
+        out.append(("patience_count", "patience_count not below patience"))
+    return out
+
+
+def _null_takes_the_version_default(mp):
+    orig = ORIG["_config_of_state_dict"]
+
+    def config_of(data):
+        if isinstance(data, dict) and data.get("version") == 1 \
+                and isinstance(data.get("config"), dict) \
+                and data["config"].get("adv_rule", "") is None:
+            data = {**data, "config": {k: v for k, v in data["config"].items()
+                                       if k != "adv_rule"}}
+        return orig(data)
+    mp.setattr(_scheduler, "_config_of_state_dict", config_of)
+
+
 def _version_compared_loosely(mp):
     # JavaScript's "3" == 3: a string version accepted
     class Loose(dict):
@@ -465,6 +498,8 @@ MUTATIONS = [
      _without_invariant(lambda f, t, cfg: "should be 0" in t and cfg.method != "absa")),
     ("invariant: d <= max(kappa - 1, 1)", "state_dicts",
      _without_invariant(lambda f, t, cfg: "not below patience" in t)),
+    ("invariant: kappa = 1 allows d = 1", "state_dicts",
+     patch("_invariant_problems", _kappa_one_without_exception)),
     ("invariant: last_eigenvalue finite and >= 0", "state_dicts",
      _without_invariant(lambda f, t, cfg: t.startswith("last_eigenvalue -"))),
     ("invariant: d = 0 while lam_ref is null", "state_dicts",
@@ -475,6 +510,10 @@ MUTATIONS = [
      _without_invariant(lambda f, t, cfg: "after the last epoch" in t)),
     ("invariant: a lower bound only above the threshold", "state_dicts",
      _without_invariant(lambda f, t, cfg: f == "last_eigenvalue_bound")),
+    ("state dict: a version's defaults fill absent fields, not null ones", "state_dicts",
+     _null_takes_the_version_default),
+    ("no contraction: the warm-up in two roundings", "fb_order_of_operations",
+     after_decide(_warmup_fused)),
     ("state dict: unknown top-level keys refused", "state_dicts",
      lambda mp: mp.setattr(_scheduler, "_STATE_DICT_KEYS",
                            _scheduler._STATE_DICT_KEYS + ("saved_at",))),
