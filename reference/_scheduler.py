@@ -324,7 +324,8 @@ class SchedulerConfig:
                        f"adv_rule must be a string, one of {', '.join(ADV_RULES)}, got "
                             f"{self.adv_rule!r} ({type(self.adv_rule).__name__})")
         if self.adv_rule not in ADV_RULES:
-            raise _err(ValueError, "adv_rule", f"adv_rule must be one of {', '.join(ADV_RULES)}, got "
+            raise _err(ValueError, "adv_rule",
+                       f"adv_rule must be one of {', '.join(ADV_RULES)}, got "
                              f"{self.adv_rule!r}")
         # Every lr the schedule can reach must stay a positive, finite, normal double. Growths
         # compute (lr * B') / B with lr / B <= eta / B0 (up to rounding) and B' <= B_max, so
@@ -489,7 +490,8 @@ class Decision:
         """
         _need_int("n_samples", n_samples, 0)
         if n_samples > self.batch_size:
-            raise _err(ValueError, "n_samples", f"n_samples must be <= batch_size = {self.batch_size} (the "
+            raise _err(ValueError, "n_samples",
+                       f"n_samples must be <= batch_size = {self.batch_size} (the "
                              f"scheduler decides B), got {n_samples}")
         if n_samples == self.batch_size:
             return self.adv_ranges
@@ -991,7 +993,8 @@ class Scheduler:
         if cfg != self._config:
             diff = [f.name for f in dataclasses.fields(cfg)
                     if getattr(cfg, f.name) != getattr(self._config, f.name)]
-            raise _err(ValueError, diff[0], f"the saved config differs from this scheduler's in {diff}; "
+            raise _err(ValueError, diff[0],
+                       f"the saved config differs from this scheduler's in {diff}; "
                              "build the scheduler with Scheduler.from_state_dict() instead")
         self._state = _state_from_dict(cfg, data.get("state"), data["version"])
 

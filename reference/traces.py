@@ -10,7 +10,7 @@ through :class:`hessbatch.Scheduler`, or through any object with the same protoc
 describes the protocol for a port; ``python -m hessbatch._make_traces`` regenerates the shipped
 files from their hand-written event scripts.
 
-File format (JSON, UTF-8; ``version`` 2)::
+File format (JSON, UTF-8; ``version`` 3)::
 
     {"format": "hessbatch.trace", "version": 3, "kind": "events",
      "name": "...", "description": "...", "covers": ["growth by drop", ...], "count": 42,
@@ -37,8 +37,8 @@ samples (``decision.adversarial_ranges(k)`` before the step). An event with ``er
 fail with that kind of error (``"protocol"``: events out of order,
 :class:`hessbatch.SchedulerError`; ``"value"``: :class:`ValueError`; ``"type"``:
 :class:`TypeError`) whose ``field`` attribute is exactly the recorded ``field`` (``null``
-for protocol errors; docs/porting.md section 4 lists the vocabulary); the decision and state recorded with it are those before the event: a refused event
-changes nothing. ``save_load`` serialises the state dict to JSON text, parses it into a fresh
+for protocol errors; docs/porting.md section 4 lists the vocabulary); the decision and state
+recorded with it are those before the event: a refused event changes nothing. ``save_load`` serialises the state dict to JSON text, parses it into a fresh
 scheduler built from the same config, and carries on with that one. Non-finite eigenvalues,
 which JSON cannot spell as numbers, are the strings ``"NaN"``, ``"Infinity"`` and
 ``"-Infinity"``; any other string is passed through unchanged (to test a wrong type). A float
@@ -126,7 +126,8 @@ DECISION_TYPES: dict[str, str] = {
     "method": "str", "batch_size": "int", "micro_batch_size": "int",
     "accumulation_steps": "int", "lr": "float", "adv_fraction": "float", "adv_count": "int",
     "adv_eps": "float", "adv_rule": "str", "adv_ranges": "ranges", "eigenvalue_due": "bool",
-    "eigenvalue_threshold": "float|null", "epoch": "int", "samples_seen": "int", "updates": "int", "finished": "bool",
+    "eigenvalue_threshold": "float|null", "epoch": "int", "samples_seen": "int",
+    "updates": "int", "finished": "bool",
     "reason": "str"}
 STATE_TYPES: dict[str, str] = {
     "batch_size": "int", "lr": "float", "lam_ref": "float|null", "patience_count": "int",
@@ -774,7 +775,8 @@ class TraceRecorder:
 
     Every call applies one event to a :class:`hessbatch.Scheduler` and records the event with
     the decision and state that followed. An event meant to fail must say so with
-    ``error=(kind, field)`` (``(kind,)`` for a protocol error); an error the script did not declare, or a declared one that
+    ``error=(kind, field)`` (``(kind,)`` for a protocol error); an error the script did not
+    declare, or a declared one that
     does not happen, raises :class:`AssertionError`, so a slip in a script cannot turn into
     a recorded expectation.
 
