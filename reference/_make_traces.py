@@ -336,7 +336,7 @@ def defaults() -> Trace:
 
 def config_errors() -> Trace:
     good = _config("absa", max_batch_size=800, epochs=10, lr_decay_epochs=[3, 6])
-    # mentions: the field (or fields, for unknown or missing ones) the error must name
+    # the field the error must name, exactly (docs/porting.md section 4)
     bad: list[tuple[dict, tuple[str, ...]]] = [
         ({"method": "sgd"}, ("value", "method")),
         ({"method": "ab"}, ("value", "method")),
@@ -378,10 +378,22 @@ def config_errors() -> Trace:
         ({"adv_rule": "head"}, ("value", "adv_rule")),
         ({"adv_rule": None}, ("type", "adv_rule")),
         ({"lr": 1e308}, ("value", "lr")),
+        ({"lr": 5.617791046444737e+304, "max_batch_size": 200}, ("value", "lr")),
+        ({"lr": 1e306, "max_batch_size": 200}, ("value", "lr")),
+        ({"lr": 2.7470047635891377e-306, "lr_decay_factor": 0.3,
+          "lr_decay_epochs": [1, 2, 3, 4]}, ("value", "lr")),
+        ({"micro_batch_size": 0}, ("value", "micro_batch_size")),
+        ({"micro_batch_size": 80}, ("value", "micro_batch_size")),
+        ({"adv_eps": INF}, ("value", "adv_eps")),
+        ({"adv_decay": INF}, ("value", "adv_decay")),
+        ({"warmup_epochs": INF}, ("value", "warmup_epochs")),
+        ({"alpha": NAN}, ("value", "alpha")),
+        ({"batch_size": 2 ** 70}, ("value", "batch_size")),
+        ({"max_batch_size": 2 ** 54}, ("value", "max_batch_size")),
         ({"lr": 1e-300, "lr_decay_factor": 1e-5}, ("value", "lr")),
         ({"alpha": "2"}, ("type", "alpha")),
         ({"lr": True}, ("type", "lr")),
-        ({"colour": "red"}, ("value", "colour")),
+        ({"colour": "red"}, ("value", "config")),
         ({"lr": None}, ("type", "lr")),
         # several bad fields: the first in the check order decides (docs/porting.md)
         ({"lr": -1.0, "batch_size": 100.5}, ("value", "lr")),
@@ -390,20 +402,24 @@ def config_errors() -> Trace:
         ({"adv_rule": "head", "alpha": 0.5}, ("value", "alpha")),
         ({"warmup_epochs": -1.0, "lr": 1e308}, ("value", "warmup_epochs")),
         ({"micro_batch_size": 30, "max_batch_size": 50}, ("value", "max_batch_size")),
-        ({"colour": "red", "lr": -1.0}, ("value", "colour")),
+        ({"colour": "red", "lr": -1.0}, ("value", "config")),
     ]
     cases = [({**good, **change}, error) for change, error in bad]
     # missing required fields (all named), before any other check
-    for missing in (("lr",), ("method",), ("epochs", "samples_per_epoch")):
+    # the error names the first missing one in table order
+    for missing, field in ((("lr",), "lr"), (("method",), "method"),
+                           (("epochs", "samples_per_epoch"), "samples_per_epoch")):
         cases.append(({k: v for k, v in good.items() if k not in missing},
-                      ("value",) + missing))
+                      ("value", field)))
     cases.append(({**{k: v for k, v in good.items() if k != "lr"}, "batch_size": 0},
                   ("value", "lr")))
     return config_error_trace(
         "config_errors",
         "Configs that must be refused at construction, each differing from a valid ABSA "
         "config in one field (or adding an unknown one, or leaving a required one out); "
-        "mentions is the field the error must name. With several bad fields the first in the "
+        "error.field is the field the error must name, exactly (config for unknown fields, "
+        "the first missing one in table order for missing ones). With several bad fields the "
+        "first in the "
         "check order decides: unknown fields, missing required fields, then the fields in "
         "the order of the config table (type before range), then the reachable-lr checks. "
         "'type' cases are values of the wrong JSON type; a whole float at an int field is "
@@ -571,6 +587,175 @@ def negative_zero() -> Trace:
     return rec.trace()
 
 
+def lr_range_boundaries() -> Trace:
+    rec = TraceRecorder(
+        "lr_range_boundaries",
+        "The largest eta that ABS with B0 = 100, B_max = 200 accepts: ((eta * B_max) / B0) * "
+        "B_max = ((5.617791046444736e+304 * 200) / 100) * 200 is <= the largest double / 8; "
+        "the growth to B_max then computes (lr * 200) / 100, finite. The next double above "
+        "this eta is refused (config_errors); eta = 1e306 would reach lr = inf (lr * 200 "
+        "overflows) and is refused too.",
+        _config("abs", lr=5.617791046444736e+304, max_batch_size=200, epochs=2),
+        covers=["reachable lr: the ceiling", "growth at the largest lr"])
+    _epoch(rec, [8.0], notes=["first: reference"])
+    _epoch(rec, [2.0], notes=["drop: B = B_max = 200, lr = 1.1235582092889473e+305"],
+           end_note="finished")
+    return rec.trace()
+
+
+def lr_floor_sequential() -> Trace:
+    rec = TraceRecorder(
+        "lr_floor_sequential",
+        "BL with eta = 5.609908878679024e-307, rho = 0.19915642058736663 at epochs 1 and 2: "
+        "(eta * rho) * rho is 2.2250738585072014e-308 or more (the smallest normal double), "
+        "so the config is accepted, and the run reaches exactly that lr; eta * rho ** 2 "
+        "(with CPython's pow) would be below it. The rule multiplies in order, never pow "
+        "(docs/porting.md, Numerics); config_errors pins the other direction.",
+        _config("bl", lr=5.609908878679024e-307, lr_decay_factor=0.19915642058736663,
+                lr_decay_epochs=[1, 2], epochs=2),
+        covers=["reachable lr: the floor, multiplied in order"])
+    _epoch(rec)
+    _epoch(rec, end_note="finished: lr = (eta * rho) * rho, a normal double")
+    return rec.trace()
+
+
+def spec_corners() -> Trace:
+    rec = TraceRecorder(
+        "spec_corners",
+        "Corners of the rules: rho = 1.0 and tau = 0.0 are allowed (ABSA with gamma0 = 0.29 "
+        "starts without an adversary since 0 >= 0 * epochs - 1e-9; the decay at epoch 1 "
+        "multiplies the lr by 1.0); a step with samples null is a full batch; a float "
+        "sample count above B is a type error, not a value error (type before value).",
+        _config("absa", lr_decay_factor=1.0, lr_decay_epochs=[1], adv_stop=0.0,
+                adv_fraction=0.29, epochs=3),
+        covers=["rho = 1", "tau = 0", "step with samples null", "type before value"])
+    rec.step(null=True, note="samples null: a full batch of B = 100")
+    rec.step(100.5, error=("type", "samples"), note="a float above B: type, not value")
+    rec.step(0.5, error=("type", "samples"), note="a float below 1: type, not value")
+    rec.step(note="check due")
+    rec.eigenvalue(8.0, note="first: reference")
+    rec.end_epoch(note="epoch 1 in A: lr * 1.0")
+    rec.step(null=True)
+    rec.step(null=True, note="check due")
+    rec.eigenvalue(2.0, note="drop: B = 200, gamma stays 0")
+    rec.end_epoch()
+    return rec.trace()
+
+
+def adv_blocks_capped() -> Trace:
+    rec = TraceRecorder(
+        "adv_blocks_capped",
+        "The blocks rule's caps: B0 = 100, m = 10, beta = 1.2, gamma0 = 0.29, omega = 1 (gamma "
+        "kept), patience 1: 29 per block. At B = 120 the last block holds 20 samples, fewer "
+        "than 29: its range is capped at B, [100, 120). A short step of k = 110 caps it at "
+        "k, [100, 110); a short step of k = 20 caps the first block, [0, 20).",
+        _config("absa", micro_batch_size=10, max_batch_size=1000, beta=1.2,
+                samples_per_epoch=240, check_every=240, epochs=3, adv_fraction=0.29,
+                adv_decay=1.0, adv_stop=1.0, patience=1),
+        covers=["blocks: last block capped at B", "blocks: short step capped at k"])
+    rec.step()
+    rec.step()
+    rec.step(40, note="check due")
+    rec.eigenvalue(8.0, note="first: reference")
+    rec.end_epoch()
+    rec.step()
+    rec.step()
+    rec.step(40, note="check due again")
+    rec.eigenvalue(8.0, note="patience 1: B = 120, ranges [0, 29) and [100, 120)")
+    rec.end_epoch()
+    rec.step(110, note="k = 110: [0, 29) and [100, 110)")
+    rec.step(20, note="k = 20: [0, 20)")
+    rec.step(note="B = 120: [0, 29) and [100, 120); check due")
+    rec.eigenvalue(8.0, note="patience 1: B = 150")
+    rec.end_epoch(note="finished")
+    return rec.trace()
+
+
+def negative_zero_gamma() -> Trace:
+    rec = TraceRecorder(
+        "negative_zero_gamma",
+        "ABSA with gamma0 = -0.0 (>= 0, allowed): gamma is -0.0 from the start and decided "
+        "as -0.0; at tau the test gamma > 0 is false, so gamma stays -0.0 and the reason "
+        "has no 'adversary stops'. After the last epoch the state is saved and loaded: the "
+        "loaded scheduler still refuses events (epoch = epochs).",
+        _config("absa", adv_fraction=-0.0, adv_stop=0.5, epochs=2, max_batch_size=400),
+        covers=["negative zero gamma", "gamma > 0 test before the stop",
+                "finished state loaded"])
+    _epoch(rec, [8.0], notes=["first: reference"],
+           end_note="epoch 1 >= 0.5 * 2 but gamma = -0.0 is not > 0: no stop")
+    _epoch(rec, [2.0], notes=["drop: B = 200, gamma = -0.0 / 2"], end_note="finished")
+    rec.save_load(note="a finished state through a state dict")
+    rec.end_epoch(error=("protocol",), note="the loaded state is finished: refused")
+    rec.step(error=("protocol",), note="refused too")
+    return rec.trace()
+
+
+def integer_range() -> Trace:
+    rec = TraceRecorder(
+        "integer_range",
+        "Integers stay in [0, 2**53] (docs/porting.md, Numerics): BL with B0 = 2**52 and "
+        "N = 2**53; two steps reach samples_seen = 2**53 exactly, a third is refused as a "
+        "value error naming samples (it would leave the range every double holds exactly).",
+        _config("bl", batch_size=2 ** 52, micro_batch_size=2 ** 52, max_batch_size=2 ** 52,
+                samples_per_epoch=2 ** 53, epochs=1),
+        covers=["integer range", "samples_seen bound"])
+    rec.step()
+    rec.step(note="samples_seen = 2**53: still in range")
+    rec.step(1, error=("value", "samples"), note="2**53 + 1 is out of range: refused")
+    rec.end_epoch(note="finished")
+    return rec.trace()
+
+
+def lower_bound_checks() -> Trace:
+    rec = TraceRecorder(
+        "lower_bound_checks",
+        "ABS, B0 = 100, B_max = 800, kappa = 3, alpha = 2: a check may be answered by a lower "
+        "bound on the top eigenvalue (\"lower_bound\": true, 'at least x'). The decision's "
+        "eigenvalue_threshold is lam_ref / alpha while a check is due (null at the first "
+        "check and when none is due). A bound strictly above the threshold is a no-drop "
+        "check, counted towards the patience exactly as the value would be (and a patience "
+        "growth keeps lam_ref), recorded as last_eigenvalue = x with last_eigenvalue_bound = "
+        "true, also through a state dict; a bound at or below the threshold, or at the first "
+        "check, is refused as undecided (a value error naming eigenvalue): nothing changes and "
+        "the check stays due.",
+        _config("abs", samples_per_epoch=200, epochs=6, patience=3),
+        covers=["eigenvalue threshold", "lower bound", "lower bound refused",
+                "lower bound patience growth"])
+    rec.step()
+    rec.step(note="check due, first: threshold null")
+    rec.eigenvalue(9.0, lower_bound=True, error=("value", "eigenvalue"),
+                   note="a bound cannot set the reference: refused")
+    rec.eigenvalue(8.0, note="first: lam_ref = 8, d = 1")
+    rec.end_epoch()
+    rec.step()
+    rec.step(note="check due: threshold 8 / 2 = 4.0")
+    rec.eigenvalue(4.0, lower_bound=True, error=("value", "eigenvalue"),
+                   note="a bound at the threshold is undecided: refused")
+    rec.eigenvalue(1.0, lower_bound=True, error=("value", "eigenvalue"),
+                   note="a bound below the threshold is undecided: refused")
+    rec.eigenvalue(NAN, lower_bound=True, error=("value", "eigenvalue"),
+                   note="a NaN bound: refused as a value would be")
+    rec.eigenvalue(4.000000000000001, lower_bound=True,
+                   note="just above 4.0: no drop, d = 2, last_eigenvalue_bound true")
+    rec.save_load(note="the bound flag survives a state dict")
+    rec.end_epoch()
+    rec.step()
+    rec.step(note="check due: threshold 4.0")
+    rec.eigenvalue(50.0, lower_bound=True, note="no drop, d = 3 = kappa: grow, B = 200, lr = "
+                   "0.2, lam_ref stays 8")
+    rec.end_epoch()
+    rec.step(note="check due: threshold 4.0")
+    rec.eigenvalue(3.0, note="a value: 3.0 <= 4.0, drop: B = 400, lam_ref = 3, flag false")
+    rec.end_epoch()
+    rec.step(note="check due: threshold 1.5")
+    rec.skip_eigenvalue(note="skipped: last_eigenvalue and its flag unchanged")
+    rec.end_epoch()
+    rec.step(note="check due: threshold 1.5")
+    rec.eigenvalue(1.5000000000000002, lower_bound=True, note="no drop, d = 1")
+    rec.end_epoch(note="finished")
+    return rec.trace()
+
+
 def _state_of(config: dict, events) -> dict:
     from ._scheduler import Scheduler, SchedulerConfig
     sch = Scheduler(SchedulerConfig.from_dict(config))
@@ -585,6 +770,11 @@ def state_dicts() -> Trace:
     events = [("step",), ("step",), ("eigenvalue", 8.0), ("end_epoch",), ("step",),
               ("step",), ("eigenvalue", 3.0), ("end_epoch",), ("step",)]
     mid = _state_of(full, events)
+    abs_cfg, fb_cfg = {**full, "method": "abs"}, {**full, "method": "fb"}
+    abs_mid = _state_of(abs_cfg, events)
+    k1_cfg = {**full, "patience": 1}
+    k1_first = _state_of(k1_cfg, events[:3])
+    assert k1_first["state"]["patience_count"] == 1
     assert mid["state"]["eigenvalue_due"] and mid["state"]["batch_size"] == 200
     sparse_cfg = {k: full[k] for k in ("method", "lr", "batch_size", "samples_per_epoch",
                                        "epochs", "max_batch_size", "lr_decay_epochs",
@@ -594,6 +784,10 @@ def state_dicts() -> Trace:
     v1 = json.loads(json.dumps(mid))
     v1["version"] = 1
     del v1["config"]["adv_rule"]
+    del v1["state"]["last_eigenvalue_bound"]
+    v2 = json.loads(json.dumps(mid))
+    v2["version"] = 2
+    del v2["state"]["last_eigenvalue_bound"]
     cases: list[dict] = [
         dict(note="written by Python mid-run: every field", load_into=full, state_dict=mid),
         dict(note="config with the defaults left out: they are filled in, and written back",
@@ -608,15 +802,46 @@ def state_dicts() -> Trace:
                                last_eigenvalue=3, adv_fraction=0)),
         dict(note="version 1 (before adv_rule): loads as adv_rule 'batch'",
              load_into={**full, "adv_rule": "batch"}, state_dict=v1),
+        dict(note="version 2 (before lower bounds): last_eigenvalue_bound loads as false",
+             load_into=full, state_dict=v2),
+        dict(note="abs (not absa) with adv_fraction -0.0 in its state: loads, decides 0.0 "
+             "(gamma only for absa), writes -0.0 back",
+             load_into=abs_cfg, state_dict=_patch(abs_mid, adv_fraction=-0.0)),
+        dict(note="kappa = 1: d = 1 right after the first eigenvalue is allowed",
+             load_into=k1_cfg, state_dict=k1_first),
+        dict(note="a lower bound above the threshold (3.0 / 2) recorded as the last eigenvalue",
+             load_into=full, state_dict=_patch(mid, last_eigenvalue=1.6,
+                                               last_eigenvalue_bound=True)),
     ]
+    v1_null_rule = json.loads(json.dumps(v1))
+    v1_null_rule["config"]["adv_rule"] = None
     bad = [
+        ("version 1 with adv_rule null: null is a type error, not the version's default",
+         v1_null_rule, ("type", "adv_rule")),
+        ("a version that is not an int", {**mid, "version": "3"}, ("value", "version")),
+        ("an unknown top-level key", {**mid, "saved_at": "today"}, ("value", "state_dict")),
+        ("gamma > 0 at B_max", _patch(mid, batch_size=800, eigenvalue_due=False,
+                                      adv_fraction=0.1), ("value", "adv_fraction")),
+        ("a negative last eigenvalue", _patch(mid, last_eigenvalue=-1.0),
+         ("value", "last_eigenvalue")),
+        ("a count without a reference", _patch(mid, lam_ref=None, last_eigenvalue=None,
+                                               patience_count=1), ("value", "patience_count")),
+        ("a check due after the last epoch", _patch(mid, epoch=6, adv_fraction=0.0),
+         ("value", "eigenvalue_due")),
+        ("samples_seen past 2**53", _patch(mid, samples_seen=2 ** 54),
+         ("value", "samples_seen")),
         ("another format", {**mid, "format": "torch"}, ("value", "format")),
-        ("an unknown version", {**mid, "version": 3}, ("value", "version")),
+        ("an unknown version", {**mid, "version": 4}, ("value", "version")),
+        ("version 2 with last_eigenvalue_bound", _patch(v2, last_eigenvalue_bound=False),
+         ("value", "state")),
+        ("a lower bound at the threshold", _patch(mid, last_eigenvalue=1.5,
+                                                  last_eigenvalue_bound=True),
+         ("value", "last_eigenvalue_bound")),
         ("version 1 into a blocks scheduler", v1, ("value", "adv_rule")),
         ("another config", {**mid, "config": {**full, "patience": 4}}, ("value", "patience")),
         ("a bad config", {**mid, "config": {**full, "alpha": 0.5}}, ("value", "alpha")),
         ("a missing state field", _patch(mid, drop="updates"), ("value", "updates")),
-        ("an unknown state field", _patch(mid, colour=1), ("value", "colour")),
+        ("an unknown state field", _patch(mid, colour=1), ("value", "state")),
         ("a whole float for an int", _patch(mid, batch_size=200.0), ("type", "batch_size")),
         ("a bool for an int", _patch(mid, updates=True), ("type", "updates")),
         ("an int for a bool", _patch(mid, eigenvalue_due=1), ("type", "eigenvalue_due")),
@@ -628,25 +853,35 @@ def state_dicts() -> Trace:
         ("gamma above gamma0", _patch(mid, adv_fraction=0.5), ("value", "adv_fraction")),
         ("gamma after tau", _patch(mid, epoch=3, adv_fraction=0.1), ("value", "adv_fraction")),
         ("a check due at B_max", _patch(mid, batch_size=800, adv_fraction=0.0),
-         ("value", "eigenvalue")),
+         ("value", "eigenvalue_due")),
         ("epoch past the last", _patch(mid, epoch=7), ("value", "epoch")),
         ("a negative counter", _patch(mid, updates=-1), ("value", "updates")),
         ("epoch start after samples seen", _patch(mid, epoch_start_samples=10000),
          ("value", "epoch_start_samples")),
         ("patience count at kappa", _patch(mid, patience_count=3), ("value", "patience_count")),
         ("a negative lam_ref", _patch(mid, lam_ref=-1.0), ("value", "lam_ref")),
-        ("a count without a reference", _patch(mid, lam_ref=None), ("value", "patience_count")),
+        ("a last eigenvalue without a reference", _patch(mid, lam_ref=None),
+         ("value", "last_eigenvalue")),
         ("fewer samples than updates", _patch(mid, samples_seen=4, epoch_start_samples=0),
          ("value", "samples_seen")),
         ("a check due before check_every samples",
-         _patch(_state_of(full, [("step",)]), eigenvalue_due=True), ("value", "check_every")),
+         _patch(_state_of(full, [("step",)]), eigenvalue_due=True), ("value", "eigenvalue_due")),
         ("state not an object", {**mid, "state": []}, ("type", "state")),
         ("config not an object", {**mid, "config": [1]}, ("type", "config")),
         ("no state", {k: v for k, v in mid.items() if k != "state"}, ("type", "state")),
-        ("not an object at all", [mid], ("type", "state dict")),
+        ("not an object at all", [mid], ("type", "state_dict")),
     ]
     for note, data, error in bad:
         cases.append(dict(note=note, load_into=full, state_dict=data, error=error))
+    cases.append(dict(note="fb below B_max", load_into=fb_cfg,
+                      state_dict=_patch(_state_of(fb_cfg, [("step",)]), batch_size=100),
+                      error=("value", "batch_size")))
+    cases.append(dict(note="gamma > 0 for abs", load_into=abs_cfg,
+                      state_dict=_patch(abs_mid, adv_fraction=0.1), error=("value",
+                                                                           "adv_fraction")))
+    cases.append(dict(note="kappa = 1: d = 2 is refused", load_into=k1_cfg,
+                      state_dict=_patch(k1_first, patience_count=2),
+                      error=("value", "patience_count")))
     cases.append(dict(note="a reference for a method without eigenvalues",
                       load_into={**full, "method": "bl", "max_batch_size": 100},
                       state_dict=_patch(_state_of({**full, "method": "bl",
@@ -677,7 +912,9 @@ SCRIPTS: tuple[Callable[[], Trace], ...] = (
     fb_warmup, gg_schedule, errors_and_skips, defaults, config_errors,
     adv_blocks_rule, adv_rule_thresholds, adv_batch_threshold, adv_stop_tolerance,
     adv_stop_odd_epochs, absa_at_max_from_start, absa_tau_zero, fb_order_of_operations,
-    fb_without_warmup, negative_zero, state_dicts)
+    fb_without_warmup, negative_zero, state_dicts, lower_bound_checks, integer_range,
+    lr_range_boundaries, lr_floor_sequential, spec_corners, adv_blocks_capped,
+    negative_zero_gamma)
 
 
 def build_all() -> dict[str, str]:

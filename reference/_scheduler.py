@@ -3,9 +3,11 @@
 The scheduler never touches a model. A training loop *reports events* and *reads decisions*:
 
 * events in: ``step(n)`` (one parameter update was made on ``n`` samples), ``eigenvalue(lam)``
-  (the top Hessian eigenvalue the scheduler asked for), ``skip_eigenvalue()`` and ``end_epoch()``;
+  (the top Hessian eigenvalue the scheduler asked for, or with ``lower_bound=True`` a lower
+  bound on it), ``skip_eigenvalue()`` and ``end_epoch()``;
 * decisions out (:class:`Decision`): logical batch size ``B``, micro-batch and accumulation
-  steps, learning rate, adversarial sample count and step, and whether an eigenvalue is due.
+  steps, learning rate, adversarial sample count and step, whether an eigenvalue is due and
+  the threshold ``lam_ref / alpha`` that decides it.
 
 The same protocol drives the paper's five methods, so every comparison runs through one loop:
 
@@ -32,6 +34,8 @@ Algorithm 1 (ALGORITHM.md section 2), with the names used in the code::
     eigenvalue:  lam_ref is None        -> lam_ref = lam, d = 1                 (rebuilt)
                  lam <= lam_ref / alpha -> grow; lam_ref = lam; d = 0
                  otherwise              -> d += 1; if d >= kappa: grow; d = 0
+                 (a lower bound lam > lam_ref / alpha takes the last branch; one at or below
+                 it, or with no lam_ref, is refused as undecided: the check stays due)
     grow:        B_new = min(round_up(beta * B), B_max); lr = (lr * B_new) / B; gamma /= omega
                  if B_new == B_max: gamma = 0 and no eigenvalue is asked for again
     epoch end:   if epoch in A: lr *= rho;  if epoch >= tau * epochs: gamma = 0
@@ -46,6 +50,9 @@ Invariants (checked by :meth:`Scheduler.check_invariants` and by the property te
   ``check_every`` samples; the patience count stays below kappa (1 right after the first
   eigenvalue when kappa = 1) and is 0 before the first eigenvalue (the complete list, as
   :meth:`Scheduler.load_state_dict` checks it, is in docs/porting.md section 7);
+* every lr the run can reach is a finite, normal double (the config checks
+  ``((eta * B_max) / B0) * B_max <= DBL_MAX / 8`` and ``eta * rho * rho ... >= DBL_MIN``),
+  and every integer stays in [0, 2**53];
 * a negative, NaN or infinite eigenvalue is refused with ``ValueError`` and changes nothing:
   the check stays due, so the loop can recompute it on another batch or call
   ``skip_eigenvalue()``, which clears the check without counting it towards the patience, so a
@@ -55,6 +62,9 @@ Rounding, fixed here so that a port reproduces the decisions bit for bit:
 ``round_up(x) = m * ceil(x / m - 1e-9)`` with ``m`` the micro-batch size, and the adversarial
 counts use ``floor(gamma * B0 + 1e-9)`` (blocks) or ``floor(gamma * B + 1e-9)`` (batch); the
 tolerances absorb binary floating point error (``0.29 * 100`` is ``28.999999999999996``).
+Errors: events out of order raise :class:`SchedulerError`; a bad config, state dict or event
+argument raises ``ValueError`` or ``TypeError`` whose ``field`` attribute names the field at
+fault, one exact name (docs/porting.md section 4 has the vocabulary).
 docs/algorithm.md maps each line above to the code;
 docs/porting.md describes the protocol and the conformance traces.
 """
@@ -88,14 +98,40 @@ __all__ = [
 METHODS = ("bl", "fb", "gg", "abs", "absa")
 ADV_RULES = ("blocks", "batch")
 STATE_FORMAT = "hessbatch.scheduler"
-STATE_VERSION = 2
-# version 1 predates adv_rule; its schedulers ran the "batch" rule, so that is what it loads as
-_STATE_VERSIONS = {1: {"adv_rule": "batch"}, 2: {}}
+STATE_VERSION = 3
+# What an older version leaves out, as (config defaults, state defaults): version 1 predates
+# adv_rule (its schedulers ran the "batch" rule, so that is what it loads as); versions 1 and
+# 2 predate lower bounds, so their last eigenvalue is a value.
+_STATE_VERSIONS: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {
+    1: ({"adv_rule": "batch"}, {"last_eigenvalue_bound": False}),
+    2: ({}, {"last_eigenvalue_bound": False}),
+    3: ({}, {})}
 _ROUND_TOL = 1e-9
+# Integers (batch sizes, counts, samples) stay in [0, 2**53]: every double, and so every JSON
+# reader (JavaScript's included), holds them exactly (docs/porting.md, "Numerics").
+MAX_INT = 2 ** 53
+# The largest value of ((eta * B_max) / B0) * B_max a config may have: every product lr * B'
+# that a growth or the fb peak computes stays below it times e**2 (the rounding drift of at
+# most 2**53 growths), so 8 = 2**3 leaves every lr the run can reach finite (docs/porting.md).
+LR_CEILING = sys.float_info.max / 8
 
 
 class SchedulerError(RuntimeError):
     """An event arrived that the protocol does not allow now (events out of order)."""
+
+    field = None  # protocol errors name no field (see docs/porting.md, section 4)
+
+
+def _err(cls: type[Exception], field: str, message: str) -> Exception:
+    """A ``cls`` (ValueError or TypeError) whose ``field`` attribute names the field at fault.
+
+    ``field`` is the error contract of docs/porting.md section 4: one exact name from a fixed
+    vocabulary (a config field, a state field, ``samples``, ``eigenvalue``, ``config``,
+    ``state``, ``state_dict``, ``format``, ``version``), which the traces compare exactly.
+    """
+    exc = cls(message)
+    exc.field = field  # type: ignore[attr-defined]
+    return exc
 
 
 # --------------------------------------------------------------------------------------------
@@ -112,18 +148,36 @@ def _is_real(value: Any) -> bool:
 
 def _need_int(name: str, value: Any, low: int) -> None:
     if not _is_int(value):
-        raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
+        raise _err(TypeError, name,
+                   f"{name} must be an int, got {value!r} ({type(value).__name__})")
     if value < low:
-        raise ValueError(f"{name} must be >= {low}, got {value}")
+        raise _err(ValueError, name, f"{name} must be >= {low}, got {value}")
+    if value > MAX_INT:
+        raise _err(ValueError, name,
+                   f"{name} must be <= 2**53 = {MAX_INT} (the integer range every JSON reader "
+                   f"and every double holds exactly), got {value}")
 
 
 def _need_real(name: str, value: Any, allowed: str, ok) -> None:
     if not _is_real(value):
-        raise TypeError(f"{name} must be a real number, got {value!r} ({type(value).__name__})")
+        raise _err(TypeError, name, f"{name} must be a real number, got {value!r} "
+                   f"({type(value).__name__})")
     if isinstance(value, int) and abs(value) > sys.float_info.max:
-        raise ValueError(f"{name} must be {allowed}, got {value!r} (too large for a double)")
+        raise _err(ValueError, name,
+                   f"{name} must be {allowed}, got {value!r} (too large for a double)")
     if not math.isfinite(value) or not ok(value):
-        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+        raise _err(ValueError, name, f"{name} must be {allowed}, got {value!r}")
+
+
+def _reachable_lr(cfg: "SchedulerConfig") -> tuple[float, float]:
+    """(bound on every lr * B' the run computes, the lowest lr it reaches), in the spec's
+    order of operations: ((eta * B_max) / B0) * B_max, and eta * rho * rho ... (once per
+    epoch in A, left to right)."""
+    highest = ((cfg.lr * cfg.max_batch_size) / cfg.batch_size) * cfg.max_batch_size
+    lowest = cfg.lr
+    for _ in cfg.lr_decay_epochs:
+        lowest = lowest * cfg.lr_decay_factor
+    return highest, lowest
 
 
 def _round_up(x: float, multiple: int) -> int:
@@ -207,10 +261,12 @@ class SchedulerConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.method, str):
-            raise TypeError(f"method must be a string, one of {', '.join(METHODS)}, got "
+            raise _err(TypeError, "method",
+                       f"method must be a string, one of {', '.join(METHODS)}, got "
                             f"{self.method!r} ({type(self.method).__name__})")
         if self.method.lower() not in METHODS:
-            raise ValueError(f"method must be one of {', '.join(METHODS)} (any case), got "
+            raise _err(ValueError, "method",
+                       f"method must be one of {', '.join(METHODS)} (any case), got "
                              f"{self.method!r}")
         object.__setattr__(self, "method", self.method.lower())
         _need_real("lr", self.lr, "finite and > 0", lambda v: v > 0)
@@ -221,7 +277,8 @@ class SchedulerConfig:
             object.__setattr__(self, "max_batch_size", self.batch_size)
         _need_int("max_batch_size", self.max_batch_size, 1)
         if self.max_batch_size < self.batch_size:
-            raise ValueError(
+            raise _err(
+                ValueError, "max_batch_size",
                 f"max_batch_size (B_max) must be >= batch_size (B0) = {self.batch_size}, "
                 f"got {self.max_batch_size}")
         if self.micro_batch_size is None:
@@ -230,18 +287,22 @@ class SchedulerConfig:
         for name in ("batch_size", "max_batch_size"):
             value = getattr(self, name)
             if value % self.micro_batch_size:
-                raise ValueError(
+                raise _err(
+                    ValueError, "micro_batch_size",
                     f"micro_batch_size must divide {name} = {value}, got {self.micro_batch_size}"
                     f" (choose a divisor, e.g. {math.gcd(self.batch_size, self.max_batch_size)})")
         decay = self.lr_decay_epochs
         if isinstance(decay, (str, bytes)) or not hasattr(decay, "__iter__"):
-            raise TypeError(f"lr_decay_epochs must be a sequence of ints, got {decay!r}")
+            raise _err(TypeError, "lr_decay_epochs",
+                       f"lr_decay_epochs must be a sequence of ints, got {decay!r}")
         decay = tuple(decay)
         for e in decay:
             if not _is_int(e):
-                raise TypeError(f"lr_decay_epochs must hold ints, got {e!r} in {decay!r}")
+                raise _err(TypeError, "lr_decay_epochs",
+                           f"lr_decay_epochs must hold ints, got {e!r} in {decay!r}")
         if any(not 1 <= e <= self.epochs for e in decay) or list(decay) != sorted(set(decay)):
-            raise ValueError(
+            raise _err(
+                ValueError, "lr_decay_epochs",
                 f"lr_decay_epochs must be strictly increasing epochs in [1, epochs={self.epochs}],"
                 f" got {decay!r} (an empty tuple means no decay)")
         object.__setattr__(self, "lr_decay_epochs", decay)
@@ -259,21 +320,28 @@ class SchedulerConfig:
         _need_real("adv_stop", self.adv_stop, "in [0, 1]", lambda v: 0 <= v <= 1)
         _need_real("warmup_epochs", self.warmup_epochs, "finite and >= 0", lambda v: v >= 0)
         if not isinstance(self.adv_rule, str):
-            raise TypeError(f"adv_rule must be a string, one of {', '.join(ADV_RULES)}, got "
+            raise _err(TypeError, "adv_rule",
+                       f"adv_rule must be a string, one of {', '.join(ADV_RULES)}, got "
                             f"{self.adv_rule!r} ({type(self.adv_rule).__name__})")
         if self.adv_rule not in ADV_RULES:
-            raise ValueError(f"adv_rule must be one of {', '.join(ADV_RULES)}, got "
+            raise _err(ValueError, "adv_rule",
+                       f"adv_rule must be one of {', '.join(ADV_RULES)}, got "
                              f"{self.adv_rule!r}")
-        # Every lr the schedule can reach must stay a positive, finite, normal double: growths
-        # multiply it by at most B_max / B0, decays by rho once per epoch in A.
-        highest = self.lr * (self.max_batch_size / self.batch_size)
-        lowest = self.lr * self.lr_decay_factor ** len(self.lr_decay_epochs)
-        if not math.isfinite(highest):
-            raise ValueError(
-                f"lr = {self.lr!r} overflows when scaled by max_batch_size / batch_size = "
-                f"{self.max_batch_size / self.batch_size!r}; use a smaller lr")
+        # Every lr the schedule can reach must stay a positive, finite, normal double. Growths
+        # compute (lr * B') / B with lr / B <= eta / B0 (up to rounding) and B' <= B_max, so
+        # every product is about (eta / B0) * B * B' < ((eta * B_max) / B0) * B_max; the fb
+        # peak is eta * B_max, smaller still. Decays only lower the lr, and the lowest one is
+        # eta times rho once per epoch in A, multiplied in that order (as the run does: no pow,
+        # whose last bit differs between languages).
+        highest, lowest = _reachable_lr(self)
+        if not highest <= LR_CEILING:
+            raise _err(
+                ValueError, "lr",
+                f"lr = {self.lr!r} is too large: ((lr * max_batch_size) / batch_size) * "
+                f"max_batch_size = {highest!r} must be <= {LR_CEILING!r} (the largest double "
+                "/ 8), so that every lr a growth computes stays finite; use a smaller lr")
         if lowest < sys.float_info.min:
-            raise ValueError(
+            raise _err(ValueError, "lr",
                 f"lr = {self.lr!r} decayed by lr_decay_factor = {self.lr_decay_factor!r} at "
                 f"{len(self.lr_decay_epochs)} epochs underflows to {lowest!r}; use a larger lr "
                 "or lr_decay_factor, or fewer lr_decay_epochs")
@@ -298,16 +366,19 @@ class SchedulerConfig:
     def from_dict(cls, data: Mapping[str, Any]) -> "SchedulerConfig":
         """Inverse of :meth:`to_dict`; unknown keys are an error (a typo must not pass)."""
         if not isinstance(data, Mapping):
-            raise TypeError(f"config must be a mapping, got {type(data).__name__}")
+            raise _err(TypeError, "config",
+                       f"config must be a mapping, got {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"unknown config field(s) {unknown}; allowed: {sorted(known)}")
+            raise _err(ValueError, "config",
+                       f"unknown config field(s) {unknown}; allowed: {sorted(known)}")
         required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING
                     and f.default_factory is dataclasses.MISSING]
         missing = [name for name in required if name not in data]
         if missing:
-            raise ValueError(f"missing required config field(s) {missing}; required: {required}")
+            raise _err(ValueError, missing[0],
+                       f"missing required config field(s) {missing}; required: {required}")
         kwargs = dict(data)
         if "lr_decay_epochs" in kwargs and isinstance(kwargs["lr_decay_epochs"], list):
             kwargs["lr_decay_epochs"] = tuple(kwargs["lr_decay_epochs"])
@@ -333,6 +404,7 @@ class SchedulerState:
     eigenvalue_due: bool         # a check was triggered and its eigenvalue not yet reported
     epoch_start_samples: int     # s at the last epoch end: an epoch needs at least one step
     last_eigenvalue: float | None  # last eigenvalue reported (for logs; no decision uses it)
+    last_eigenvalue_bound: bool  # last_eigenvalue is a lower bound ("at least"), not a value
     reason: str                  # what the last event did, for logs and traces
 
     def to_dict(self) -> dict[str, Any]:
@@ -360,6 +432,12 @@ class Decision:
             A backend replaces exactly the samples at these positions and needs no rule of its
             own; :meth:`adversarial_ranges` gives them for a short last batch.
         eigenvalue_due: report ``eigenvalue()`` (or ``skip_eigenvalue()``) before anything else.
+        eigenvalue_threshold: the question the due check asks, ``lam_ref / alpha``: an
+            eigenvalue at or below it is a drop (growth, new reference); above it, a no-drop
+            check that counts towards the patience whatever the value. ``None`` when no check
+            is due or at the first check (no reference yet: the value itself is needed). A
+            solver may stop as soon as its estimate, a lower bound on the top eigenvalue, is
+            above it, and report that bound with ``eigenvalue(bound, lower_bound=True)``.
         epoch: completed epochs.
         samples_seen: training samples consumed so far.
         updates: parameter updates made so far.
@@ -378,6 +456,7 @@ class Decision:
     adv_rule: str
     adv_ranges: tuple[tuple[int, int], ...]
     eigenvalue_due: bool
+    eigenvalue_threshold: float | None
     epoch: int
     samples_seen: int
     updates: int
@@ -392,7 +471,8 @@ class Decision:
         """
         _need_int("micro_batch_size", micro_batch_size, 1)
         if self.batch_size % micro_batch_size:
-            raise ValueError(
+            raise _err(
+                ValueError, "micro_batch_size",
                 f"micro_batch_size must divide the logical batch {self.batch_size}, "
                 f"got {micro_batch_size}")
         return self.batch_size // micro_batch_size
@@ -410,7 +490,8 @@ class Decision:
         """
         _need_int("n_samples", n_samples, 0)
         if n_samples > self.batch_size:
-            raise ValueError(f"n_samples must be <= batch_size = {self.batch_size} (the "
+            raise _err(ValueError, "n_samples",
+                       f"n_samples must be <= batch_size = {self.batch_size} (the "
                              f"scheduler decides B), got {n_samples}")
         if n_samples == self.batch_size:
             return self.adv_ranges
@@ -493,7 +574,8 @@ def init(cfg: SchedulerConfig) -> SchedulerState:
     return SchedulerState(
         batch_size=batch, lr=float(lr), lam_ref=None, patience_count=0, samples_seen=0,
         adv_fraction=float(gamma), epoch=0, updates=0, eigenvalue_due=False,
-        epoch_start_samples=0, last_eigenvalue=None, reason="start")
+        epoch_start_samples=0, last_eigenvalue=None, last_eigenvalue_bound=False,
+        reason="start")
 
 
 def _refuse_if_done_or_due(cfg: SchedulerConfig, st: SchedulerState, event: str) -> None:
@@ -516,12 +598,16 @@ def on_step(cfg: SchedulerConfig, st: SchedulerState, samples: int | None = None
     _refuse_if_done_or_due(cfg, st, "step")
     n = st.batch_size if samples is None else samples
     if not _is_int(n):
-        raise TypeError(f"samples must be an int, got {n!r} ({type(n).__name__})")
+        raise _err(TypeError, "samples", f"samples must be an int, got {n!r} ({type(n).__name__})")
     if not 1 <= n <= st.batch_size:
-        raise ValueError(
+        raise _err(ValueError, "samples",
             f"samples must be in [1, batch_size={st.batch_size}] (a short last batch is "
             f"allowed, a larger one is not: the scheduler decides B), got {n}")
     s = st.samples_seen + n
+    if s > MAX_INT:
+        raise _err(ValueError, "samples",
+                   f"samples: {n} more samples would take samples_seen past 2**53 = {MAX_INT}, "
+                   "the integer range of the schedule; start a new run")
     crossed = s // cfg.check_every > st.samples_seen // cfg.check_every
     due = crossed and _checks_active(cfg, st)
     return dataclasses.replace(
@@ -542,43 +628,80 @@ def _grow(cfg: SchedulerConfig, st: SchedulerState, factor: float) -> tuple[int,
 
 def _check_eigenvalue(lam: Any) -> float:
     if not _is_real(lam):
-        raise TypeError(f"eigenvalue must be a real number, got {lam!r} ({type(lam).__name__})")
+        raise _err(TypeError, "eigenvalue",
+                   f"eigenvalue must be a real number, got {lam!r} ({type(lam).__name__})")
     lam = float(lam)
     if not math.isfinite(lam):
-        raise ValueError(
+        raise _err(
+            ValueError, "eigenvalue",
             f"eigenvalue must be finite, got {lam!r}; nothing changed and the check is still "
             "due: recompute it (another Hessian batch, more iterations) or call "
             "skip_eigenvalue() (a skipped check never grows the batch)")
     if lam < 0:
-        raise ValueError(
+        raise _err(
+            ValueError, "eigenvalue",
             f"eigenvalue must be >= 0 (the top eigenvalue of the Hessian), got {lam!r}; nothing "
             "changed and the check is still due: a negative value means the solver found the "
             "most negative eigenvalue, so recompute it or call skip_eigenvalue()")
     return lam
 
 
-def on_eigenvalue(cfg: SchedulerConfig, st: SchedulerState, lam: float) -> SchedulerState:
-    """Step 3: the top eigenvalue the scheduler asked for."""
+def _threshold(cfg: SchedulerConfig, st: SchedulerState) -> float | None:
+    # The question a due check asks: is the top eigenvalue <= lam_ref / alpha? (None: no check
+    # is due, or the first one, which needs the value to set the reference.)
+    if not st.eigenvalue_due or st.lam_ref is None:
+        return None
+    return st.lam_ref / cfg.alpha
+
+
+def on_eigenvalue(cfg: SchedulerConfig, st: SchedulerState, lam: float, *,
+                  lower_bound: bool = False) -> SchedulerState:
+    """Step 3: the top eigenvalue the scheduler asked for, or a lower bound on it.
+
+    With ``lower_bound=True``, ``lam`` says only "the top eigenvalue is at least ``lam``" (a
+    Lanczos or power estimate never exceeds it). That decides the check only when ``lam`` is
+    strictly above the threshold ``lam_ref / alpha``: then it is a no-drop check, counted
+    towards the patience exactly as the value would be, and recorded as ``last_eigenvalue =
+    lam`` with ``last_eigenvalue_bound = True``. A bound at or below the threshold, or at the
+    first check (no reference), is refused with ``ValueError``: nothing changes, the check
+    stays due, and the loop reports the value.
+    """
     if not st.eigenvalue_due:
         raise SchedulerError(
             f"eigenvalue: none is due (samples_seen={st.samples_seen}); report one only when "
             "decision.eigenvalue_due is true")
     lam = _check_eigenvalue(lam)
-    base = dict(eigenvalue_due=False, last_eigenvalue=lam)
+    if lower_bound:
+        threshold = _threshold(cfg, st)
+        if threshold is None:
+            raise _err(ValueError, "eigenvalue",
+                       f"eigenvalue: a lower bound ({lam!r}) cannot answer the first check, "
+                       "which sets the reference; nothing changed and the check is still due:"
+                       " report the value (lower_bound=False)")
+        if not lam > threshold:
+            raise _err(ValueError, "eigenvalue",
+                       f"eigenvalue: the lower bound {lam!r} is not above the threshold "
+                       f"lam_ref / alpha = {threshold!r}, so it does not decide the check "
+                       "(undecided); nothing changed and the check is still due: report the "
+                       "value (lower_bound=False)")
+    base = dict(eigenvalue_due=False, last_eigenvalue=lam, last_eigenvalue_bound=lower_bound)
     if st.lam_ref is None:
         # The first check only sets the reference (rebuilt); d = 1 counts it towards patience.
         return dataclasses.replace(st, lam_ref=lam, patience_count=1,
                                    reason="eigenvalue: first, reference set", **base)
-    if lam <= st.lam_ref / cfg.alpha:
+    if not lower_bound and lam <= st.lam_ref / cfg.alpha:
         b, lr, gamma = _grow(cfg, st, cfg.beta)
         return dataclasses.replace(st, batch_size=b, lr=lr, adv_fraction=gamma, lam_ref=lam,
                                    patience_count=0, reason="eigenvalue: dropped, grow", **base)
+    kind = "lower bound, " if lower_bound else ""
     d = st.patience_count + 1
     if d >= cfg.patience:
         b, lr, gamma = _grow(cfg, st, cfg.beta)
         return dataclasses.replace(st, batch_size=b, lr=lr, adv_fraction=gamma,
-                                   patience_count=0, reason="eigenvalue: patience, grow", **base)
-    return dataclasses.replace(st, patience_count=d, reason="eigenvalue: no drop", **base)
+                                   patience_count=0,
+                                   reason=f"eigenvalue: {kind}patience, grow", **base)
+    return dataclasses.replace(st, patience_count=d, reason=f"eigenvalue: {kind}no drop",
+                               **base)
 
 
 def on_skip_eigenvalue(cfg: SchedulerConfig, st: SchedulerState) -> SchedulerState:
@@ -636,6 +759,7 @@ def decide(cfg: SchedulerConfig, st: SchedulerState) -> Decision:
         adv_rule=cfg.adv_rule,
         adv_ranges=ranges,
         eigenvalue_due=st.eigenvalue_due,
+        eigenvalue_threshold=_threshold(cfg, st),
         epoch=st.epoch,
         samples_seen=st.samples_seen,
         updates=st.updates,
@@ -652,85 +776,126 @@ _STATE_TYPES: dict[str, tuple[type, ...]] = {
     "batch_size": (int,), "lr": (float, int), "lam_ref": (float, int, type(None)),
     "patience_count": (int,), "samples_seen": (int,), "adv_fraction": (float, int),
     "epoch": (int,), "updates": (int,), "eigenvalue_due": (bool,),
-    "epoch_start_samples": (int,), "last_eigenvalue": (float, int, type(None)), "reason": (str,),
+    "epoch_start_samples": (int,), "last_eigenvalue": (float, int, type(None)),
+    "last_eigenvalue_bound": (bool,), "reason": (str,),
 }
 
 
+_STATE_DICT_KEYS = ("format", "version", "config", "state")
+
+
 def _config_of_state_dict(data: Mapping[str, Any]) -> SchedulerConfig:
-    """The config of a state dict: format and version checked, a version's defaults filled in."""
+    """The config of a state dict: format, version and keys checked, a version's defaults
+    filled in (only where the field is absent: null is a type error as in any config)."""
+    if not isinstance(data, Mapping):
+        raise _err(TypeError, "state_dict",
+                   f"state dict must be a mapping, got {type(data).__name__}")
     if data.get("format") != STATE_FORMAT:
-        raise ValueError(f"not a scheduler state: format is {data.get('format')!r}, "
-                         f"expected {STATE_FORMAT!r}")
+        raise _err(ValueError, "format", f"not a scheduler state: format is "
+                   f"{data.get('format')!r}, expected {STATE_FORMAT!r}")
     version = data.get("version")
     if not _is_int(version) or version not in _STATE_VERSIONS:
-        raise ValueError(f"scheduler state version {version!r} is not supported (this "
-                         f"hessbatch reads versions {sorted(_STATE_VERSIONS)})")
+        raise _err(ValueError, "version",
+                   f"scheduler state version {version!r} is not supported (this hessbatch "
+                   f"reads the ints {sorted(_STATE_VERSIONS)})")
+    unknown = sorted(set(data) - set(_STATE_DICT_KEYS))
+    if unknown:
+        raise _err(ValueError, "state_dict",
+                   f"state dict has unknown keys {unknown}; it holds exactly "
+                   f"{list(_STATE_DICT_KEYS)}")
     config = data.get("config")
     if not isinstance(config, Mapping):
         return SchedulerConfig.from_dict(config)  # raises the TypeError naming the config
-    return SchedulerConfig.from_dict({**_STATE_VERSIONS[version], **config})
+    return SchedulerConfig.from_dict({**_STATE_VERSIONS[version][0], **config})
 
 
-def _state_from_dict(cfg: SchedulerConfig, data: Mapping[str, Any]) -> SchedulerState:
+def _state_from_dict(cfg: SchedulerConfig, data: Mapping[str, Any],
+                     version: int = STATE_VERSION) -> SchedulerState:
     if not isinstance(data, Mapping):
-        raise TypeError(f"the state dict's state must be a mapping, got {data!r}")
-    missing = sorted(set(_STATE_TYPES) - set(data))
-    extra = sorted(set(data) - set(_STATE_TYPES))
+        raise _err(TypeError, "state", f"the state dict's state must be a mapping, got {data!r}")
+    later = _STATE_VERSIONS[version][1]   # fields a later version added: absent here
+    fields = [name for name in _STATE_TYPES if name not in later]
+    missing = [name for name in fields if name not in data]
+    extra = sorted(set(data) - set(fields))
     if missing or extra:
-        raise ValueError(f"state has missing fields {missing} and unknown fields {extra}")
-    for name, types in _STATE_TYPES.items():
-        value = data[name]
+        raise _err(ValueError, missing[0] if missing else "state",
+                   f"state has missing fields {missing} and unknown fields {extra}"
+                   f" (version {version})")
+    for name in fields:
+        value, types = data[name], _STATE_TYPES[name]
         bad_bool = isinstance(value, bool) and bool not in types
         if bad_bool or not isinstance(value, types):
-            raise TypeError(f"state field {name} has the wrong type: {value!r}")
+            raise _err(TypeError, name, f"state field {name} has the wrong type: {value!r}")
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT:
+            raise _err(ValueError, name, f"state field {name} = {value} is outside the "
+                       f"integer range [-2**53, 2**53]")
     values = {k: (float(v) if isinstance(v, int) and float in _STATE_TYPES[k] else v)
-              for k, v in data.items()}
+              for k, v in {**data, **later}.items()}
     st = SchedulerState(**values)
     problems = _invariant_problems(cfg, st)
     if problems:
-        raise ValueError("state does not fit the config: " + "; ".join(problems))
+        raise _err(ValueError, problems[0][0], "state does not fit the config: "
+                   + "; ".join(text for _, text in problems))
     return st
 
 
-def _invariant_problems(cfg: SchedulerConfig, st: SchedulerState) -> list[str]:
-    out = []
+def _invariant_problems(cfg: SchedulerConfig, st: SchedulerState) -> list[tuple[str, str]]:
+    """Every broken invariant as (the state field it is listed under, what is wrong), in the
+    order of docs/porting.md section 7; a refused state dict's error names the first field."""
+    out: list[tuple[str, str]] = []
     low = cfg.max_batch_size if cfg.method == "fb" else cfg.batch_size
     if not low <= st.batch_size <= cfg.max_batch_size:
-        out.append(f"batch_size {st.batch_size} outside [{low}, {cfg.max_batch_size}]")
+        out.append(("batch_size", f"batch_size {st.batch_size} outside [{low}, "
+                    f"{cfg.max_batch_size}]"))
     if st.batch_size % cfg.micro_batch_size:
-        out.append(f"batch_size {st.batch_size} not a multiple of {cfg.micro_batch_size}")
+        out.append(("batch_size", f"batch_size {st.batch_size} not a multiple of "
+                    f"{cfg.micro_batch_size}"))
     if not (math.isfinite(st.lr) and st.lr > 0):
-        out.append(f"lr {st.lr} not finite and > 0")
-    if not 0 <= st.adv_fraction <= cfg.adv_fraction:
-        out.append(f"adv_fraction {st.adv_fraction} outside [0, {cfg.adv_fraction}]")
-    if st.adv_fraction and (cfg.method != "absa" or st.batch_size >= cfg.max_batch_size
-                            or _adversary_over(cfg, st.epoch)):
-        out.append(f"adv_fraction {st.adv_fraction} should be 0 here")
-    if st.eigenvalue_due and not _checks_active(cfg, st):
-        out.append("an eigenvalue is due where none may be asked for")
+        out.append(("lr", f"lr {st.lr} not finite and > 0"))
     if not 0 <= st.epoch <= cfg.epochs:
-        out.append(f"epoch {st.epoch} outside [0, {cfg.epochs}]")
+        out.append(("epoch", f"epoch {st.epoch} outside [0, {cfg.epochs}]"))
     for name in ("samples_seen", "updates", "patience_count", "epoch_start_samples"):
         if getattr(st, name) < 0:
-            out.append(f"{name} {getattr(st, name)} < 0 (a counter)")
+            out.append((name, f"{name} {getattr(st, name)} < 0 (a counter)"))
     if st.epoch_start_samples > st.samples_seen:
-        out.append("epoch_start_samples > samples_seen")
+        out.append(("epoch_start_samples", "epoch_start_samples > samples_seen"))
+    if st.samples_seen < st.updates:
+        out.append(("samples_seen", f"samples_seen {st.samples_seen} < updates {st.updates} "
+                    "(a step has >= 1)"))
     # d < kappa after every check, except d = 1 right after the first eigenvalue when kappa = 1
     if st.patience_count > max(cfg.patience - 1, 1):
-        out.append(f"patience_count {st.patience_count} not below patience {cfg.patience}")
+        out.append(("patience_count", f"patience_count {st.patience_count} not below "
+                    f"patience {cfg.patience}"))
     for name in ("lam_ref", "last_eigenvalue"):
         v = getattr(st, name)
         if v is not None and not (math.isfinite(v) and v >= 0):
-            out.append(f"{name} {v} not finite and >= 0")
-    if st.lam_ref is None and (st.patience_count or st.last_eigenvalue is not None):
-        out.append("patience_count and last_eigenvalue must be 0 and null before the first "
-                   "eigenvalue (lam_ref null)")
+            out.append((name, f"{name} {v} not finite and >= 0"))
+    if st.lam_ref is None and st.patience_count:
+        out.append(("patience_count", "patience_count must be 0 before the first eigenvalue "
+                    "(lam_ref null)"))
+    if st.lam_ref is None and st.last_eigenvalue is not None:
+        out.append(("last_eigenvalue", "last_eigenvalue must be null before the first "
+                    "eigenvalue (lam_ref null)"))
     if not cfg.uses_eigenvalues and st.lam_ref is not None:
-        out.append(f"lam_ref {st.lam_ref} for method {cfg.method}, which uses no eigenvalue")
-    if st.samples_seen < st.updates:
-        out.append(f"samples_seen {st.samples_seen} < updates {st.updates} (a step has >= 1)")
+        out.append(("lam_ref", f"lam_ref {st.lam_ref} for method {cfg.method}, which uses no "
+                    "eigenvalue"))
+    if not 0 <= st.adv_fraction <= cfg.adv_fraction:
+        out.append(("adv_fraction", f"adv_fraction {st.adv_fraction} outside [0, "
+                    f"{cfg.adv_fraction}]"))
+    if st.adv_fraction and (cfg.method != "absa" or st.batch_size >= cfg.max_batch_size
+                            or _adversary_over(cfg, st.epoch)):
+        out.append(("adv_fraction", f"adv_fraction {st.adv_fraction} should be 0 here"))
+    if st.eigenvalue_due and not _checks_active(cfg, st):
+        out.append(("eigenvalue_due", "an eigenvalue is due where none may be asked for"))
     if st.eigenvalue_due and st.samples_seen < cfg.check_every:
-        out.append(f"an eigenvalue is due before check_every = {cfg.check_every} samples")
+        out.append(("eigenvalue_due", f"an eigenvalue is due before check_every = "
+                    f"{cfg.check_every} samples"))
+    if st.eigenvalue_due and _finished(cfg, st):
+        out.append(("eigenvalue_due", "an eigenvalue is due after the last epoch"))
+    if st.last_eigenvalue_bound and (st.lam_ref is None or st.last_eigenvalue is None
+                                     or not st.last_eigenvalue > st.lam_ref / cfg.alpha):
+        out.append(("last_eigenvalue_bound", f"a lower bound {st.last_eigenvalue} is only "
+                    f"recorded above the threshold lam_ref / alpha (lam_ref {st.lam_ref})"))
     return out
 
 
@@ -777,9 +942,18 @@ class Scheduler:
         self._state = on_step(self._config, self._state, samples)
         return self.decision
 
-    def eigenvalue(self, value: float) -> Decision:
-        """Report the top Hessian eigenvalue asked for by ``decision.eigenvalue_due``."""
-        self._state = on_eigenvalue(self._config, self._state, value)
+    def eigenvalue(self, value: float, *, lower_bound: bool = False) -> Decision:
+        """Report the top Hessian eigenvalue asked for by ``decision.eigenvalue_due``.
+
+        With ``lower_bound=True``, ``value`` is a lower bound on it ("at least value"), which
+        is accepted only when it is strictly above ``decision.eigenvalue_threshold`` (a
+        certain no-drop check); see :func:`on_eigenvalue`.
+        """
+        if not isinstance(lower_bound, bool):
+            raise _err(TypeError, "lower_bound",
+                       f"lower_bound must be True or False, got {lower_bound!r} "
+                       f"({type(lower_bound).__name__})")
+        self._state = on_eigenvalue(self._config, self._state, value, lower_bound=lower_bound)
         return self.decision
 
     def skip_eigenvalue(self) -> Decision:
@@ -796,7 +970,7 @@ class Scheduler:
         """Raise AssertionError naming every broken invariant of the current state."""
         problems = _invariant_problems(self._config, self._state)
         if problems:
-            raise AssertionError("; ".join(problems))
+            raise AssertionError("; ".join(text for _, text in problems))
 
     def state_dict(self) -> dict[str, Any]:
         """Versioned, JSON-able snapshot: format, version, config and state."""
@@ -815,21 +989,18 @@ class Scheduler:
             ValueError: wrong format or version, a config that differs from this scheduler's
                 (the differing fields are named), or a state that breaks an invariant.
         """
-        if not isinstance(data, Mapping):
-            raise TypeError(f"state dict must be a mapping, got {type(data).__name__}")
         cfg = _config_of_state_dict(data)
         if cfg != self._config:
             diff = [f.name for f in dataclasses.fields(cfg)
                     if getattr(cfg, f.name) != getattr(self._config, f.name)]
-            raise ValueError(f"the saved config differs from this scheduler's in {diff}; "
+            raise _err(ValueError, diff[0],
+                       f"the saved config differs from this scheduler's in {diff}; "
                              "build the scheduler with Scheduler.from_state_dict() instead")
-        self._state = _state_from_dict(cfg, data.get("state"))
+        self._state = _state_from_dict(cfg, data.get("state"), data["version"])
 
     @classmethod
     def from_state_dict(cls, data: Mapping[str, Any]) -> "Scheduler":
         """A scheduler with the saved config and state."""
-        if not isinstance(data, Mapping):
-            raise TypeError(f"state dict must be a mapping, got {type(data).__name__}")
         sch = cls(_config_of_state_dict(data))
         sch.load_state_dict(data)
         return sch

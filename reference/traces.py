@@ -10,9 +10,9 @@ through :class:`hessbatch.Scheduler`, or through any object with the same protoc
 describes the protocol for a port; ``python -m hessbatch._make_traces`` regenerates the shipped
 files from their hand-written event scripts.
 
-File format (JSON, UTF-8; ``version`` 2)::
+File format (JSON, UTF-8; ``version`` 3)::
 
-    {"format": "hessbatch.trace", "version": 2, "kind": "events",
+    {"format": "hessbatch.trace", "version": 3, "kind": "events",
      "name": "...", "description": "...", "covers": ["growth by drop", ...], "count": 42,
      "config": {SchedulerConfig fields, as given},
      "initial": {"decision": {...}, "state": {...}},
@@ -21,9 +21,10 @@ File format (JSON, UTF-8; ``version`` 2)::
         "state": {...}},
        {"event": "eigenvalue", "value": 3.0, "note": "8 -> 3 drops by > alpha: grow", ...},
        {"event": "eigenvalue", "value": "NaN", "error": {"kind": "value",
-        "mentions": ["eigenvalue"]}, "decision": {...}, "state": {...}},
+        "field": "eigenvalue"}, "decision": {...}, "state": {...}},
+       {"event": "eigenvalue", "value": 4.5, "lower_bound": true, ...},
        {"event": "step", "samples": {"float": 100.0}, "error": {"kind": "type",
-        "mentions": ["samples"]}, ...},
+        "field": "samples"}, ...},
        {"event": "skip_eigenvalue", ...}, {"event": "epoch_end", ...},
        {"event": "save_load", ...}]}
 
@@ -35,9 +36,9 @@ an accepted step also records ``adv_ranges``, where its ``samples`` put their ad
 samples (``decision.adversarial_ranges(k)`` before the step). An event with ``error`` must
 fail with that kind of error (``"protocol"``: events out of order,
 :class:`hessbatch.SchedulerError`; ``"value"``: :class:`ValueError`; ``"type"``:
-:class:`TypeError`) whose message names every field of ``mentions`` (empty for protocol
-errors); the decision and state recorded with it are those before the event: a refused event
-changes nothing. ``save_load`` serialises the state dict to JSON text, parses it into a fresh
+:class:`TypeError`) whose ``field`` attribute is exactly the recorded ``field`` (``null``
+for protocol errors; docs/porting.md section 4 lists the vocabulary); the decision and state
+recorded with it are those before the event: a refused event changes nothing. ``save_load`` serialises the state dict to JSON text, parses it into a fresh
 scheduler built from the same config, and carries on with that one. Non-finite eigenvalues,
 which JSON cannot spell as numbers, are the strings ``"NaN"``, ``"Infinity"`` and
 ``"-Infinity"``; any other string is passed through unchanged (to test a wrong type). A float
@@ -74,6 +75,7 @@ import importlib.resources
 import json
 import math
 import os
+import random
 import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -102,11 +104,16 @@ __all__ = [
     "state_dict_trace",
     "decode_tags",
     "encode_tags",
+    "error_field",
+    "random_trace",
     "main",
 ]
 
 TRACE_FORMAT = "hessbatch.trace"
-TRACE_VERSION = 2  # 2: language-neutral numbers, and "count" states the number of events (or cases)
+# 2: language-neutral numbers, and "count" states the number of events (or cases); 3: errors
+# name one exact "field" (not "mentions"), eigenvalue events may be lower bounds, and the
+# decision and state have eigenvalue_threshold and last_eigenvalue_bound
+TRACE_VERSION = 3
 KINDS = ("events", "config_errors", "state_dicts")
 EVENTS = ("step", "eigenvalue", "skip_eigenvalue", "epoch_end", "save_load")
 FLOAT_TAG = "float"  # {"float": 100.0}: a float where an int is expected (see TYPES)
@@ -119,13 +126,14 @@ DECISION_TYPES: dict[str, str] = {
     "method": "str", "batch_size": "int", "micro_batch_size": "int",
     "accumulation_steps": "int", "lr": "float", "adv_fraction": "float", "adv_count": "int",
     "adv_eps": "float", "adv_rule": "str", "adv_ranges": "ranges", "eigenvalue_due": "bool",
-    "epoch": "int", "samples_seen": "int", "updates": "int", "finished": "bool",
+    "eigenvalue_threshold": "float|null", "epoch": "int", "samples_seen": "int",
+    "updates": "int", "finished": "bool",
     "reason": "str"}
 STATE_TYPES: dict[str, str] = {
     "batch_size": "int", "lr": "float", "lam_ref": "float|null", "patience_count": "int",
     "samples_seen": "int", "adv_fraction": "float", "epoch": "int", "updates": "int",
     "eigenvalue_due": "bool", "epoch_start_samples": "int", "last_eigenvalue": "float|null",
-    "reason": "str"}
+    "last_eigenvalue_bound": "bool", "reason": "str"}
 # config fields as a saved state dict writes them (every field, defaults filled in)
 CONFIG_TYPES: dict[str, str] = {
     "method": "str", "lr": "float", "batch_size": "int", "samples_per_epoch": "int",
@@ -273,6 +281,12 @@ class Trace:
                        covers=tuple(covers), kind=kind, cases=tuple(cases))
         if not isinstance(data["config"], Mapping):
             fail("config", "must be an object with the SchedulerConfig fields")
+        try:   # a trace's config must build: its refusal is the file's fault, not a mismatch
+            SchedulerConfig.from_dict(decode_tags(data["config"]))
+        except (ValueError, TypeError) as exc:
+            field = error_field(exc)
+            fail("config" + (f".{field}" if field and field != "config" else ""),
+                 f"not a valid config: {exc}")
         _check_snapshot(data["initial"], "initial", fail)
         events = data["events"]
         if not isinstance(events, list) or not events:
@@ -285,7 +299,9 @@ class Trace:
             if name not in EVENTS:
                 fail(where, f"'event' must be one of {', '.join(EVENTS)}, got {name!r}")
             need = {"step": {"samples"}, "eigenvalue": {"value"}}.get(name, set())
-            optional = {"adv_ranges"} if name == "step" else set()
+            optional = {"step": {"adv_ranges"}, "eigenvalue": {"lower_bound"}}.get(name, set())
+            if "lower_bound" in ev and not isinstance(ev["lower_bound"], bool):
+                fail(where + ".lower_bound", f"must be true or false, got {ev['lower_bound']!r}")
             extra = set(ev) - {"event", "note", "error", "decision", "state"} - need - optional
             if need - set(ev) or extra:
                 fail(where, f"a {name} event needs {sorted(need) or 'no argument'}, got keys "
@@ -294,6 +310,11 @@ class Trace:
                 _check_error_spec(ev["error"], where + ".error", fail)
                 if "adv_ranges" in ev:
                     fail(where, "a refused step has no 'adv_ranges' (it places nothing)")
+            elif "adv_ranges" in ev:
+                k = decode_tags(ev["samples"])
+                if k is not None and (not isinstance(k, int) or isinstance(k, bool)):
+                    fail(where + ".samples", f"an accepted step (with 'adv_ranges') needs an "
+                         f"int sample count or null, got {json.dumps(ev['samples'])}")
             _check_snapshot(ev, where, fail)
         return cls(name=data["name"], description=data["description"], covers=tuple(covers),
                    kind=kind, config=data["config"], initial=data["initial"],
@@ -311,12 +332,15 @@ class Trace:
 
 
 def _check_error_spec(spec: Any, where: str, fail: Callable[[str, str], None]) -> None:
-    if not isinstance(spec, Mapping) or spec.get("kind") not in ERROR_KINDS \
-            or set(spec) - {"kind", "mentions"} \
-            or not isinstance(spec.get("mentions", []), list) \
-            or not all(isinstance(m, str) for m in spec.get("mentions", [])):
-        fail(where, f"must be {{'kind': one of {sorted(ERROR_KINDS)}, 'mentions': [strings]}},"
-             f" got {spec!r}")
+    ok = isinstance(spec, Mapping) and set(spec) == {"kind", "field"} \
+        and spec["kind"] in ERROR_KINDS
+    if ok:
+        # protocol errors name no field; value and type errors exactly one (porting.md, 4)
+        ok = spec["field"] is None if spec["kind"] == "protocol" \
+            else isinstance(spec["field"], str) and bool(spec["field"])
+    if not ok:
+        fail(where, f"must be {{'kind': one of {sorted(ERROR_KINDS)}, 'field': the field the "
+             f"error names (null for protocol errors)}}, got {spec!r}")
 
 
 def _check_snapshot(obj: Any, where: str, fail: Callable[[str, str], None]) -> None:
@@ -418,8 +442,11 @@ def _encode_value(value: Any) -> Any:
 
 
 def _is_tag(value: Any) -> bool:
-    return isinstance(value, Mapping) and set(value) == {FLOAT_TAG} \
-        and isinstance(value[FLOAT_TAG], (int, float)) and not isinstance(value[FLOAT_TAG], bool)
+    if not (isinstance(value, Mapping) and set(value) == {FLOAT_TAG}):
+        return False
+    inner = value[FLOAT_TAG]
+    return inner in _SPECIAL_FLOATS if isinstance(inner, str) else \
+        isinstance(inner, (int, float)) and not isinstance(inner, bool)
 
 
 def decode_tags(value: Any) -> Any:
@@ -427,10 +454,13 @@ def decode_tags(value: Any) -> Any:
 
     The tag marks a float in a place where an int is expected (a wrong-type input a trace
     tests, such as ``step(100.0)``): a JSON parser that reads ``100.0`` as the integer 100
-    (JavaScript's) still sees that it is a float.
+    (JavaScript's) still sees that it is a float. ``x`` may also be ``"NaN"``, ``"Infinity"``
+    or ``"-Infinity"``: a non-finite double in an input (``{"adv_decay": {"float":
+    "Infinity"}}``), which JSON cannot write as a number.
     """
     if _is_tag(value):
-        return float(value[FLOAT_TAG])
+        inner = value[FLOAT_TAG]
+        return _SPECIAL_FLOATS[inner] if isinstance(inner, str) else float(inner)
     if isinstance(value, Mapping):
         return {k: decode_tags(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -445,6 +475,8 @@ def encode_tags(value: Any, key: str | None = None) -> Any:
         return {k: encode_tags(v, k) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [encode_tags(v, key) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return {FLOAT_TAG: _encode_value(value)}      # JSON has no number for it
     if key in INT_INPUTS and isinstance(value, float):
         return {FLOAT_TAG: value}
     return value
@@ -556,19 +588,43 @@ def _compare(index: int, event: str, prefix: str, expected: Mapping[str, Any],
     return out
 
 
+def error_field(exc: BaseException) -> str | None:
+    """The field an error of the core names: its ``field`` attribute (None for protocol
+    errors and for an error that carries none)."""
+    return getattr(exc, "field", None)
+
+
 def _error_mismatch(index: int, event: str, spec: Mapping[str, Any] | None,
                     exc: BaseException | None) -> list[Mismatch]:
     def describe(e: BaseException | None) -> str | None:
-        return None if e is None else f"{type(e).__name__}: {e}"
+        if e is None:
+            return None
+        field = error_field(e)
+        return f"{type(e).__name__}: {e}" + (f" [field {field!r}]" if field else "")
 
     if spec is None:
         return [] if exc is None else [Mismatch(index, event, "error", None, describe(exc))]
-    wanted = f"{spec['kind']} error ({ERROR_KINDS[spec['kind']].__name__}) mentioning " \
-             f"{spec.get('mentions', [])}"
+    wanted = f"{spec['kind']} error ({ERROR_KINDS[spec['kind']].__name__}) with field " \
+             f"{spec['field']!r}"
+    # exact: substring matching would let a check that names a neighbouring field pass
+    # (lr in lr_decay_factor, batch_size in max_batch_size, epochs in lr_decay_epochs)
     if exc is None or not isinstance(exc, ERROR_KINDS[spec["kind"]]) \
-            or any(m not in str(exc) for m in spec.get("mentions", [])):
+            or error_field(exc) != spec["field"]:
         return [Mismatch(index, event, "error", wanted, describe(exc))]
     return []
+
+
+def _spec(error: Sequence[str | None]) -> dict[str, Any]:
+    """``(kind, field)`` (or ``(kind,)`` for a protocol error) as a trace's error object."""
+    if not error or error[0] not in ERROR_KINDS or len(error) > 2:
+        raise ValueError(f"error must be (kind, field) with kind in {sorted(ERROR_KINDS)}, "
+                         f"got {error!r}")
+    return {"kind": error[0], "field": error[1] if len(error) == 2 else None}
+
+
+def _step_size(decision: Any, samples: Any) -> Any:
+    # step() without a sample count (null) is a full batch of the decided B
+    return decision.batch_size if samples is None else samples
 
 
 def _snapshot(sch: Any) -> dict[str, Any]:
@@ -582,7 +638,10 @@ def _apply(sch: Any, ev: Mapping[str, Any], config: SchedulerConfig,
     if name == "step":
         sch.step(decode_tags(ev["samples"]))
     elif name == "eigenvalue":
-        sch.eigenvalue(_decode_value(ev["value"]))
+        if ev.get("lower_bound", False):
+            sch.eigenvalue(_decode_value(ev["value"]), lower_bound=True)
+        else:
+            sch.eigenvalue(_decode_value(ev["value"]))
     elif name == "skip_eigenvalue":
         sch.skip_eigenvalue()
     elif name == "epoch_end":
@@ -658,7 +717,11 @@ def replay(trace: Trace | Mapping[str, Any] | str | os.PathLike, *,
     for i, ev in enumerate(trace.events):
         exc = None
         if "adv_ranges" in ev:   # where this step's adversarial samples go, before it runs
-            got = [list(r) for r in sch.decision.adversarial_ranges(decode_tags(ev["samples"]))]
+            try:
+                got = [list(r) for r in sch.decision.adversarial_ranges(
+                    _step_size(sch.decision, decode_tags(ev["samples"])))]
+            except (ValueError, TypeError) as error:   # a step the core refuses places nothing
+                got = f"{type(error).__name__}: {error}"
             if not _same(ev["adv_ranges"], got):
                 mismatches.append(Mismatch(i, "step", "adv_ranges", ev["adv_ranges"], got))
         try:
@@ -712,7 +775,8 @@ class TraceRecorder:
 
     Every call applies one event to a :class:`hessbatch.Scheduler` and records the event with
     the decision and state that followed. An event meant to fail must say so with
-    ``error=(kind, *mentions)``; an error the script did not declare, or a declared one that
+    ``error=(kind, field)`` (``(kind,)`` for a protocol error); an error the script did not
+    declare, or a declared one that
     does not happen, raises :class:`AssertionError`, so a slip in a script cannot turn into
     a recorded expectation.
 
@@ -765,15 +829,15 @@ class TraceRecorder:
             raise AssertionError(f"{self.name}: event {len(self.events)} {event} raised an "
                                  f"undeclared {type(exc).__name__}: {exc}")
         if error is not None:
-            spec = {"kind": error[0], "mentions": list(error[1:])}
+            spec = _spec(error)
             if _error_mismatch(len(self.events), event["event"], spec, exc):
                 raise AssertionError(f"{self.name}: event {len(self.events)} {event} should "
                                      f"fail with {spec}, got {exc!r}")
         if note:
             event["note"] = note
         if event["event"] == "step" and error is None:
-            event["adv_ranges"] = [list(r) for r in
-                                   before.decision.adversarial_ranges(event["samples"])]
+            event["adv_ranges"] = [list(r) for r in before.decision.adversarial_ranges(
+                _step_size(before.decision, decode_tags(event["samples"])))]
         if error is not None:
             event["error"] = spec
         event.update(_snapshot(self.scheduler))
@@ -781,16 +845,21 @@ class TraceRecorder:
         return self.scheduler.decision
 
     def step(self, samples: Any = None, *, note: str | None = None,
-             error: Sequence[str] | None = None):
-        """Record a step of ``samples`` samples (default: the decided batch size)."""
-        n = self.scheduler.decision.batch_size if samples is None else samples
+             error: Sequence[str] | None = None, null: bool = False):
+        """Record a step of ``samples`` samples (default: the decided batch size, written as
+        a number; with ``null=True`` written as ``null``, which a port must read as B)."""
+        n = self.scheduler.decision.batch_size if samples is None and not null else samples
         return self._record({"event": "step", "samples": encode_tags(n, "samples")}, note,
                             error)
 
-    def eigenvalue(self, value: Any, *, note: str | None = None,
+    def eigenvalue(self, value: Any, *, lower_bound: bool = False, note: str | None = None,
                    error: Sequence[str] | None = None):
-        """Record an eigenvalue report (non-finite floats are written as strings)."""
-        return self._record({"event": "eigenvalue", "value": _encode_value(value)}, note, error)
+        """Record an eigenvalue report (non-finite floats are written as strings); with
+        ``lower_bound=True`` a lower bound on it (``"lower_bound": true`` in the file)."""
+        event = {"event": "eigenvalue", "value": _encode_value(value)}
+        if lower_bound:
+            event["lower_bound"] = True
+        return self._record(event, note, error)
 
     def skip_eigenvalue(self, *, note: str | None = None, error: Sequence[str] | None = None):
         """Record a skipped check."""
@@ -819,12 +888,12 @@ def config_error_trace(name: str, description: str,
     """A ``config_errors`` trace: configs that must be refused, each with its error.
 
     Args:
-        cases: pairs ``(config_dict, (kind, *mentions))``; each is checked against the
+        cases: pairs ``(config_dict, (kind, field))``; each is checked against the
             reference core before it is recorded (an accepted config raises AssertionError).
     """
     out = []
     for i, (config, error) in enumerate(cases):
-        spec = {"kind": error[0], "mentions": list(error[1:])}
+        spec = _spec(error)
         try:
             SchedulerConfig.from_dict(config)
         except (SchedulerError, ValueError, TypeError) as exc:
@@ -848,7 +917,7 @@ def state_dict_trace(name: str, description: str, cases: Iterable[Mapping[str, A
         cases: dicts with ``load_into`` (the config of the scheduler that loads), ``state_dict``
             (the JSON-able dict to load, floats at int positions as Python floats: they are
             tagged here), an optional ``note`` and, for one that must be refused,
-            ``error = (kind, *mentions)``. The decision and the state dict written back after
+            ``error = (kind, field)``. The decision and the state dict written back after
             an accepted load are recorded from the reference core; a case that does not
             behave as declared raises AssertionError.
     """
@@ -862,7 +931,7 @@ def state_dict_trace(name: str, description: str, cases: Iterable[Mapping[str, A
             sch.load_state_dict(copy.deepcopy(data))
         except (SchedulerError, ValueError, TypeError) as caught:
             exc = caught
-        spec = None if error is None else {"kind": error[0], "mentions": list(error[1:])}
+        spec = None if error is None else _spec(error)
         if _error_mismatch(i, "load", spec, exc):
             raise AssertionError(f"{name}: case {i} should give {spec}, got {exc!r}")
         row: dict[str, Any] = {}
@@ -878,6 +947,108 @@ def state_dict_trace(name: str, description: str, cases: Iterable[Mapping[str, A
     return Trace.from_dict({"format": TRACE_FORMAT, "version": TRACE_VERSION,
                             "kind": "state_dicts", "name": name, "description": description,
                             "covers": list(covers), "count": len(out), "cases": out}, name)
+
+
+# --------------------------------------------------------------------------------------------
+# random scenarios: a port can be tested far beyond the shipped files
+
+
+def _random_config(rng: random.Random) -> dict[str, Any]:
+    method = rng.choice(("bl", "fb", "gg", "abs", "absa", "abs", "absa"))
+    micro = rng.choice((1, 2, 5, 10, 16))
+    b0 = micro * rng.randint(1, 12)
+    b_max = b0 * rng.choice((1, 2, 3, 4, 8)) + micro * rng.choice((0, 0, 1, 3))
+    n = rng.randint(b0, 6 * b0)
+    epochs = rng.randint(1, 8)
+    decay = sorted(rng.sample(range(1, epochs + 1), rng.randint(0, min(3, epochs))))
+    pick = rng.choice
+    return dict(
+        method=pick((method, method.upper())), lr=pick((0.1, 0.05, 1.0, rng.uniform(1e-4, 2))),
+        batch_size=b0, samples_per_epoch=n, epochs=epochs, max_batch_size=b_max,
+        micro_batch_size=micro, lr_decay_epochs=decay,
+        lr_decay_factor=pick((0.1, 0.5, 1.0, rng.uniform(0.01, 1.0))),
+        alpha=pick((2.0, 1.5, rng.uniform(1.01, 4.0))), beta=pick((2.0, 1.5, 1.1, 3.0)),
+        check_every=pick((None, n, max(1, n // 2), rng.randint(1, 3 * n))),
+        patience=rng.randint(1, 4), adv_eps=pick((0.005, 0.0, -0.0)),
+        adv_fraction=pick((0.2, 0.29, 0.0, -0.0, rng.uniform(0.0, 0.99))),
+        adv_decay=pick((2.0, 1.0, 1.4, rng.uniform(1.0, 4.0))),
+        adv_stop=pick((0.5, 0.0, 1.0, 0.28, rng.uniform(0.0, 1.0))),
+        warmup_epochs=pick((0.0, 1.0, 5.0, rng.uniform(0.0, 3.0))),
+        adv_rule=pick(("blocks", "batch")))
+
+
+def _core_error(rec: "TraceRecorder", event: Mapping[str, Any]) -> tuple[str, ...] | None:
+    """The error the reference core raises for ``event`` now, as ``(kind, field)``."""
+    try:
+        _apply(_copy(rec.scheduler, rec.config), event, rec.config, Scheduler)
+    except (SchedulerError, ValueError, TypeError) as exc:
+        kind = next(k for k, cls in ERROR_KINDS.items() if isinstance(exc, cls))
+        return (kind,) if kind == "protocol" else (kind, error_field(exc))
+    return None
+
+
+def random_trace(seed: int, name: str | None = None, max_events: int = 120) -> Trace:
+    """A random scenario and the reference core's decisions for it, as an events trace.
+
+    The config and every event are drawn from ``random.Random(seed)`` (same seed, same
+    file): steps of B, of fewer samples or of ``null``; eigenvalues around the threshold, lower
+    bounds, skips and bad values; epoch ends, state dict round trips, and events out of order.
+    Every event the core refuses is recorded with the core's error (kind and field).
+
+    Args:
+        seed: the scenario's seed (an int).
+        name: the trace name (default ``random_<seed>``).
+        max_events: stop after this many events if the run has not finished.
+    """
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise TypeError(f"seed must be an int, got {seed!r}")
+    rng = random.Random(seed)
+    for _ in range(100):    # a drawn config can be invalid (lr range): draw again
+        config = _random_config(rng)
+        try:
+            SchedulerConfig.from_dict(config)
+            break
+        except (ValueError, TypeError):
+            continue
+    rec = TraceRecorder(name or f"random_{seed}",
+                        f"A random scenario drawn with seed {seed} by "
+                        "hessbatch.traces.random_trace; the decisions are the reference core's.",
+                        config, covers=["random scenario"])
+    while len(rec.events) < max_events and not rec.decision.finished:
+        d = rec.decision
+        roll = rng.random()
+        if d.eigenvalue_due:
+            lam_ref = rec.scheduler.state.lam_ref
+            base = d.eigenvalue_threshold if d.eigenvalue_threshold is not None else 10.0
+            value: Any = base * rng.choice((0.5, 1.0, 1.0000001, 2.0, rng.uniform(0.0, 3.0)))
+            if roll < 0.05:
+                event: dict[str, Any] = {"event": "skip_eigenvalue"}
+            elif roll < 0.1:
+                event = {"event": "eigenvalue", "value": _encode_value(
+                    rng.choice((math.nan, math.inf, -1.0, "8", True, None)))}
+            elif roll < 0.15:
+                event = {"event": "save_load"}
+            else:
+                event = {"event": "eigenvalue", "value": value}
+                if lam_ref is not None and rng.random() < 0.4:
+                    event["lower_bound"] = True
+        elif roll < 0.03:
+            event = {"event": rng.choice(("eigenvalue", "skip_eigenvalue")), "value": 1.0}
+            if event["event"] == "skip_eigenvalue":
+                del event["value"]
+        elif roll < 0.06:
+            event = {"event": "step", "samples": encode_tags(rng.choice(
+                (0, d.batch_size + 1, float(d.batch_size), "1")), "samples")}
+        elif roll < 0.1:
+            event = {"event": "save_load"}
+        elif roll < 0.1 + 0.9 / 4 and d.samples_seen > 0:
+            event = {"event": "epoch_end"}
+        else:
+            k = rng.choice((None, d.batch_size, d.batch_size, rng.randint(1, d.batch_size)))
+            event = {"event": "step", "samples": k}
+        error = None if event["event"] == "save_load" else _core_error(rec, event)
+        rec._record(event, None, error)
+    return rec.trace()
 
 
 # --------------------------------------------------------------------------------------------
@@ -899,7 +1070,30 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="copy the built-in traces into DIR and exit")
     parser.add_argument("--no-state", action="store_true",
                         help="compare decisions only, not the state dicts")
+    parser.add_argument("--random", metavar="N", type=int,
+                        help="write N random scenarios (events traces with the core's "
+                             "decisions) into --out DIR and exit")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the first random scenario (scenario i uses seed + i; "
+                             "default 0)")
+    parser.add_argument("--out", metavar="DIR", help="folder for --random")
     args = parser.parse_args(argv)
+    if args.random is not None:
+        if args.random < 1 or args.out is None:
+            parser.error("--random N needs N >= 1 and --out DIR (the folder to write the "
+                         "scenarios to)")
+        from ._outputs import check_out_dir, write_files
+        try:
+            out = check_out_dir(args.out, option="--out", overwrite=True)
+            write_files(out, {f"random_{args.seed + i}.json":
+                              trace_to_json(random_trace(args.seed + i))
+                              for i in range(args.random)})
+        except (OSError, ValueError) as exc:
+            print(f"python -m hessbatch.traces: error: {exc}", file=sys.stderr)
+            return 2
+        print(f"wrote {args.random} random scenarios (seeds {args.seed} to "
+              f"{args.seed + args.random - 1}) to {args.out}")
+        return 0
     if args.copy_to is not None:
         from ._outputs import check_out_dir, write_files
         try:
@@ -923,7 +1117,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{label}  error: {exc}")
             bad += 1
             continue
-        found = replay(trace, check_state=not args.no_state)
+        try:
+            found = replay(trace, check_state=not args.no_state)
+        except (SchedulerError, ValueError, TypeError) as exc:
+            # one line per bad file, naming it, the field and the problem; the others replay
+            field = error_field(exc)
+            print(f"{label}  error: {field + ': ' if field else ''}{exc}")
+            bad += 1
+            continue
         untyped = check_language_neutral(trace.to_dict())
         size = len(trace.events) or len(trace.cases)
         verdict = [f"{len(found)} mismatches"] * bool(found) + \

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -360,3 +361,48 @@ def test_lr_over_batch_is_constant_across_growths():
         d = run_epoch(sch, lam)
         assert math.isclose(d.lr / d.batch_size, ratio, rel_tol=1e-12)
     assert d.batch_size == 6400
+
+
+# ----------------------------------------------------------------------------- lower bounds
+
+
+def _due_with_reference(patience=3):
+    sch = Scheduler(SchedulerConfig(method="abs", lr=0.1, batch_size=100, max_batch_size=400,
+                                    samples_per_epoch=200, epochs=5, patience=patience))
+    sch.step()
+    assert sch.step().eigenvalue_threshold is None          # first check: no reference yet
+    with pytest.raises(ValueError, match="first check") as info:
+        sch.eigenvalue(9.0, lower_bound=True)
+    assert info.value.field == "eigenvalue" and sch.decision.eigenvalue_due
+    sch.eigenvalue(8.0)
+    sch.end_epoch()
+    sch.step()
+    assert sch.step().eigenvalue_threshold == 4.0
+    return sch
+
+
+def test_a_lower_bound_above_the_threshold_counts_like_the_value():
+    by_bound, by_value = _due_with_reference(), _due_with_reference()
+    by_bound.eigenvalue(4.5, lower_bound=True)
+    by_value.eigenvalue(4.5)
+    a, b = by_bound.state, by_value.state
+    assert dataclasses.replace(a, last_eigenvalue_bound=False, reason="") == \
+        dataclasses.replace(b, reason="")
+    assert a.last_eigenvalue_bound and not b.last_eigenvalue_bound
+    assert a.reason == "eigenvalue: lower bound, no drop"
+
+
+@pytest.mark.parametrize("bound", [4.0, 3.9, 0.0])
+def test_a_lower_bound_at_or_below_the_threshold_is_undecided(bound):
+    sch = _due_with_reference()
+    before = sch.state
+    with pytest.raises(ValueError, match="undecided") as info:
+        sch.eigenvalue(bound, lower_bound=True)
+    assert info.value.field == "eigenvalue" and sch.state == before
+
+
+def test_lower_bound_must_be_a_bool():
+    sch = _due_with_reference()
+    with pytest.raises(TypeError, match="lower_bound") as info:
+        sch.eigenvalue(5.0, lower_bound=1)
+    assert info.value.field == "lower_bound"

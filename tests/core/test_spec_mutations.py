@@ -13,6 +13,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
+from fractions import Fraction
+from pathlib import Path
 
 import pytest
 
@@ -24,7 +27,8 @@ TRACES = {p.name[:-5]: load_trace(p) for p in builtin_traces()}
 ORIG = {name: getattr(_scheduler, name) for name in (
     "_grow", "_adv_count", "_block_count", "_adv_ranges", "_adversary_over", "init", "decide",
     "on_step", "on_eigenvalue", "on_skip_eigenvalue", "on_epoch_end", "_check_eigenvalue",
-    "_checks_active", "_round_up", "_is_int", "_invariant_problems")}
+    "_checks_active", "_round_up", "_is_int", "_invariant_problems", "_reachable_lr",
+    "_refuse_if_done_or_due", "_err", "_finished", "_config_of_state_dict")}
 ORIG_FROM_DICT = SchedulerConfig.from_dict.__func__
 ORIG_RANGES = Decision.adversarial_ranges
 ORIG_STATE_DICT = Scheduler.state_dict
@@ -219,7 +223,163 @@ def _first_sets_d0(cfg, st, out, lam):
 
 
 def _state_versions_without_v1(mp):
-    mp.setattr(_scheduler, "_STATE_VERSIONS", {1: {}, 2: {}})
+    versions = dict(_scheduler._STATE_VERSIONS)
+    versions[1] = ({}, versions[1][1])
+    mp.setattr(_scheduler, "_STATE_VERSIONS", versions)
+
+
+# ---- the rules of issue 20 (each passed every shipped trace before the traces that pin it)
+
+def _reachable_lr_grouped(cfg):
+    # the check before issue 20: lr * (B_max / B0), which a growth's lr * B' overflows first
+    _, lowest = ORIG["_reachable_lr"](cfg)
+    return cfg.lr * (cfg.max_batch_size / cfg.batch_size), lowest
+
+
+def _reachable_lr_pow(cfg):
+    highest, _ = ORIG["_reachable_lr"](cfg)
+    return highest, cfg.lr * cfg.lr_decay_factor ** len(cfg.lr_decay_epochs)
+
+
+def _config_filter(change):
+    """A wrong config reader: ``change(data)`` returns the dict it really builds."""
+    def from_dict(cls, data):
+        return ORIG_FROM_DICT(cls, change(dict(data)) if isinstance(data, dict) else data)
+    return lambda mp: mp.setattr(SchedulerConfig, "from_dict", classmethod(from_dict))
+
+
+def _micro_zero_is_default(data):
+    return {**data, "micro_batch_size": None} if data.get("micro_batch_size") == 0 else data
+
+
+def _micro_divides_max_only(data):
+    m, b0 = data.get("micro_batch_size"), data.get("batch_size")
+    if isinstance(m, int) and isinstance(b0, int) and m > 0 and b0 % m:
+        return {**data, "micro_batch_size": None}
+    return data
+
+
+def _refuse(field, value):
+    def change(data):
+        if data.get(field) == value and type(data.get(field)) is float:
+            raise ValueError(f"{field} out of range")
+        return data
+    return change
+
+
+def _infinite_accepted(data):
+    return {k: (1e300 if k in ("adv_eps", "adv_decay", "warmup_epochs") and
+                isinstance(v, float) and math.isinf(v) else v) for k, v in data.items()}
+
+
+def _null_samples_refused(cfg, st, samples=None):
+    if samples is None:
+        raise TypeError("samples must be an int")
+    return ORIG["on_step"](cfg, st, samples)
+
+
+def _value_before_type(cfg, st, samples=None):
+    if isinstance(samples, float) and not 1 <= samples <= st.batch_size:
+        raise ValueError("samples out of range")
+    return ORIG["on_step"](cfg, st, samples)
+
+
+def _stop_without_gamma_test(cfg, st, out):
+    if ORIG["_adversary_over"](cfg, out.epoch) and out.adv_fraction == 0 \
+            and "adversary stops" not in out.reason and cfg.method == "absa":
+        reason = out.reason + (", " if ": " in out.reason else ": ") + "adversary stops"
+        return rep(out, adv_fraction=0.0, reason=reason)
+    return out
+
+
+def _blocks_uncapped_at_b(cfg, gamma, batch):
+    ranges = ORIG["_adv_ranges"](cfg, gamma, batch)
+    c = _scheduler._block_count(gamma, cfg.batch_size) if cfg.adv_rule == "blocks" else 0
+    return tuple((a, a + c) for a, _ in ranges) if c else ranges
+
+
+def _short_step_uncapped(self, n):
+    if self.adv_rule == "blocks" and n < self.batch_size:
+        return tuple((a, b) for a, b in self.adv_ranges if a < n)
+    return ORIG_RANGES(self, n)
+
+
+def _non_absa_passes_gamma(cfg, st, d):
+    return rep(d, adv_fraction=st.adv_fraction)
+
+
+def _finished_flag_not_saved(mp):
+    # a port that keeps "finished" in a flag set by end_epoch and not saved in the state dict
+    loaded: set[int] = set()
+    orig_load = Scheduler.load_state_dict
+
+    def load(self, data):
+        orig_load(self, data)
+        loaded.add(id(self._state))
+
+    def refuse(cfg, st, event):
+        if id(st) in loaded:
+            return ORIG["_refuse_if_done_or_due"](cfg, rep(st, epoch=0), event)
+        return ORIG["_refuse_if_done_or_due"](cfg, st, event)
+    mp.setattr(Scheduler, "load_state_dict", load)
+    mp.setattr(_scheduler, "_refuse_if_done_or_due", refuse)
+
+
+def _without_invariant(test):
+    """The core's invariants less those ``test(field, text)`` picks."""
+    def problems(cfg, st):
+        return [(f, t) for f, t in ORIG["_invariant_problems"](cfg, st) if not test(f, t, cfg)]
+    return patch("_invariant_problems", problems)
+
+
+def _fma(a, b, c):
+    """a * b + c rounded once, as a fused multiply-add computes it."""
+    return float(Fraction(a) * Fraction(b) + Fraction(c))
+
+
+def _warmup_fused(cfg, st, d):
+    if cfg.method != "fb" or cfg.warmup_epochs == 0:
+        return d
+    p = min(1.0, st.samples_seen / (cfg.warmup_epochs * cfg.samples_per_epoch))
+    return rep(d, lr=_fma(st.lr - cfg.lr, p, cfg.lr))
+
+
+def _kappa_one_without_exception(cfg, st):
+    out = ORIG["_invariant_problems"](cfg, st)
+    if st.patience_count >= cfg.patience:
+        out.append(("patience_count", "patience_count not below patience"))
+    return out
+
+
+def _null_takes_the_version_default(mp):
+    orig = ORIG["_config_of_state_dict"]
+
+    def config_of(data):
+        if isinstance(data, dict) and data.get("version") == 1 \
+                and isinstance(data.get("config"), dict) \
+                and data["config"].get("adv_rule", "") is None:
+            data = {**data, "config": {k: v for k, v in data["config"].items()
+                                       if k != "adv_rule"}}
+        return orig(data)
+    mp.setattr(_scheduler, "_config_of_state_dict", config_of)
+
+
+def _version_compared_loosely(mp):
+    # JavaScript's "3" == 3: a string version accepted
+    class Loose(dict):
+        def __contains__(self, key):
+            return super().__contains__(int(key) if isinstance(key, str) else key)
+
+        def __getitem__(self, key):
+            return super().__getitem__(int(key) if isinstance(key, str) else key)
+    mp.setattr(_scheduler, "_STATE_VERSIONS", Loose(_scheduler._STATE_VERSIONS))
+    mp.setattr(_scheduler, "_is_int", lambda v: ORIG["_is_int"](v) or isinstance(v, str))
+
+
+def _neighbour_field(cls, field, message):
+    # a check that names a neighbouring field (a substring match would still pass it)
+    return ORIG["_err"](cls, {"max_batch_size": "batch_size", "lr_decay_factor": "lr",
+                              "lr_decay_epochs": "epochs"}.get(field, field), message)
 
 
 def _reals_as_given(mp):
@@ -304,6 +464,73 @@ MUTATIONS = [
      patch("_invariant_problems", lambda cfg, st: [])),
     ("state dict: version 1 loads as adv_rule batch", "state_dicts", _state_versions_without_v1),
     ("state dict: reals written as floats", "state_dicts", _reals_as_given),
+    # issue 20
+    ("reachable lr: ((eta * B_max) / B0) * B_max <= DBL_MAX / 8", "config_errors",
+     patch("_reachable_lr", _reachable_lr_grouped)),
+    ("reachable lr: eta * rho * rho ..., in order, no pow", "lr_floor_sequential",
+     patch("_reachable_lr", _reachable_lr_pow)),
+    ("integers <= 2**53", "integer_range",
+     lambda mp: mp.setattr(_scheduler, "MAX_INT", 2 ** 64)),
+    ("config: micro_batch_size >= 1", "config_errors", _config_filter(_micro_zero_is_default)),
+    ("config: micro_batch_size divides batch_size", "config_errors",
+     _config_filter(_micro_divides_max_only)),
+    ("config: rho = 1 allowed", "spec_corners", _config_filter(_refuse("lr_decay_factor", 1.0))),
+    ("config: tau = 0 allowed", "spec_corners", _config_filter(_refuse("adv_stop", 0.0))),
+    ("config: adv_eps, adv_decay, warmup_epochs finite", "config_errors",
+     _config_filter(_infinite_accepted)),
+    ("step(null) is a full batch", "spec_corners", patch("on_step", _null_samples_refused)),
+    ("step: type checked before value", "spec_corners", patch("on_step", _value_before_type)),
+    ("end_epoch refused on a loaded finished state", "negative_zero_gamma",
+     _finished_flag_not_saved),
+    ("the adversary stops only if gamma > 0", "negative_zero_gamma",
+     after_event("on_epoch_end", _stop_without_gamma_test)),
+    ("blocks: the last block capped at B", "adv_blocks_capped",
+     patch("_adv_ranges", _blocks_uncapped_at_b)),
+    ("blocks: a short step capped at k", "adv_blocks_capped",
+     lambda mp: mp.setattr(Decision, "adversarial_ranges", _short_step_uncapped)),
+    ("decision: adv_fraction 0.0 unless absa", "state_dicts",
+     after_decide(_non_absa_passes_gamma)),
+    ("invariant: fb has B = B_max", "state_dicts",
+     _without_invariant(lambda f, t, cfg: f == "batch_size" and cfg.method == "fb")),
+    ("invariant: gamma = 0 at B_max", "state_dicts",
+     _without_invariant(lambda f, t, cfg: "should be 0" in t and cfg.method == "absa")),
+    ("invariant: gamma = 0 unless absa", "state_dicts",
+     _without_invariant(lambda f, t, cfg: "should be 0" in t and cfg.method != "absa")),
+    ("invariant: d <= max(kappa - 1, 1)", "state_dicts",
+     _without_invariant(lambda f, t, cfg: "not below patience" in t)),
+    ("invariant: kappa = 1 allows d = 1", "state_dicts",
+     patch("_invariant_problems", _kappa_one_without_exception)),
+    ("invariant: last_eigenvalue finite and >= 0", "state_dicts",
+     _without_invariant(lambda f, t, cfg: t.startswith("last_eigenvalue -"))),
+    ("invariant: d = 0 while lam_ref is null", "state_dicts",
+     _without_invariant(lambda f, t, cfg: t.startswith("patience_count must be 0"))),
+    ("invariant: last_eigenvalue null while lam_ref is null", "state_dicts",
+     _without_invariant(lambda f, t, cfg: t.startswith("last_eigenvalue must be null"))),
+    ("invariant: no check due after the last epoch", "state_dicts",
+     _without_invariant(lambda f, t, cfg: "after the last epoch" in t)),
+    ("invariant: a lower bound only above the threshold", "state_dicts",
+     _without_invariant(lambda f, t, cfg: f == "last_eigenvalue_bound")),
+    ("state dict: a version's defaults fill absent fields, not null ones", "state_dicts",
+     _null_takes_the_version_default),
+    ("no contraction: the warm-up in two roundings", "fb_order_of_operations",
+     after_decide(_warmup_fused)),
+    ("state dict: unknown top-level keys refused", "state_dicts",
+     lambda mp: mp.setattr(_scheduler, "_STATE_DICT_KEYS",
+                           _scheduler._STATE_DICT_KEYS + ("saved_at",))),
+    ("state dict: version an int in 1..3", "state_dicts",
+     _version_compared_loosely),
+    ("errors: the exact field, not a neighbour", "config_errors", patch("_err", _neighbour_field)),
+    # issue 22
+    ("lower bound: counted like the value above the threshold", "lower_bound_checks",
+     after_event("on_eigenvalue", lambda c, s, o, lam, lower_bound=False:
+                 rep(o, last_eigenvalue_bound=False) if lower_bound else o)),
+    ("lower bound: refused at or below the threshold", "lower_bound_checks",
+     patch("on_eigenvalue", lambda c, s, lam, lower_bound=False:
+           ORIG["on_eigenvalue"](c, s, lam)
+           if lower_bound and s.lam_ref is not None else
+           ORIG["on_eigenvalue"](c, s, lam, lower_bound=lower_bound))),
+    ("decision: eigenvalue_threshold = lam_ref / alpha", "lower_bound_checks",
+     after_decide(lambda c, s, d: rep(d, eigenvalue_threshold=s.lam_ref))),
 ]
 
 
@@ -338,3 +565,13 @@ def test_every_mutation_is_a_different_rule():
     assert len({m[0] for m in MUTATIONS}) == len(MUTATIONS) >= 40
     assert {m[1] for m in MUTATIONS} <= set(TRACES)
     json.dumps([m[0] for m in MUTATIONS])
+
+
+def test_the_rule_list_is_the_checklist_of_porting_md():
+    """docs/porting.md section 9 lists the same (rule, trace) rows as MUTATIONS, in order: a
+    rule documented there without a mutation here (or the other way round) fails."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "porting.md").read_text("utf-8")
+    section = text[text.index("## 9. The rules and the traces that pin them"):]
+    rows = re.findall(r"^\| (.+) \| `(\w+)` \|$", section, flags=re.M)
+    assert rows == [(rule, trace) for rule, trace, _ in MUTATIONS]
+    assert all(trace in TRACES for _, trace in rows)

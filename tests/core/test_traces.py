@@ -38,7 +38,9 @@ EXPECTED_FILES = {
     "adv_blocks_rule.json", "adv_rule_thresholds.json", "adv_batch_threshold.json",
     "adv_stop_tolerance.json", "adv_stop_odd_epochs.json", "absa_at_max_from_start.json",
     "absa_tau_zero.json", "fb_order_of_operations.json", "fb_without_warmup.json",
-    "negative_zero.json", "state_dicts.json"}
+    "negative_zero.json", "state_dicts.json", "lower_bound_checks.json",
+    "integer_range.json", "lr_range_boundaries.json", "lr_floor_sequential.json",
+    "spec_corners.json", "adv_blocks_capped.json", "negative_zero_gamma.json"}
 TRACES = {p.name[:-5]: load_trace(p) for p in builtin_traces()}
 EVENT_TRACES = [t for t in TRACES.values() if t.kind == "events"]
 approx = dict(rel=1e-12, abs=0.0)
@@ -145,7 +147,8 @@ def test_traces_reach_every_line_and_every_reason_of_the_core():
                    "eigenvalue: dropped, grow", "eigenvalue: patience, grow",
                    "eigenvalue: no drop", "eigenvalue: skipped", "epoch end",
                    "epoch end: lr decays", "epoch end: gg: batch grows",
-                   "epoch end: gg: lr decays", "epoch end: adversary stops"]:
+                   "epoch end: gg: lr decays", "epoch end: adversary stops",
+                   "eigenvalue: lower bound, no drop", "eigenvalue: lower bound, patience, grow"]:
         assert wanted in reasons, wanted
     methods = {t.config["method"].lower() for t in EVENT_TRACES}
     assert methods == set(hessbatch.METHODS)
@@ -163,8 +166,8 @@ def test_refused_events_change_nothing_and_counters_add_up(trace):
         if "error" in ev or ev["event"] == "save_load":
             assert (ev["decision"], ev["state"]) == (prev["decision"], prev["state"])
         elif ev["event"] == "step":
-            assert ev["decision"]["samples_seen"] == prev["decision"]["samples_seen"] + \
-                ev["samples"]
+            k = prev["decision"]["batch_size"] if ev["samples"] is None else ev["samples"]
+            assert ev["decision"]["samples_seen"] == prev["decision"]["samples_seen"] + k
             assert ev["decision"]["updates"] == prev["decision"]["updates"] + 1
         prev = ev
     # the state and the decision tell the same story
@@ -199,12 +202,13 @@ def test_config_error_cases_name_the_first_bad_field_in_the_check_order():
         # the field named is one that changed, or the owner of a cross-field check (the
         # divisibility by micro_batch_size, the reachable lr); which one when several are
         # bad is declared by hand in _make_traces.config_errors from the documented order
-        want = unknown or missing
-        if not want:
-            assert len(case["error"]["mentions"]) == 1
-            assert case["error"]["mentions"][0] in changed + ["lr", "micro_batch_size"], case
-            want = case["error"]["mentions"]
-        assert sorted(case["error"]["mentions"]) == sorted(want), (case, want)
+        field = case["error"]["field"]
+        if unknown:
+            assert field == "config", case           # unknown fields: the config is at fault
+        elif missing:
+            assert field == min(missing, key=order.index), case   # the first in table order
+        else:
+            assert field in changed + ["lr", "micro_batch_size"], case
         assert case["error"]["kind"] in ("value", "type")
         multi += len(unknown) + len(missing) + len(changed) > 1
     assert multi >= 8            # the check order itself is pinned by several cases
@@ -468,14 +472,35 @@ def test_hand_fb_order_and_negative_zero():
     assert (d["adv_count"], math.copysign(1, d["adv_eps"])) == (0, 1)
 
 
+def test_lower_bound_trace_by_hand():
+    t = TRACES["lower_bound_checks"]
+    assert after(t, "threshold null")["decision"]["eigenvalue_threshold"] is None
+    assert after(t, "check due: threshold 8 / 2 = 4.0")["decision"]["eigenvalue_threshold"] == 4.0
+    refused = [e for e in t.events if "error" in e]
+    assert len(refused) == 4 and all(e.get("lower_bound") for e in refused)
+    assert all(e["error"]["kind"] == "value" and e["state"]["eigenvalue_due"] for e in refused)
+    d = after(t, "just above 4.0")
+    assert d["state"]["patience_count"] == 2 and d["state"]["last_eigenvalue_bound"] is True
+    assert d["state"]["last_eigenvalue"] == 4.000000000000001 and d["state"]["lam_ref"] == 8.0
+    assert d["decision"]["eigenvalue_threshold"] is None        # no check due any more
+    g = after(t, "d = 3 = kappa")
+    assert (g["decision"]["batch_size"], g["decision"]["lr"], g["state"]["lam_ref"]) == \
+        (200, 0.2, 8.0)
+    v = after(t, "a value: 3.0")
+    assert (v["decision"]["batch_size"], v["state"]["lam_ref"],
+            v["state"]["last_eigenvalue_bound"]) == (400, 3.0, False)
+    sk = after(t, "skipped")
+    assert sk["state"]["last_eigenvalue"] == 3.0 and sk["state"]["last_eigenvalue_bound"] is False
+
+
 def test_state_dict_fixtures_by_hand():
     t = TRACES["state_dicts"]
     good = [c for c in t.cases if "error" not in c]
-    assert len(good) == 6 and len(t.cases) - len(good) >= 25
+    assert len(good) == 10 and len(t.cases) - len(good) >= 35
     first = good[0]["saved"]
     for case in good:                                  # every accepted one writes back ...
         saved = case["saved"]
-        assert saved["version"] == 2 and set(saved["config"]) == set(first["config"])
+        assert saved["version"] == 3 and set(saved["config"]) == set(first["config"])
         assert all(type(saved["config"][k]) is float for k in
                    ("lr", "alpha", "beta", "adv_decay", "warmup_epochs"))
     sparse = good[1]["state_dict"]["config"]
@@ -489,7 +514,7 @@ def test_state_dict_fixtures_by_hand():
     bad = {c["note"]: c for c in t.cases if "error" in c}
     assert bad["a whole float for an int"]["state_dict"]["state"]["batch_size"] == \
         {"float": 200.0}
-    assert bad["version 1 into a blocks scheduler"]["error"]["mentions"] == ["adv_rule"]
+    assert bad["version 1 into a blocks scheduler"]["error"]["field"] == "adv_rule"
 
 
 # ----------------------------------------------------------------------------- replay finds bugs
@@ -608,16 +633,16 @@ def test_unexpected_and_missing_errors_are_mismatches():
     del data["events"][0]["error"]                        # the core refuses it anyway
     good = next(i for i, e in enumerate(data["events"]) if e.get("note") == "check due")
     del data["events"][good]["adv_ranges"]
-    data["events"][good]["error"] = {"kind": "value", "mentions": []}   # a good step
+    data["events"][good]["error"] = {"kind": "value", "field": "samples"}   # a good step
     found = replay(data)
     assert [(m.index, m.field) for m in found] == [(0, "error"), (good, "error")]
     assert found[0].got.startswith("SchedulerError: eigenvalue: none is due")
     assert found[1].got is None
     data = TRACES["errors_and_skips"].to_dict()
     nan = next(i for i, e in enumerate(data["events"]) if e.get("value") == "NaN")
-    data["events"][nan]["error"]["mentions"] = ["a message the core never writes"]
+    data["events"][nan]["error"]["field"] = "eigenvalue_due"     # a neighbouring field
     assert [(m.index, m.field) for m in replay(data)] == [(nan, "error")]
-    data["events"][nan]["error"] = {"kind": "type", "mentions": []}   # ValueError != type
+    data["events"][nan]["error"] = {"kind": "type", "field": "eigenvalue"}   # ValueError
     assert [(m.index, m.field) for m in replay(data)] == [(nan, "error")]
     data = TRACES["config_errors"].to_dict()
     data["cases"][0]["config"]["method"] = "abs"          # a valid config where one must fail
@@ -633,7 +658,7 @@ GOOD = json.dumps(TRACES["bl_fixed"].to_dict())
 @pytest.mark.parametrize("mutate, match", [
     (lambda d: d.update(format="something"), "format: must be 'hessbatch.trace'"),
     (lambda d: d.update(version=1), "version: 1 is not supported"),
-    (lambda d: d.update(version=3), "version: 3 is not supported"),
+    (lambda d: d.update(version=2), "version: 2 is not supported"),
     (lambda d: d.update(kind="film"), "kind: must be one of 'events', 'config_errors'"),
     (lambda d: d.pop("config"), r"missing keys \['config'\]"),
     (lambda d: d.update(colour=1), r"unknown keys \['colour'\]"),
@@ -644,7 +669,11 @@ GOOD = json.dumps(TRACES["bl_fixed"].to_dict())
     (lambda d: d["events"][0].update(value=1.0), r"events\[0\]: a step event needs"),
     (lambda d: d["events"][1].pop("decision"), r"events\[1\]: needs a non-empty 'decision'"),
     (lambda d: d["events"][1].update(error={"kind": "oops"}), r"events\[1\].error: must be"),
-    (lambda d: d["events"][1].update(error={"kind": "value", "mentions": "x"}),
+    (lambda d: d["events"][1].update(error={"kind": "value", "mentions": ["x"]}),
+     r"events\[1\].error: must be"),
+    (lambda d: d["events"][1].update(error={"kind": "value", "field": None}),
+     r"events\[1\].error: must be"),
+    (lambda d: d["events"][1].update(error={"kind": "protocol", "field": "samples"}),
      r"events\[1\].error: must be"),
     (lambda d: d.update(covers="all"), "covers: must be a list of strings"),
 ])
@@ -690,7 +719,9 @@ def test_recorder_refuses_undeclared_and_missing_errors():
     assert len(rec.events) == 0 and rec.decision.samples_seen == 0   # nothing recorded or run
     rec.step()
     rec.step(note="due")
-    rec.eigenvalue(float("-inf"), error=("value", "finite"))
+    with pytest.raises(AssertionError, match="should fail"):
+        rec.eigenvalue(float("-inf"), error=("value", "eigenvalue_due"))   # not its field
+    rec.eigenvalue(float("-inf"), error=("value", "eigenvalue"))
     trace = rec.trace()
     assert [e["event"] for e in trace.events] == ["step", "step", "eigenvalue"]
     assert trace.events[2]["value"] == "-Infinity" and replay(trace) == []
@@ -852,7 +883,7 @@ def _rebuild(data):
         events = []
         for ev in data["events"]:
             ev = {**ev, **_typed_snapshot(ev)}
-            if "samples" in ev:
+            if ev.get("samples") is not None:
                 ev["samples"] = _as("int", ev["samples"])
             if "adv_ranges" in ev:
                 ev["adv_ranges"] = _as("ranges", ev["adv_ranges"])
@@ -937,3 +968,74 @@ def test_copy_to_checks_the_folder_and_replaces_old_copies_whole(tmp_path, capsy
     assert traces_main(["--copy-to", str(out)]) == 0
     assert load_trace(out / "bl_fixed.json").to_dict() == TRACES["bl_fixed"].to_dict()
     assert not list(out.glob("*.tmp"))
+
+
+# ------------------------------------------------- bad files on the command line, random scenarios
+
+
+def test_the_command_reports_a_bad_config_or_a_string_samples_in_one_line(tmp_path, capsys):
+    """issue 24 item 6: alpha = 1 or a string ``samples`` with adv_ranges printed a traceback
+    and stopped; now one line names the file, the field and the problem, the others replay."""
+    from hessbatch.traces import main as traces_main
+
+    data = TRACES["abs_growth_by_drop"].to_dict()
+    data["config"]["alpha"] = 1.0
+    alpha = tmp_path / "a_alpha.json"
+    alpha.write_text(json.dumps(data))
+    data = TRACES["abs_growth_by_drop"].to_dict()
+    data["events"][0]["samples"] = "100"
+    samples = tmp_path / "b_samples.json"
+    samples.write_text(json.dumps(data))
+    data = TRACES["spec_corners"].to_dict()
+    assert data["events"][0]["samples"] is None and "adv_ranges" in data["events"][0]
+    null = tmp_path / "c_null.json"             # samples null with adv_ranges: replays
+    null.write_text(json.dumps(data))
+    good = tmp_path / "d_good.json"
+    good.write_text(json.dumps(TRACES["bl_fixed"].to_dict()))
+    assert traces_main([str(alpha), str(samples), str(null), str(good)]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4, lines
+    assert "a_alpha.json" in lines[0] and "config.alpha:" in lines[0] and "> 1" in lines[0]
+    assert "b_samples.json" in lines[1] and "events[0].samples:" in lines[1]
+    assert lines[2].startswith(str(null)) and lines[2].endswith(" ok")
+    assert lines[3].startswith(str(good)) and lines[3].endswith(" ok")
+
+
+def test_a_replay_error_is_one_line_too(tmp_path, capsys, monkeypatch):
+    from hessbatch import traces as traces_mod
+
+    def broken(*args, **kw):
+        raise TypeError("boom")
+    monkeypatch.setattr(traces_mod, "replay", broken)
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(TRACES["bl_fixed"].to_dict()))
+    assert traces_mod.main([str(good), str(good)]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and all(line.endswith("error: boom") for line in lines)
+
+
+def test_random_scenarios_are_seeded_replay_and_reach_every_kind_of_event(tmp_path, capsys):
+    from hessbatch.traces import main as traces_main, random_trace
+
+    assert trace_to_json(random_trace(7)) == trace_to_json(random_trace(7))   # same seed
+    assert trace_to_json(random_trace(7)) != trace_to_json(random_trace(8))
+    seen = set()
+    for seed in range(40):
+        trace = random_trace(seed)
+        assert replay(trace) == [] and check_language_neutral(trace.to_dict()) == []
+        seen |= {(e["event"], e.get("error", {}).get("kind"), e.get("lower_bound", False))
+                 for e in trace.events}
+    for wanted in [("step", None, False), ("eigenvalue", None, True),
+                   ("eigenvalue", "value", True), ("skip_eigenvalue", None, False),
+                   ("save_load", None, False), ("step", "type", False),
+                   ("epoch_end", "protocol", False)]:
+        assert wanted in seen, wanted
+    assert traces_main(["--random", "3", "--seed", "5", "--out", str(tmp_path)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == \
+        ["random_5.json", "random_6.json", "random_7.json"]
+    assert (tmp_path / "random_7.json").read_text() == trace_to_json(random_trace(7))
+    capsys.readouterr()
+    assert traces_main([str(p) for p in sorted(tmp_path.iterdir())]) == 0
+    with pytest.raises(SystemExit):
+        traces_main(["--random", "3"])               # no --out: an error naming it
+    assert "--out" in capsys.readouterr().err

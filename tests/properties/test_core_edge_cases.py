@@ -11,6 +11,8 @@ import json
 import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hessbatch import Scheduler, SchedulerConfig
 
@@ -78,12 +80,69 @@ def test_a_valid_config_never_produces_a_checkpoint_that_cannot_be_loaded():
 def test_fb_lr_is_finite_for_every_accepted_config():
     cfg = dict(method="fb", lr=1e307, batch_size=10, max_batch_size=1000,
                samples_per_epoch=10, epochs=2)
-    with pytest.raises(ValueError, match=r"lr = 1e\+307 overflows"):
+    with pytest.raises(ValueError, match=r"lr = 1e\+307 is too large") as info:
         SchedulerConfig(**cfg)
     cfg.update(lr=1e300)
     sch = Scheduler(SchedulerConfig(**cfg))
     assert math.isfinite(sch.decision.lr)
     sch.check_invariants()
+    assert info.value.field == "lr"
+
+
+def test_issue_20_abs_at_lr_1e306_no_longer_reaches_inf():
+    # before: lr * (B_max / B0) = 2e306 passed the check, the growth computed (lr * 200) / 100
+    # with lr * 200 = inf, and the core refused its own saved state
+    with pytest.raises(ValueError, match="too large") as info:
+        SchedulerConfig(method="abs", lr=1e306, batch_size=100, max_batch_size=200,
+                        samples_per_epoch=100, epochs=2)
+    assert info.value.field == "lr"
+
+
+def _largest_lr(**kw) -> float:
+    """The largest eta a config accepts (bisection on doubles, then nextafter)."""
+    lo, hi = 1e-300, 1.7976931348623157e308
+    for _ in range(2200):
+        mid = lo + (hi - lo) / 2
+        try:
+            SchedulerConfig(lr=mid, **kw)
+            lo = mid
+        except ValueError:
+            hi = mid
+        if math.nextafter(lo, math.inf) >= hi:
+            break
+    return lo
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(method=st.sampled_from(["abs", "absa", "gg", "fb"]),
+       micro=st.sampled_from([1, 3, 10]), b0_mult=st.integers(1, 30),
+       growth=st.integers(1, 64), beta=st.sampled_from([1.01, 1.1, 1.5, 2.0, 3.7]),
+       rho=st.sampled_from([1.0, 0.5, 0.1, 0.999]))
+def test_every_lr_is_finite_at_the_largest_accepted_eta(method, micro, b0_mult, growth, beta,
+                                                        rho):
+    """'Every lr the run can reach is finite, by construction': at the largest eta the config
+    accepts, a run that grows B to B_max as fast as the rules allow (every check a drop; gg:
+    every epoch a decay) decides only finite lrs and saves only loadable states."""
+    b0 = micro * b0_mult
+    kw = dict(method=method, batch_size=b0, micro_batch_size=micro,
+              max_batch_size=b0 + micro * growth, samples_per_epoch=b0, epochs=40,
+              beta=beta, patience=1, lr_decay_factor=rho,
+              lr_decay_epochs=tuple(range(1, 41)) if method == "gg" else (), adv_fraction=0.2)
+    cfg = SchedulerConfig(lr=_largest_lr(**kw), **kw)
+    sch = Scheduler(cfg)
+    lam = 1e300
+    while not sch.decision.finished:
+        d = sch.step()
+        assert math.isfinite(d.lr) and d.lr > 0
+        if d.eigenvalue_due:
+            lam /= 4
+            d = sch.eigenvalue(lam)
+            assert math.isfinite(d.lr)
+        d = sch.end_epoch()
+        assert math.isfinite(d.lr) and math.isfinite(sch.state.lr)
+        sch.check_invariants()
+    assert sch.decision.batch_size > b0 or (method == "gg" and rho == 1.0)   # it grew
+    Scheduler.from_state_dict(json.loads(json.dumps(sch.state_dict())))
 
 
 def test_gg_with_a_tiny_decay_factor_fails_at_construction_not_mid_run():

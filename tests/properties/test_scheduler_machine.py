@@ -164,11 +164,14 @@ class Model:
         self.due = self.checks and self.s // self.cfg.check_every > n_before // \
             self.cfg.check_every
 
-    def eigenvalue(self, lam: float) -> None:
+    def eigenvalue(self, lam: float, bound: bool = False) -> None:
+        """A value, or (bound) a lower bound known to be above lam_ref / alpha: no drop."""
         self.due = False
+        if bound:
+            assert self.lam_ref is not None and lam > self.lam_ref / self.cfg.alpha
         if self.lam_ref is None:
             self.lam_ref, self.d = lam, 1
-        elif lam <= self.lam_ref / self.cfg.alpha:
+        elif not bound and lam <= self.lam_ref / self.cfg.alpha:
             self.grow()
             self.lam_ref_before_drop = self.lam_ref
             self.lam_ref, self.d = lam, 0
@@ -237,18 +240,18 @@ class SchedulerMachine(RuleBasedStateMachine):
 
     # -- applying an event to the scheduler and its twins
 
-    def apply(self, name: str, *args, expect: type[Exception] | None = None):
+    def apply(self, name: str, *args, expect: type[Exception] | None = None, **kw):
         """Send an event to the scheduler (and every twin); check the error it must raise."""
         before = self.sch.state
         try:
-            getattr(self.sch, name)(*args)
+            getattr(self.sch, name)(*args, **kw)
         except (SchedulerError, ValueError, TypeError) as exc:
             assert expect is not None and isinstance(exc, expect), \
                 f"{name}{args}: unexpected {type(exc).__name__}: {exc}"
             assert self.sch.state == before, f"refused {name}{args} changed the state"
             for twin in self.twins:
                 try:
-                    getattr(twin, name)(*args)
+                    getattr(twin, name)(*args, **kw)
                 except expect:
                     pass
                 else:
@@ -257,7 +260,7 @@ class SchedulerMachine(RuleBasedStateMachine):
             return False
         assert expect is None, f"{name}{args} should have raised {expect.__name__}"
         for twin in self.twins:
-            getattr(twin, name)(*args)
+            getattr(twin, name)(*args, **kw)
         return True
 
     def refusal(self, *, needs_due: bool | None) -> type[Exception] | None:
@@ -281,19 +284,27 @@ class SchedulerMachine(RuleBasedStateMachine):
             self.model.step(n)
             self.reached.add("check due" if self.model.due else "step")
 
-    def eigenvalue_of(self, lam, boundary=False):
+    def eigenvalue_of(self, lam, boundary=False, lower_bound=False):
         """An eigenvalue report, whatever ``lam`` is: refused when none is due, TypeError for
-        a non-real, ValueError for NaN, infinite or negative; otherwise Algorithm 1 step 3."""
+        a non-real, ValueError for NaN, infinite or negative; a lower bound also ValueError
+        at the first check or at or below lam_ref / alpha (undecided); otherwise Algorithm 1
+        step 3 (a lower bound: its no-drop branch)."""
         m = self.model
         expect = self.refusal(needs_due=True)
         if expect is None and (not isinstance(lam, (int, float)) or isinstance(lam, bool)):
             expect = TypeError
         elif expect is None and not (math.isfinite(lam) and lam >= 0):
             expect = ValueError
+        elif expect is None and lower_bound and (m.lam_ref is None
+                                                 or not lam > m.lam_ref / self.cfg.alpha):
+            expect = ValueError
         b = m.B
-        if self.apply("eigenvalue", lam, expect=expect):
-            drop = m.lam_ref is not None and lam <= m.lam_ref / self.cfg.alpha
-            m.eigenvalue(float(lam))
+        kw = {"lower_bound": True} if lower_bound else {}
+        if self.apply("eigenvalue", lam, expect=expect, **kw):
+            drop = not lower_bound and m.lam_ref is not None and lam <= m.lam_ref / self.cfg.alpha
+            m.eigenvalue(float(lam), bound=lower_bound)
+            if lower_bound:
+                self.reached.add("lower bound counted")
             if m.B > b:
                 self.reached.add("growth by drop" if drop else "growth by patience")
                 if boundary or (drop and lam == m.lam_ref_before_drop / self.cfg.alpha):
@@ -321,6 +332,15 @@ class SchedulerMachine(RuleBasedStateMachine):
         else:
             lam = m.lam_ref * factor
         self.eigenvalue_of(lam, boundary=factor == "boundary" and m.lam_ref is not None)
+
+    @rule(factor=eigen_factors)
+    def lower_bound(self, factor):
+        """A solver that stopped early: "at least lam" (accepted only above the threshold)."""
+        m = self.model
+        if factor == "boundary":
+            factor = 1 / self.cfg.alpha
+        self.eigenvalue_of(10.0 * factor if m.lam_ref is None else m.lam_ref * factor,
+                           lower_bound=True)
 
     @rule(value=st.sampled_from(BAD_EIGENVALUES))
     def bad_eigenvalue(self, value):
@@ -413,6 +433,8 @@ class SchedulerMachine(RuleBasedStateMachine):
         assert math.isclose(d.lr, m.decision_lr(), rel_tol=REL)
         assert math.isclose(st_.adv_fraction, m.gamma, rel_tol=REL)
         assert d.finished == m.finished
+        want = None if not m.due or m.lam_ref is None else m.lam_ref / self.cfg.alpha
+        assert d.eigenvalue_threshold == want
 
     @invariant()
     def algorithm_1_guarantees(self):
@@ -504,7 +526,8 @@ ROBUST_BY_METHOD = {
 EVERY_LABEL = set().union(*ROBUST_BY_METHOD.values()) | {
     "growth on the boundary", "save/load while due", "skip", "gamma decayed",
     "adversary vanished (gamma * B < 1)", "refused eigenvalue: ValueError",
-    "refused eigenvalue: TypeError", "adversarial samples in several blocks"}
+    "refused eigenvalue: TypeError", "adversarial samples in several blocks",
+    "lower bound counted"}
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -540,7 +563,8 @@ def test_machine_along_the_conformance_traces():
             elif name == "eigenvalue":
                 value = ev["value"]
                 machine.eigenvalue_of(_SPECIAL.get(value, value)
-                                      if isinstance(value, str) else value)
+                                      if isinstance(value, str) else value,
+                                      lower_bound=ev.get("lower_bound", False))
             elif name == "skip_eigenvalue":
                 machine.skip_eigenvalue()
             elif name == "epoch_end":
