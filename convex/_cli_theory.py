@@ -21,7 +21,8 @@ from hessbatch import theory as thm
 from hessbatch._cli_common import format_table
 from hessbatch._outputs import check_out_dir, write_files
 
-from ._theory_check import REGIME_TEXT, TheoryReport, least_squares_check, mushroom_check
+from ._theory_check import (REGIME_TEXT, SHARP_DEFAULTS, TheoryReport, least_squares_check,
+                            mushroom_check)
 
 __all__ = ["TheoryReport", "least_squares_check", "mushroom_check", "format_report",
            "save_report", "build_parser", "run"]
@@ -39,7 +40,7 @@ theta* + s v_min (the flattest direction: the rate term is tight) and, on least 
 stationarity.
 
   --problem least-squares  E[F] is computed exactly at every update (no sampling noise);
-                           --runs R also runs R Monte-Carlo copies that must agree with it.
+                           R Monte-Carlo copies (--runs, default 2000) must agree with it.
   --problem mushroom       R Monte-Carlo runs of logistic regression on the UCI mushroom
                            data per regime and schedule; an update fails when the one-sided
                            lower confidence limit of the mean gap exceeds the bound.
@@ -59,7 +60,7 @@ examples:
 _DEFAULTS = {
     "mushroom": dict(lam=0.1, epochs=5, batch_size=100, max_batch_size=1600, runs=1000,
                      checks_per_epoch=10, patience=10, regimes="zero,optimum,flattest"),
-    "least-squares": dict(lam=0.0, epochs=10, batch_size=4, max_batch_size=64, runs=0,
+    "least-squares": dict(lam=0.0, epochs=10, batch_size=4, max_batch_size=64, runs=2000,
                           checks_per_epoch=4, patience=4, regimes="zero,optimum,flattest,stationary"),
 }
 
@@ -166,9 +167,15 @@ def format_report(rep: TheoryReport) -> str:
         lines.append("Sensitivity (smallest error factor the checks detect, by bisection):")
         for const, v in rep.sensitivity.items():
             lines.append(f"  {const}: {v['text']}")
+    if rep.second_order is not None:
+        lines.extend(_second_order_lines(rep.second_order))
+    if rep.sharp_check is not None:
+        lines.extend(_sharp_lines(rep.sharp_check))
     lines.append("")
-    lines.append("RESULT: " + ("PASS (every compared update within the bound)" if rep.passed
-                               else "FAIL (see the rows marked FAIL)"))
+    lines.append("RESULT: " + ("PASS (every compared update within the bound"
+                               + ("; the sharp regime and the model check pass"
+                                  if rep.sharp_check or rep.second_order else "") + ")"
+                               if rep.passed else "FAIL (see the rows and lines marked FAIL)"))
     if rep.controls:
         bound = [c for c in rep.controls if c["kind"] == "bound"]
         passing = [c["name"] for c in bound if c["verdict"] == "PASS"]
@@ -186,6 +193,67 @@ def format_report(rep: TheoryReport) -> str:
                 f"{', '.join(cp)} pass: the step-size condition is sufficient, not necessary, "
                 "so the checks are not sensitive to that error in M_V on this problem"))
     return "\n".join(lines)
+
+
+def _second_order_lines(so: dict[str, Any]) -> list[str]:
+    """The model check: a check of the runs, not of the theorem."""
+    lines = ["", "Second-order model of the runs from theta* (a model check of the Monte-Carlo, "
+             "not the theorem): mean over runs of gap / predicted gap, averaged over the "
+             f"checkpoints; PASS within {so['tolerance']:g} (model error) + t * se "
+             f"(t = {_g(so['t'])})"]
+    headers = ["schedule", "MC / predicted", "se", "allowed |ratio - 1|", "check"]
+    body = [[name, _g(r["ratio"], 5), _g(r["se"], 3), _g(r["allowed"], 3), r["verdict"]]
+            for name, r in so["schedules"].items()]
+    lines.append(format_table(headers, body))
+    for c in so["controls"]:
+        ratios = ", ".join(f"{n} {_g(v['ratio'], 4)}" for n, v in c["schedules"].items())
+        lines.append(f"  control {c['name']} (must FAIL): {c['verdict']} ({ratios})")
+    lines.append("MODEL CHECK: " + ("PASS" if so["passed"] else "FAIL") + "; its controls "
+                 + ("all FAIL" if so["controls_fail"] else
+                    "do not all FAIL: too few runs to tell a 10 % step error"))
+    return lines
+
+
+def _sharp_lines(sh: dict[str, Any]) -> list[str]:
+    """The sharp logistic regime: exact gaps, controls that must fail, the kernel."""
+    st = sh["settings"]
+    lines = ["", f"Sharp logistic regime: {st['copies']} copies of mushroom row {st['row']}, "
+             f"balanced labels, lam={st['lam']:g}, SGD at {st['batch_size']} rows for "
+             f"{st['updates']} updates; exact E[gap] (theta* = 0, F* = log 2)"]
+    k = sh.get("constants")
+    if k is None:
+        lines.append("SHARP REGIME: FAIL: " + "; ".join(sh["failures"]))
+        return lines
+    lines.append(f"  L={k['L']:.6g} c={k['c']:.6g} M={k['M']:.6g} (= ||x||^2/4, exact) "
+                 f"eta0={sh['eta0']:.6g} G={sh['noise_floor']:.6g}")
+    headers = ["regime", "update", "exact gap", "bound", "bound/gap", "MC mean", "MC low",
+               "MC high", "MC agrees"]
+    body = []
+    for r, v in sh["regimes"].items():
+        for t in range(1, len(v["exact"])):
+            row = [r, t, _g(v["exact"][t]), _g(v["bounds"][t]), _g(v["bound_over_gap"][t - 1])]
+            if "mc_mean" in v:
+                row += [_g(v["mc_mean"][t - 1]), _g(v["mc_lower"][t - 1]),
+                        _g(v["mc_upper"][t - 1]), "yes" if v["mc_agrees"][t - 1] else "NO"]
+            else:
+                row += ["-"] * 4
+            body.append(row)
+    lines.append(format_table(headers, body))
+    headers = ["control", "eta0", "verdict", "first violation", "exact gap", "bound"]
+    body = []
+    for c in sh["controls"]:
+        fv = c["first_violation"]
+        body.append([c["name"] + (" (through the condition)" if c["rerun"] else ""),
+                     _g(c["eta0"]), c["verdict"],
+                     "-" if fv is None else f"{fv['regime']} update {fv['update']}",
+                     "-" if fv is None else _g(fv["gap"]), "-" if fv is None else _g(fv["bound"])])
+    lines.append(format_table(headers, body))
+    lines.append("  Sensitivity: " + "; ".join(f"{c}: {v['text']}"
+                                               for c, v in sh["sensitivity"].items()))
+    lines.append("SHARP REGIME: " + ("PASS (bound holds exactly, every control FAILs, the "
+                                     "kernel agrees with the exact gaps)" if sh["passed"] else
+                                     "FAIL: " + "; ".join(sh["failures"])))
+    return lines
 
 
 def _g(v: float, digits: int = 4) -> str:
@@ -297,7 +365,8 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
                              "(default %(default)s)")
     parser.add_argument("--runs", type=int, default=None,
                         help="Monte-Carlo runs per schedule and regime (default: 1000 for "
-                             "mushroom; 0 for least-squares, exact values only)")
+                             "mushroom; 2000 for least-squares, where they must agree with the "
+                             "exact values; 0 there: exact values only)")
     parser.add_argument("--epochs", type=int, default=None,
                         help="epochs of N samples each (default: 5 mushroom, 10 least-squares; "
                              "the stationary regime doubles them until it settles)")
@@ -354,6 +423,14 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
                         "two always) (default %(default)s)")
     g.add_argument("--no-controls", dest="controls", action="store_false",
                    help="skip the negative controls and the sensitivity search")
+    g.add_argument("--no-sharp", dest="sharp", action="store_false",
+                   help="mushroom: skip the sharp logistic regime (a balanced one-row instance "
+                        "where the theorem is tight and the gaps are exact)")
+    g.add_argument("--sharp-runs", type=int, default=None,
+                   help="mushroom: Monte-Carlo runs that check the kernel against the exact "
+                        "gaps of the sharp regime, 0 or >= 2 (default 10000)")
+    g.add_argument("--no-second-order", dest="second_order", action="store_false",
+                   help="mushroom: skip the second-order model check of the runs from theta*")
     g.add_argument("--require-sharp", action="store_true",
                    help="exit 3 when the true checks pass but a negative control passes too "
                         "(the check could not tell that wrong constant from the true one)")
@@ -399,7 +476,9 @@ def run(args: argparse.Namespace) -> int:
         checkpoints_per_epoch=args.checkpoints_per_epoch, controls=args.controls,
         threads=args.threads, progress=not args.quiet)
     if args.problem == "mushroom":
-        rep = mushroom_check(**kw)
+        sharp_runs = args.sharp_runs if args.sharp_runs is not None else SHARP_DEFAULTS["runs"]
+        rep = mushroom_check(sharp=args.sharp, sharp_runs=sharp_runs,
+                             second_order=args.second_order, **kw)
     else:
         rep = least_squares_check(n_samples=args.n_samples, dim=args.dim, cond=args.cond,
                                   noise=args.noise, **kw)

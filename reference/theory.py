@@ -526,8 +526,14 @@ class Control:
 _DIRECTIONS = {"M": "/", "L": "/", "c": "*", "M_V": "/"}
 
 
-def wrong_constants(constants: Constants, constant: str, factor: float) -> Control:
+def wrong_constants(constants: Constants, constant: str, factor: float, *,
+                    rerun: bool | None = None) -> Control:
     """The :class:`Control` with ``constant`` wrong by ``factor`` (``inf``: zero).
+
+    ``rerun`` (default: only for ``M_V``) marks a control that changes the run: the step the
+    condition allows is recomputed from the wrong constants and the gaps are observed again at
+    it. ``L`` is a real control only that way: at a fixed ``eta0`` the bound uses ``L`` and ``M``
+    only through ``G = eta0 L M / (2c)``, so ``L / f`` is the same bound as ``M / f``.
 
     Raises:
         ValueError: an unknown constant, or a factor that is not > 1 (a factor of 1 is the
@@ -549,14 +555,21 @@ def wrong_constants(constants: Constants, constant: str, factor: float) -> Contr
     else:
         vals[constant] = 0.0 if math.isinf(factor) else vals[constant] / factor
         name = f"{constant}=0" if math.isinf(factor) else f"{constant}/{factor:g}"
-    return Control(name, constant, factor, rerun=constant == "M_V", **vals)
+    if rerun is None:
+        rerun = constant == "M_V"
+    return Control(name, constant, factor, rerun=bool(rerun), **vals)
 
 
-def standard_controls(constants: Constants, *, include_M_V: bool = False) -> list[Control]:
-    """The controls every ``hessbatch theory`` run makes: ``M=0, M/2, c*2, L/2`` (and, where
-    the problem has a fitted ``M_V > 0``, ``M_V/2`` and ``M_V=0``)."""
+def standard_controls(constants: Constants, *, include_M_V: bool = False,
+                      include_L: bool = True) -> list[Control]:
+    """The controls every ``hessbatch theory`` run makes: ``M=0, M/2, c*2``, and ``L/2`` through
+    the condition (``eta0`` from the wrong ``L``, the run observed again; ``include_L=False``
+    leaves it out where the run cannot be repeated exactly) (and, where the problem has a
+    fitted ``M_V > 0``, ``M_V/2`` and ``M_V=0``)."""
     out = [wrong_constants(constants, "M", math.inf), wrong_constants(constants, "M", 2.0),
-           wrong_constants(constants, "c", 2.0), wrong_constants(constants, "L", 2.0)]
+           wrong_constants(constants, "c", 2.0)]
+    if include_L:
+        out.append(wrong_constants(constants, "L", 2.0, rerun=True))
     if include_M_V and _constants(constants).M_V > 0:
         out += [wrong_constants(constants, "M_V", 2.0), wrong_constants(constants, "M_V", math.inf)]
     return out
