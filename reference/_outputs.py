@@ -234,7 +234,6 @@ def _lock(out: Path, option: str) -> _Held | None:
     os.lseek(fd, 0, os.SEEK_SET)
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode("ascii"))
-    os.fsync(fd)
     held = _HELD[key] = _Held(Path(key), fd, created)
     entries = [e for e in os.environ.get(_ENV, "").split(os.pathsep) if e]
     os.environ[_ENV] = os.pathsep.join(entries + [f"{lock_path}={os.getpid()}"])
