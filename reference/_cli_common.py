@@ -129,16 +129,22 @@ def config_from_args(args: argparse.Namespace, *, samples_per_epoch: int,
     try:
         return SchedulerConfig(**values)
     except (ValueError, TypeError) as exc:
-        raise type(exc)(option_message(str(exc), fields)) from None
+        # a field the command derived, or an option left unset (None), keeps its own name
+        unset = {f for f, v in values.items() if v is None}
+        raise type(exc)(option_message(str(exc), set(fields) | unset)) from None
 
 
-def option_message(message: str, derived: Iterable[str] = ()) -> str:
+def option_message(message: str, keep: Iterable[str] = ()) -> str:
     """A config error's message with its leading field name replaced by the option's.
 
-    Fields in ``derived`` were computed by the command, not typed: they keep their name.
+    Fields in ``keep`` (computed by the command, or not given) keep their name.
+
+    Example:
+        >>> option_message("lr must be finite and > 0, got -0.1")
+        '--lr must be finite and > 0, got -0.1'
     """
     m = re.match(r"(\w+)( .*)", message, re.S)
-    if m and m.group(1) in OPTION_OF_FIELD and m.group(1) not in set(derived):
+    if m and m.group(1) in OPTION_OF_FIELD and m.group(1) not in set(keep):
         return OPTION_OF_FIELD[m.group(1)] + m.group(2)
     return message
 
