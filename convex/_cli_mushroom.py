@@ -236,7 +236,7 @@ def _check_memory(args: argparse.Namespace, n: int, n_train: int, d: int) -> Non
          need["data"],
          f"{data} is too wide or too long for this machine: check its largest feature index"),
         (f"the d x d Hessian, d = {d} features, which Newton's method and Theorem 1's L "
-         f"build explicitly, and its factorised copy", need["hessian"],
+         f"build explicitly", need["hessian"],
          f"{data} has d = {d} features, and the explicit Hessian is d x d: use data with "
          "fewer features (is its largest index a typo?)"),
     ], command=f"hessbatch mushroom --data {args.data}")
@@ -413,7 +413,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _write_outputs(args, ds, consts, opt, eta0, lr0, within, runs, rows, f_star) -> None:
     options = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()
-               if k not in ("func",)}
+               if k not in ("func",) and not k.startswith("_")}
     options["out"] = str(args.out)
     result = {
         "format": "hessbatch.mushroom", "version": 1, "hessbatch": __version__,

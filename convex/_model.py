@@ -39,20 +39,21 @@ def memory_lower_bound(n_rows: int, n_train: int, n_features: int) -> dict[str, 
 
     When :meth:`LogisticRegression.constants` runs, these float64 arrays are alive together:
     the data set's rows (``n_rows x d``, the :class:`Dataset`), the model's own copy of the
-    training rows (``n_train x d``), and the explicit d x d Hessian with the copy ``eigvalsh``
-    factorises (:meth:`LogisticRegression.solve` needs the same two for Newton's method).
-    Everything else (CSR copies, batches, vectors, LAPACK work space) comes on top, so the sum
-    is a lower bound: a run above the memory available cannot fit, whatever else it does.
+    training rows (``n_train x d``), and the explicit d x d Hessian (:meth:`solve` builds it
+    again for Newton's method). Everything else (the copy LAPACK factorises, CSR copies,
+    batches, vectors) comes on top, so the sum is a lower bound: a run above the memory
+    available cannot fit, whatever else it does (tests/convex/test_reliability.py measures a
+    run's peak with tracemalloc against it).
 
     Returns:
         ``{"data": bytes, "hessian": bytes}``.
 
     Example:
         >>> memory_lower_bound(8124, 6905, 117)["hessian"]
-        219024
+        109512
     """
     d = int(n_features)
-    return {"data": 8 * d * (int(n_rows) + int(n_train)), "hessian": 2 * 8 * d * d}
+    return {"data": 8 * d * (int(n_rows) + int(n_train)), "hessian": 8 * d * d}
 
 
 @dataclass(frozen=True)

@@ -425,10 +425,12 @@ def _refuse_changed_options(args: argparse.Namespace, spec: dict[str, Any],
                             saved: dict[str, Any]) -> None:
     """A resumed run keeps the checkpoint's options: one given with another value is an error.
 
-    An option counts as given when its value is not the parser's default (a default value
-    stands for "not given", and the checkpoint's value is used).
+    An option counts as given when it was typed (``args._given``, set by ``hessbatch``), even
+    with its default value: ``--batch-size 128`` on a checkpoint trained at 32 is refused.
+    Without that record (a namespace built by hand) a value other than the default counts.
     """
     defaults = _parser_defaults()
+    typed = getattr(args, "_given", None)
 
     def norm(v):
         return tuple(v) if isinstance(v, (list, tuple)) else v
@@ -440,7 +442,9 @@ def _refuse_changed_options(args: argparse.Namespace, spec: dict[str, Any],
          ("hvp_check", spec.get("hvp_check", "error"))]
     for dest, kept in pairs:
         given = getattr(args, dest)
-        if norm(given) != norm(defaults[dest]) and norm(given) != norm(kept):
+        was_given = dest in typed if typed is not None else \
+            norm(given) != norm(defaults[dest])
+        if was_given and norm(given) != norm(kept):
             changed.append(f"--{dest.replace('_', '-')} {given!r} (checkpoint: {kept!r})")
     if changed:
         raise ValueError(f"--resume {args.resume}: a resumed run keeps the checkpoint's options,"

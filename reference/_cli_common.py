@@ -149,6 +149,31 @@ def option_message(message: str, keep: Iterable[str] = ()) -> str:
     return message
 
 
+def given_options(parser: argparse.ArgumentParser, argv: Sequence[str]) -> frozenset[str]:
+    """The destinations of the options ``argv`` sets explicitly (typed, even to the default).
+
+    ``argparse`` fills a default in for every option left out, so the parsed namespace cannot
+    tell ``--batch-size 128`` from nothing when 128 is the default; a command that must know
+    (``train --resume`` refuses typed options that differ from the checkpoint) reads this set,
+    which ``hessbatch`` stores as ``args._given``.
+
+    Example:
+        >>> p = argparse.ArgumentParser(); _ = p.add_argument("--b", type=int, default=128)
+        >>> sorted(given_options(p, ["--b", "128"])), sorted(given_options(p, []))
+        (['b'], [])
+    """
+    unset = object()
+    saved = [(action, action.default) for action in parser._actions]
+    try:
+        for action, _ in saved:
+            action.default = unset
+        parsed, _ = parser.parse_known_args(list(argv))
+    finally:
+        for action, default in saved:
+            action.default = default
+    return frozenset(k for k, v in vars(parsed).items() if v is not unset)
+
+
 # --------------------------------------------------------------------------------------------
 # memory: refuse before allocating what cannot fit
 

@@ -14,6 +14,7 @@ import os
 import sys
 from typing import Sequence
 
+from ._cli_common import given_options
 from ._outputs import release_locks
 from ._scheduler import SchedulerError
 
@@ -88,6 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     module.build_parser(parser)
     args = parser.parse_args(rest)
+    args._given = given_options(parser, rest)  # typed options, even those equal to the default
     try:
         return int(module.run(args) or 0)
     except KeyboardInterrupt:
