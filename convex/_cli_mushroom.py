@@ -305,7 +305,8 @@ def _theorem1(consts, run: RunResult, gap0: float,
 def run(args: argparse.Namespace) -> int:
     """Run the comparison, print the table, write the files; returns the exit code."""
     _resolve(args)
-    args.out = check_out_dir(args.out, overwrite=args.overwrite)  # before any work
+    args.out = check_out_dir(args.out, overwrite=args.overwrite,  # before any work
+                             outputs=("results.json", "curves.csv", "gap.png"))
     ds = _dataset(args)
     model = LogisticRegression(ds.X_train, ds.y_train, args.lam, backend=args.backend)
     n = model.n_samples

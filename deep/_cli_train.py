@@ -402,7 +402,8 @@ def _output_folder(args: argparse.Namespace) -> Path | None:
         args.out = str(args.resume.parent)
         print(f"writing to {args.out} (the checkpoint's folder; --out to write elsewhere)",
               file=sys.stderr)
-    return check_out_dir(args.out, overwrite=args.overwrite, resume_from=args.resume)
+    return check_out_dir(args.out, overwrite=args.overwrite, resume_from=args.resume,
+                         outputs=("checkpoint.pt", "metrics.json", "curves.png"))
 
 
 def _parser_defaults() -> dict[str, Any]:

@@ -26,8 +26,10 @@ functions here, so the rules are the same everywhere (docs/reliability.md):
   renames come one after another (microseconds), so only a kill in that window could leave a
   mix of old and new complete files.
 * With ``overwrite``, the first successful :func:`write_files` into the folder also removes the
-  files the folder held at the check that this run did not write (an old ``gap.png`` does not
-  stay beside a new run's results); before that first write, the old files are all intact.
+  files of the command's set (``outputs``, and their ``.tmp``) that the folder held at the
+  check and this run did not write: an old ``gap.png`` does not stay beside a new run's
+  results. Other files (the user's own) are never removed, and before that first write the
+  old files are all intact.
 
 Standard library only: the core imports nothing else.
 
@@ -52,7 +54,7 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Union
+from typing import Iterable, Mapping, Union
 
 try:  # POSIX: the kernel releases an flock when its owner dies, so a dead run never blocks
     import fcntl
@@ -82,14 +84,16 @@ _HELD: dict[str, _Held] = {}
 
 def check_out_dir(path: str | os.PathLike | None, *, option: str = "--out",
                   overwrite: bool = False, resume_from: str | os.PathLike | None = None,
-                  lock: bool = True) -> Path | None:
+                  outputs: Iterable[str] = (), lock: bool = True) -> Path | None:
     """Check an output folder before any work starts, lock it; return it as a :class:`Path`.
 
     Args:
         path: the folder (need not exist yet); ``None`` means "write nothing" and is returned.
         option: how the folder is called in messages (the command-line option).
         overwrite: allow a non-empty folder; the first :func:`write_files` into it removes the
-            files found now that the run does not write.
+            files of ``outputs`` found now that the run does not write.
+        outputs: every file name the command may write (its set), e.g. ``("results.json",
+            "curves.csv", "gap.png")``; only these (and their ``.tmp``) are ever removed.
         resume_from: a file (a checkpoint) a run resumes from; its folder may be non-empty.
         lock: take the folder's lock (creates the folder and ``.hessbatch-lock`` in it);
             :func:`release_locks` gives it back.
@@ -145,8 +149,9 @@ def check_out_dir(path: str | os.PathLike | None, *, option: str = "--out",
     if lock:
         held = _lock(out, option)
         if held is not None and overwrite:
-            held.stale = [name for name in entries if (out / name).is_file()
-                          or (out / name).is_symlink()]
+            ours = {name for o in outputs for name in (o, o + ".tmp")}
+            held.stale = [name for name in entries if name in ours and
+                          ((out / name).is_file() or (out / name).is_symlink())]
     return out
 
 

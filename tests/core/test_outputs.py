@@ -101,29 +101,42 @@ def test_disk_full_replaces_nothing_and_leaves_no_tmp(tmp_path, monkeypatch, fai
 # ------------------------------------------------------------------- issue 24
 
 
+SET = ("results.json", "curves.csv", "gap.png")
+
+
 def test_overwrite_removes_the_old_sets_files_that_the_new_run_does_not_write(tmp_path):
     out = tmp_path / "o"
-    write_files(out, {"results.json": "old", "curves.csv": "old", "gap.png": b"old"})
-    (out / "keep").mkdir()                        # folders are not the old set's files
-    check_out_dir(out, overwrite=True)
+    write_files(out, {"results.json": "old", "curves.csv": "old", "gap.png": b"old",
+                      "gap.png.tmp": b"x", "notes.txt": "the user's"})
+    (out / "keep").mkdir()
+    check_out_dir(out, overwrite=True, outputs=SET)
     # until the first write every old file is intact (a run that fails keeps them)
     assert sorted(p.name for p in out.iterdir() if p.name != LOCK_NAME) == \
-        ["curves.csv", "gap.png", "keep", "results.json"]
+        ["curves.csv", "gap.png", "gap.png.tmp", "keep", "notes.txt", "results.json"]
     write_files(out, {"results.json": "new", "curves.csv": "new"})
+    # the old gap.png (and its .tmp) go; files outside the command's set stay
     assert sorted(p.name for p in out.iterdir() if p.name != LOCK_NAME) == \
-        ["curves.csv", "keep", "results.json"]
+        ["curves.csv", "keep", "notes.txt", "results.json"]
     write_files(out, {"gap.png": b"new"})         # a later write removes nothing more
     assert (out / "results.json").read_text() == "new"
     release_locks()
     assert sorted(p.name for p in out.iterdir()) == ["curves.csv", "gap.png", "keep",
-                                                     "results.json"]
+                                                     "notes.txt", "results.json"]
+
+
+def test_without_a_set_overwrite_removes_nothing(tmp_path):
+    out = tmp_path / "o"
+    write_files(out, {"a.json": "old", "b.png": b"old"})
+    check_out_dir(out, overwrite=True)
+    write_files(out, {"a.json": "new"})
+    assert (out / "b.png").read_bytes() == b"old"
 
 
 def test_a_failed_first_write_under_overwrite_removes_nothing(tmp_path, monkeypatch,
                                                              full_disk_at):
     out = tmp_path / "o"
     write_files(out, {"results.json": "old", "gap.png": b"old"})
-    check_out_dir(out, overwrite=True)
+    check_out_dir(out, overwrite=True, outputs=SET)
     full_disk_at(monkeypatch, 1)
     with pytest.raises(OSError, match="disk full"):
         write_files(out, {"results.json": "new"})
