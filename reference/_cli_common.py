@@ -149,8 +149,10 @@ def option_message(message: str, keep: Iterable[str] = ()) -> str:
     return message
 
 
-def given_options(parser: argparse.ArgumentParser, argv: Sequence[str]) -> frozenset[str]:
-    """The destinations of the options ``argv`` sets explicitly (typed, even to the default).
+def given_options(parser: argparse.ArgumentParser,
+                  argv: Sequence[str]) -> frozenset[str] | None:
+    """The destinations of the options ``argv`` sets explicitly (typed, even to the default);
+    None if the parser cannot tell (an action that needs a real default).
 
     ``argparse`` fills a default in for every option left out, so the parsed namespace cannot
     tell ``--batch-size 128`` from nothing when 128 is the default; a command that must know
@@ -168,6 +170,8 @@ def given_options(parser: argparse.ArgumentParser, argv: Sequence[str]) -> froze
         for action, _ in saved:
             action.default = unset
         parsed, _ = parser.parse_known_args(list(argv))
+    except (Exception, SystemExit):  # an action that cannot start from the marker: unknown
+        return None
     finally:
         for action, default in saved:
             action.default = default
