@@ -33,11 +33,25 @@ __all__ = [
 # Theorem 1 checks (theory engineer): exact least squares, many SGD runs in parallel, and the
 # checks behind `hessbatch theory` (docs/theory.md).
 from ._leastsq import LeastSquares, make_least_squares
-from ._montecarlo import MonteCarloResult, confidence_band, one_sided_limits, sgd_runs
-from ._theory_check import TheoryReport, least_squares_check, mushroom_check
 
-__all__ += [
-    "LeastSquares", "make_least_squares",
-    "MonteCarloResult", "confidence_band", "one_sided_limits", "sgd_runs",
-    "TheoryReport", "least_squares_check", "mushroom_check",
-]
+# The Monte-Carlo kernel compiles with numba at import: loaded on first use (PEP 562), so that
+# `hessbatch mushroom --backend numpy` never imports numba.
+_LAZY = {"MonteCarloResult": "_montecarlo", "confidence_band": "_montecarlo",
+         "one_sided_limits": "_montecarlo", "sgd_runs": "_montecarlo",
+         "TheoryReport": "_theory_check", "least_squares_check": "_theory_check",
+         "mushroom_check": "_theory_check"}
+
+__all__ += ["LeastSquares", "make_least_squares", *_LAZY]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

@@ -27,13 +27,14 @@ from typing import Any
 import numpy as np
 
 from hessbatch import SchedulerConfig, __version__
-from hessbatch._cli_common import Progress, add_scheduler_arguments, format_table
+from hessbatch._cli_common import (Progress, add_scheduler_arguments, check_memory,
+                                   config_from_args, format_table)
 from hessbatch._outputs import check_out_dir, write_files
 from hessbatch.theory import bound_sequence, max_eta0, noise_floor
 
-from ._data import Dataset, load_mushroom, load_svmlight, split_dataset
+from ._data import Dataset, _read_svmlight, load_mushroom, split_dataset
 from ._driver import SAMPLINGS, RunResult, full_batch_config, train
-from ._model import LogisticRegression
+from ._model import LogisticRegression, memory_lower_bound
 
 DESCRIPTION = __doc__.split("\n\n", 1)[1] if __doc__ else None
 
@@ -188,6 +189,12 @@ def _resolve(args: argparse.Namespace) -> None:
         raise ValueError("--lr sets one lr at B0 for every stochastic run, but sgd-limit takes "
                          "its own (Theorem 1's limit for B0); drop --lr or sgd-limit from "
                          f"--methods, got --lr {args.lr:g} with --methods {','.join(args.methods)}")
+    if args.lr is not None and not (math.isfinite(args.lr) and args.lr > 0):
+        raise ValueError(f"--lr must be finite and > 0, got {args.lr:g} (it is eta at B0; leave "
+                         "it out for Theorem 1's largest)")
+    if not (math.isfinite(args.lam) and args.lam > 0):
+        raise ValueError(f"--lam must be finite and > 0 (Theorem 1 needs a strongly convex "
+                         f"F), got {args.lam:g}")
     for name in ("epochs", "gd_updates"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
@@ -212,19 +219,37 @@ def _resolve(args: argparse.Namespace) -> None:
 def _dataset(args: argparse.Namespace) -> Dataset:
     if args.data is None:
         return load_mushroom(seed=args.seed, n_train=6905 if args.n_train is None else args.n_train)
-    X, y = load_svmlight(args.data)
+    rows = _read_svmlight(args.data)  # parsed and checked; no dense X yet
+    n, d = rows.shape
+    n_train = args.n_train if args.n_train is not None else max(1, int(round(0.85 * n)))
+    _check_memory(args, n, min(max(n_train, 1), n), d)
+    X, y = rows.dense()
     return split_dataset(X, y, n_train=args.n_train, seed=args.seed, source=args.data)
 
 
+def _check_memory(args: argparse.Namespace, n: int, n_train: int, d: int) -> None:
+    """Refuse before allocating when the data and the d x d Hessian cannot fit in memory."""
+    need = memory_lower_bound(n, n_train, d)
+    data = f"--data {args.data}"
+    check_memory([
+        (f"the dense rows, {n} x {d} float64, and the model's copy of the training rows",
+         need["data"],
+         f"{data} is too wide or too long for this machine: check its largest feature index"),
+        (f"the d x d Hessian, d = {d} features, which Newton's method and Theorem 1's L "
+         f"build explicitly", need["hessian"],
+         f"{data} has d = {d} features, and the explicit Hessian is d x d: use data with "
+         "fewer features (is its largest index a typo?)"),
+    ], command=f"hessbatch mushroom --data {args.data}")
+
+
 def _config(args, method: str, n: int, lr: float) -> SchedulerConfig:
-    return SchedulerConfig(
-        method=method, lr=lr, batch_size=args.batch_size,
-        max_batch_size=args.batch_size if method == "bl" else args.max_batch_size,
-        micro_batch_size=args.micro_batch_size, samples_per_epoch=n, epochs=args.epochs,
-        lr_decay_epochs=tuple(args.decay_epochs), lr_decay_factor=args.decay_factor,
-        alpha=args.alpha, beta=args.beta, check_every=args.check_every, patience=args.patience,
-        adv_eps=args.adv_eps, adv_fraction=args.adv_fraction, adv_decay=args.adv_decay,
-        adv_stop=args.adv_stop, warmup_epochs=args.warmup_epochs, adv_rule=args.adv_rule)
+    # the shared builder: a bad option is reported under the name the user typed
+    fields: dict[str, Any] = {"method": method}
+    if lr != args.lr:
+        fields["lr"] = lr            # derived from Theorem 1: not an option's value
+    if method == "bl":
+        fields["max_batch_size"] = args.batch_size
+    return config_from_args(args, samples_per_epoch=n, epochs=args.epochs, **fields)
 
 
 def _row(run: RunResult, step: float, f_star: float, targets, ds: Dataset,
@@ -280,7 +305,8 @@ def _theorem1(consts, run: RunResult, gap0: float,
 def run(args: argparse.Namespace) -> int:
     """Run the comparison, print the table, write the files; returns the exit code."""
     _resolve(args)
-    args.out = check_out_dir(args.out, overwrite=args.overwrite)  # before any work
+    args.out = check_out_dir(args.out, overwrite=args.overwrite,  # before any work
+                             outputs=("results.json", "curves.csv", "gap.png"))
     ds = _dataset(args)
     model = LogisticRegression(ds.X_train, ds.y_train, args.lam, backend=args.backend)
     n = model.n_samples
@@ -388,7 +414,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _write_outputs(args, ds, consts, opt, eta0, lr0, within, runs, rows, f_star) -> None:
     options = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()
-               if k not in ("func",)}
+               if k not in ("func",) and not k.startswith("_")}
     options["out"] = str(args.out)
     result = {
         "format": "hessbatch.mushroom", "version": 1, "hessbatch": __version__,

@@ -458,7 +458,8 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the checks, print the tables, write ``--out``; the exit code of DESCRIPTION."""
     d = _DEFAULTS[args.problem]
-    out = check_out_dir(args.out, overwrite=args.overwrite)    # before minutes of work
+    out = check_out_dir(args.out, overwrite=args.overwrite,    # before minutes of work
+                        outputs=("theory.json", "theory.png"))
     regimes = [r.strip() for r in (args.regimes or d["regimes"]).split(",") if r.strip()]
     kw = dict(
         lam=args.lam if args.lam is not None else d["lam"], seed=args.seed,

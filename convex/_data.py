@@ -99,7 +99,8 @@ def check_arrays(X: Any, y: Any, *, name: str = "X") -> tuple[np.ndarray, np.nda
 
     Raises:
         TypeError: non-numeric input.
-        ValueError: wrong shapes, empty data, NaN/inf features, labels outside {0, 1}.
+        ValueError: wrong shapes, empty data, NaN/inf features, features so large that
+            X^T X overflows (see :func:`_scale_problem`), labels outside {0, 1}.
 
     Example:
         >>> X, y = check_arrays([[1.0, 0.0], [0.0, 1.0]], [0, 1])
@@ -122,12 +123,40 @@ def check_arrays(X: Any, y: Any, *, name: str = "X") -> tuple[np.ndarray, np.nda
         r, c = np.argwhere(bad)[0]
         raise ValueError(f"{name} must be finite, got {float(X[r, c])!r} at row {r}, column {c} "
                          f"({int(bad.sum())} non-finite entries)")
+    with np.errstate(over="ignore"):
+        norms = np.einsum("ij,ij->i", X, X)
+    worst = _scale_problem(norms)
+    if worst is not None:
+        raise ValueError(f"{name} has features too large for float64: row {worst} has "
+                         f"||x||^2 = {norms[worst]:.3g}, so X^T X / n (the Hessian, Theorem "
+                         f"1's L and M) {_SCALE_TEXT}")
     wrong = (y != 0) & (y != 1)
     if wrong.any():
         i = int(np.flatnonzero(wrong)[0])
         raise ValueError(f"{yname} must hold labels 0 or 1, got {float(y[i])!r} at index {i} "
                          f"({int(wrong.sum())} such labels; map binary labels to 0/1 first)")
     return np.ascontiguousarray(X, dtype=np.float64).copy(), y.astype(np.float64, copy=True)
+
+
+# Largest n * max_i ||x_i||^2 accepted: X^T X / n sums n such terms, so beyond ~1e308 it is inf
+# and the eigen-solvers fail ("Eigenvalues did not converge"); 1e300 leaves a margin for the
+# products of the kernels (p (1 - p) x x^T, Lanczos' recurrences).
+_MAX_SCALE = 1e300
+_SCALE_TEXT = ("would overflow float64; rescale the features (e.g. divide each column by its "
+               "largest absolute value)")
+
+
+def _too_large(sq_norm: float, n: int) -> bool:
+    """Whether a row of squared norm ``sq_norm`` among ``n`` rows makes X^T X overflow."""
+    return not np.isfinite(sq_norm) or n * sq_norm > _MAX_SCALE
+
+
+def _scale_problem(row_sq_norms: np.ndarray) -> int | None:
+    """The row whose squared norm makes ``n * ||x_i||^2`` too large (or inf), else None."""
+    if len(row_sq_norms) == 0:
+        return None
+    worst = int(np.argmax(row_sq_norms))
+    return worst if _too_large(float(row_sq_norms[worst]), len(row_sq_norms)) else None
 
 
 def _as_float_array(a: Any, name: str) -> np.ndarray:
@@ -322,8 +351,9 @@ def load_svmlight(path: str, *, n_features: int | None = None, zero_based: bool 
         FileNotFoundError: no such file.
         ValueError: naming the file and, where there is one, the line: a malformed line,
             bytes that are not UTF-8 text, a feature value that is not finite (it overflows
-            float64), an index that would make X larger than ``max_dense_bytes``, more than
-            two labels or a single class, no sample.
+            float64) or so large that X^T X would overflow, an index that would make X
+            larger than ``max_dense_bytes``, more than two labels or a single class, no
+            sample.
 
     Example:
         >>> import tempfile, os
@@ -333,6 +363,35 @@ def load_svmlight(path: str, *, n_features: int | None = None, zero_based: bool 
         >>> X.tolist(), y.tolist()
         ([[0.5, 0.0, 1.0], [0.0, 2.0, 0.0]], [1.0, 0.0])
     """
+    return _read_svmlight(path, n_features=n_features, zero_based=zero_based,
+                          max_dense_bytes=max_dense_bytes).dense()
+
+
+@dataclass(frozen=True)
+class _SvmlightRows:
+    """A parsed, checked LIBSVM file before its dense X is allocated (``shape`` first, so a
+    command can check the memory of the whole run before :meth:`dense`)."""
+
+    path: str
+    labels: np.ndarray                       # (n,) already mapped to {0, 1}
+    entries: list                            # per row: [(column, value), ...]
+    n_features: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (len(self.labels), self.n_features)
+
+    def dense(self) -> tuple[np.ndarray, np.ndarray]:
+        X = np.zeros(self.shape)
+        for i, r in enumerate(self.entries):
+            for j, v in r:
+                X[i, j] = v
+        return X, self.labels
+
+
+def _read_svmlight(path: str, *, n_features: int | None = None, zero_based: bool = False,
+                   max_dense_bytes: int = _MAX_DENSE_BYTES) -> _SvmlightRows:
+    """Parse and check a LIBSVM file (every check of :func:`load_svmlight`), no dense X yet."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"svmlight file not found: {path!r}")
@@ -340,6 +399,7 @@ def load_svmlight(path: str, *, n_features: int | None = None, zero_based: bool 
     entries: list[list[tuple[int, float]]] = []
     offset = 0 if zero_based else 1
     widest = (0, 0)  # (largest index + 1, its line)
+    largest = (0.0, 0)  # (largest squared row norm, its line)
     with open(path, "rb") as fh:
         for lineno, raw in enumerate(fh, start=1):
             try:
@@ -381,6 +441,9 @@ def load_svmlight(path: str, *, n_features: int | None = None, zero_based: bool 
                 raise ValueError(f"{path}:{lineno}: label must be finite, got {parts[0]!r}")
             labels.append(label)
             entries.append(row)
+            sq = sum(v * v for _, v in row)
+            if not sq <= largest[0]:            # inf (or a larger one) replaces it
+                largest = (sq, lineno)
             if row and row[-1][0] + 1 > widest[0]:
                 widest = (row[-1][0] + 1, lineno)
     if not labels:
@@ -402,12 +465,12 @@ def load_svmlight(path: str, *, n_features: int | None = None, zero_based: bool 
                          f"{max_dense_bytes / 2 ** 30:.3g} GiB): the index is likely corrupt; "
                          "fix the line, or raise max_dense_bytes if the data is really that "
                          "wide")
-    X = np.zeros((len(labels), n_features))
-    for i, r in enumerate(entries):
-        for j, v in r:
-            X[i, j] = v
+    if _too_large(largest[0], len(labels)):
+        raise ValueError(f"{path}:{largest[1]}: feature values too large: this row has "
+                         f"||x||^2 = {largest[0]:.3g}, so with {len(labels)} rows X^T X / n "
+                         f"(the Hessian, Theorem 1's L and M) {_SCALE_TEXT}")
     y = _binary_labels(np.array(labels), path)
-    return X, y
+    return _SvmlightRows(path, y, entries, n_features)
 
 
 def _binary_labels(raw: np.ndarray, where: str) -> np.ndarray:

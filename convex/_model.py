@@ -31,7 +31,29 @@ from ._data import check_arrays
 from ._eigen import EigenResult, top_eigenvalue
 from ._kernels import BACKENDS, get_kernels
 
-__all__ = ["Constants", "LogisticRegression", "NewtonResult"]
+__all__ = ["Constants", "LogisticRegression", "NewtonResult", "memory_lower_bound"]
+
+
+def memory_lower_bound(n_rows: int, n_train: int, n_features: int) -> dict[str, int]:
+    """Bytes a mushroom-style run surely holds at once, from the data's shape alone.
+
+    When :meth:`LogisticRegression.constants` runs, these float64 arrays are alive together:
+    the data set's rows (``n_rows x d``, the :class:`Dataset`), the model's own copy of the
+    training rows (``n_train x d``), and the explicit d x d Hessian (:meth:`solve` builds it
+    again for Newton's method). Everything else (the copy LAPACK factorises, CSR copies,
+    batches, vectors) comes on top, so the sum is a lower bound: a run above the memory
+    available cannot fit, whatever else it does (tests/convex/test_reliability.py measures a
+    run's peak with tracemalloc against it).
+
+    Returns:
+        ``{"data": bytes, "hessian": bytes}``.
+
+    Example:
+        >>> memory_lower_bound(8124, 6905, 117)["hessian"]
+        109512
+    """
+    d = int(n_features)
+    return {"data": 8 * d * (int(n_rows) + int(n_train)), "hessian": 8 * d * d}
 
 
 @dataclass(frozen=True)

@@ -38,8 +38,9 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
-import numba
 import numpy as np
+
+from ._jit import njit, numba  # njit: cached where a cache folder can be written
 
 __all__ = ["MonteCarloResult", "sgd_runs", "confidence_band", "one_sided_limits", "skewed_limits",
            "run_keys",
@@ -100,14 +101,14 @@ def draw_indices(keys: np.ndarray, start: int, count: int, n: int) -> np.ndarray
 # twin over the same per-run function (so the two cannot drift apart)
 
 
-@numba.njit(cache=True, inline="always")
+@njit(cache=True, inline="always")
 def _mix(z):
     z = (z ^ (z >> _S30)) * _M1
     z = (z ^ (z >> _S27)) * _M2
     return z ^ (z >> _S31)
 
 
-@numba.njit(cache=True, inline="always")
+@njit(cache=True, inline="always")
 def _sample_loss(z, target, kind):
     if kind == 0:
         # log(1 + e^z) - y z without overflow for large |z|
@@ -116,7 +117,7 @@ def _sample_loss(z, target, kind):
     return 0.5 * d * d
 
 
-@numba.njit(cache=True, inline="always")
+@njit(cache=True, inline="always")
 def _sample_slope(z, target, kind):
     """d f_i / d z: sigmoid(z) - y (logistic) or z - y (least squares)."""
     if kind == 0:
@@ -128,7 +129,7 @@ def _sample_slope(z, target, kind):
     return z - target
 
 
-@numba.njit(cache=True, inline="always")
+@njit(cache=True, inline="always")
 def _row_dot(idx, val, theta, i):
     """x_i . theta over row i's stored entries. Two accumulators halve the floating point
     dependency chain; their order is fixed, so the result is the same on every machine. An
@@ -154,7 +155,7 @@ def _row_dot(idx, val, theta, i):
     return z0 + z1
 
 
-@numba.njit(cache=True, inline="always")
+@njit(cache=True, inline="always")
 def _row_scatter(idx, val, grad, i, g):
     """grad += g * x_i over row i's stored entries."""
     w = idx.shape[1]
@@ -166,7 +167,7 @@ def _row_scatter(idx, val, grad, i, g):
             grad[idx[i, p]] += g * val[i, p]
 
 
-@numba.njit(cache=True)
+@njit(cache=True)
 def _one_run(data, lam, kind, theta0, schedule, key, snaps, theta_out):
     """One SGD run; copies the parameters at every checkpoint into ``snaps`` (C, d) and the
     final ones into ``theta_out``. data = (idx, val, y): padded rows (see ``_pack``) and
@@ -222,13 +223,13 @@ def _one_run(data, lam, kind, theta0, schedule, key, snaps, theta_out):
         theta_out[k] = theta[k]
 
 
-@numba.njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True)
 def _runs_parallel(data, lam, kind, theta0, schedule, keys, snaps, thetas):
     for r in numba.prange(keys.shape[0]):
         _one_run(data, lam, kind, theta0, schedule, keys[r], snaps[r], thetas[r])
 
 
-@numba.njit(cache=True)
+@njit(cache=True)
 def _runs_serial(data, lam, kind, theta0, schedule, keys, snaps, thetas):
     for r in range(keys.shape[0]):
         _one_run(data, lam, kind, theta0, schedule, keys[r], snaps[r], thetas[r])

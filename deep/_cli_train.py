@@ -27,13 +27,13 @@ from torch.utils.data import TensorDataset
 
 from hessbatch import Scheduler, SchedulerConfig
 from hessbatch._scheduler import _ROUND_TOL
-from hessbatch._cli_common import Progress, add_scheduler_arguments, config_from_args, \
-    format_table
+from hessbatch._cli_common import Progress, add_scheduler_arguments, check_memory, \
+    config_from_args, format_table
 from hessbatch._outputs import check_out_dir, write_file, write_files
 
 from . import _cli_distributed
-from ._data import load_data
-from ._models import ACTIVATIONS, MODELS, make_model
+from ._data import data_shape, load_data
+from ._models import ACTIVATIONS, MODELS, make_model, parameter_count
 from ._trainer import EpochMetrics, Trainer, TrainingDiverged, load_checkpoint
 
 DESCRIPTION = """\
@@ -171,11 +171,49 @@ def block_parameters(model: torch.nn.Module, k: int) -> list[torch.nn.Parameter]
     return [p for m in owners[-k:] for p in m.parameters(recurse=False) if p.requires_grad]
 
 
+def _default_shape(spec: dict[str, Any]) -> tuple[int, ...]:
+    return (3, 32, 32) if spec["model"] == "resnet18" else (1, 28, 28)
+
+
+def check_spec_memory(spec: dict[str, Any], device: torch.device) -> None:
+    """Refuse, before anything is allocated, a spec whose data and model cannot fit.
+
+    Counted from shapes alone (lower bounds): the data set and its train/test copies
+    (``2 x samples x sample size``), and the model's weights and gradients (plus SGD's
+    momentum buffer when momentum > 0), the model counted on the ``meta`` device.
+    """
+    n, shape, classes = data_shape(spec["data"], default_shape=_default_shape(spec))
+    item = 8 if spec.get("dtype") == "float64" else 4
+    params = parameter_count(spec["model"], shape, classes,
+                             activation=spec.get("activation", "relu"), width=spec.get("width"))
+    copies = 2 + (float(spec.get("momentum") or 0) > 0)
+    width = "" if spec.get("width") is None else f" --width {spec['width']}"
+    model = (f"the weights, gradients{' and momentum' if copies == 3 else ''} of --model "
+             f"{spec['model']}{width} ({params:,} parameters)", copies * params * item,
+             "lower --width" + (f" ({spec['width']} here)" if width else
+                                " (the model's width knob)"))
+    data = (f"--data {spec['data']} ({n:,} samples of {'x'.join(map(str, shape))}, and its "
+            "train/test copies)", 2 * n * math.prod(shape) * item,
+            "ask for fewer samples (synthetic:N)" if spec["data"].startswith("synthetic")
+            else "free memory, or use a smaller data set")
+    if device.type == "cuda":
+        check_memory([data], command="the run")
+        free = torch.cuda.mem_get_info(device)[0]
+        check_memory([model], command=f"the run on {device}", available=free)
+    else:
+        check_memory([model, data], command="the run")
+
+
 def build_from_spec(spec: dict[str, Any], device: torch.device):
-    """Data bundle and a freshly initialised model (seeded) from a run's spec."""
+    """Data bundle and a freshly initialised model (seeded) from a run's spec.
+
+    Raises:
+        ValueError: the data and the model cannot fit in memory (checked before either is
+            allocated, :func:`check_spec_memory`), or a bad spec.
+    """
+    check_spec_memory(spec, device)
     bundle = load_data(spec["data"], seed=spec["seed"], test_fraction=spec["test_fraction"],
-                       default_shape=(3, 32, 32) if spec["model"] == "resnet18"
-                       else (1, 28, 28))
+                       default_shape=_default_shape(spec))
     torch.manual_seed(spec["seed"])  # the model's initial weights
     model = make_model(spec["model"], bundle.input_shape, bundle.num_classes,
                        activation=spec["activation"], width=spec["width"],
@@ -370,7 +408,8 @@ def _output_folder(args: argparse.Namespace) -> Path | None:
         args.out = str(args.resume.parent)
         print(f"writing to {args.out} (the checkpoint's folder; --out to write elsewhere)",
               file=sys.stderr)
-    return check_out_dir(args.out, overwrite=args.overwrite, resume_from=args.resume)
+    return check_out_dir(args.out, overwrite=args.overwrite, resume_from=args.resume,
+                         outputs=("checkpoint.pt", "metrics.json", "curves.png"))
 
 
 def _parser_defaults() -> dict[str, Any]:
@@ -393,10 +432,12 @@ def _refuse_changed_options(args: argparse.Namespace, spec: dict[str, Any],
                             saved: dict[str, Any]) -> None:
     """A resumed run keeps the checkpoint's options: one given with another value is an error.
 
-    An option counts as given when its value is not the parser's default (a default value
-    stands for "not given", and the checkpoint's value is used).
+    An option counts as given when it was typed (``args._given``, set by ``hessbatch``), even
+    with its default value: ``--batch-size 128`` on a checkpoint trained at 32 is refused.
+    Without that record (a namespace built by hand) a value other than the default counts.
     """
     defaults = _parser_defaults()
+    typed = getattr(args, "_given", None)
 
     def norm(v):
         return tuple(v) if isinstance(v, (list, tuple)) else v
@@ -409,7 +450,9 @@ def _refuse_changed_options(args: argparse.Namespace, spec: dict[str, Any],
          ("batchnorm", spec.get("batchnorm", False)), ("dropout", spec.get("dropout", 0.0))]
     for dest, kept in pairs:
         given = getattr(args, dest)
-        if norm(given) != norm(defaults[dest]) and norm(given) != norm(kept):
+        was_given = dest in typed if typed is not None else \
+            norm(given) != norm(defaults[dest])
+        if was_given and norm(given) != norm(kept):
             changed.append(f"--{dest.replace('_', '-')} {given!r} (checkpoint: {kept!r})")
     if changed:
         raise ValueError(f"--resume {args.resume}: a resumed run keeps the checkpoint's options,"

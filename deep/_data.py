@@ -34,7 +34,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 __all__ = ["MNIST5K_PATH", "MNIST5K_SHA256", "DataBundle", "load_mnist5k", "load_cifar10",
-           "synthetic_classification", "split_dataset", "load_data"]
+           "synthetic_classification", "split_dataset", "load_data", "data_shape"]
 
 MNIST5K_PATH = Path(__file__).resolve().parent / "data" / "mnist5k.npz"
 MNIST5K_SHA256 = "246e0c30eeea57c8d0037d3f38c8e00651ec204cc61b8022563e9aeeb9d756f4"
@@ -107,8 +107,11 @@ def load_mnist5k(path: str | os.PathLike | None = None, *,
 
 # The only globals a CIFAR-10 python batch references (numpy arrays of uint8, lists of ints,
 # bytes keys): everything else, os.system included, is refused before it can be called.
+# _frombuffer is how pickle protocol 5 rebuilds an array (numpy's data constructor: bytes,
+# dtype, shape, order -> an array; it calls nothing else).
 _CIFAR_GLOBALS = {
     ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
     ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
     ("builtins", "bytes"), ("builtins", "bytearray"), ("builtins", "list"),
     ("builtins", "dict"), ("builtins", "int"), ("builtins", "str"),
@@ -125,6 +128,8 @@ class _CifarUnpickler(pickle.Unpickler):
                                          "holds only numpy arrays, lists and bytes")
         if module.startswith("numpy") and name == "_reconstruct":
             return np.zeros(0).__reduce__()[0]  # numpy's own _reconstruct, whatever its module
+        if module.startswith("numpy") and name == "_frombuffer":
+            return np.zeros(1).__reduce_ex__(5)[0]  # numpy's own _frombuffer, likewise
         if module == "__builtin__":
             module = "builtins"
         return super().find_class(module, name)
@@ -328,16 +333,55 @@ def load_data(spec: str, *, seed: int = 0, test_fraction: float = 0.2,
         >>> load_data("synthetic:100:1x8x8").input_shape
         (1, 8, 8)
     """
+    kind, rest, n, shape = _parse_spec(spec, default_shape)
+    if kind == "mnist5k":
+        train, test = split_dataset(load_mnist5k(), test_fraction, seed=seed)
+        return DataBundle(train, test, shape, 10, spec)
+    if kind in ("cifar10", "cifar10-partial"):
+        partial = kind == "cifar10-partial"
+        return DataBundle(load_cifar10(rest, train=True, partial=partial),
+                          load_cifar10(rest, train=False), shape, 10, spec)
+    full = synthetic_classification(n, shape, 10, seed=seed)
+    train, test = split_dataset(full, test_fraction, seed=seed)
+    return DataBundle(train, test, shape, 10, spec)
+
+
+_CIFAR_BATCH_ROWS = 10000   # images per CIFAR-10 python batch (each of the six files)
+
+
+def data_shape(spec: str, *, default_shape: tuple[int, ...] = (1, 28, 28)
+               ) -> tuple[int, tuple[int, ...], int]:
+    """``(samples, sample shape, classes)`` that :func:`load_data` would load, read from the
+    spec alone (nothing is loaded), for a memory check before the data is allocated.
+
+    ``samples`` counts the training and test parts together (CIFAR-10: 10000 per batch file
+    present).
+
+    Raises:
+        ValueError: the spec is malformed (the same message as :func:`load_data`).
+
+    Example:
+        >>> data_shape("synthetic:100:1x8x8")
+        (100, (1, 8, 8), 10)
+    """
+    kind, rest, n, shape = _parse_spec(spec, default_shape)
+    if kind in ("cifar10", "cifar10-partial"):
+        folder = Path(rest)
+        files = [n for n in (*_CIFAR_TRAIN, _CIFAR_TEST) if (folder / n).is_file()]
+        n = _CIFAR_BATCH_ROWS * len(files)
+    return n, shape, 10
+
+
+def _parse_spec(spec: str, default_shape: tuple[int, ...]
+                ) -> tuple[str, str, int, tuple[int, ...]]:
+    """``(kind, rest, samples, shape)`` of a data spec (samples 0 where only loading tells)."""
     if not isinstance(spec, str):
         raise TypeError(f"data spec must be a string, got {spec!r}")
     kind, _, rest = spec.partition(":")
     if kind == "mnist5k" and not rest:
-        train, test = split_dataset(load_mnist5k(), test_fraction, seed=seed)
-        return DataBundle(train, test, (1, 28, 28), 10, spec)
+        return kind, rest, 5000, (1, 28, 28)
     if kind in ("cifar10", "cifar10-partial") and rest:
-        partial = kind == "cifar10-partial"
-        return DataBundle(load_cifar10(rest, train=True, partial=partial),
-                          load_cifar10(rest, train=False), (3, 32, 32), 10, spec)
+        return kind, rest, 0, (3, 32, 32)
     if kind == "synthetic":
         parts = rest.split(":") if rest else []
         try:
@@ -349,8 +393,6 @@ def load_data(spec: str, *, seed: int = 0, test_fraction: float = 0.2,
         except ValueError:
             raise ValueError(f"synthetic data spec must be synthetic[:N[:CxHxW]], e.g. "
                              f"synthetic:2000:1x28x28, got {spec!r}") from None
-        full = synthetic_classification(n, shape, 10, seed=seed)
-        train, test = split_dataset(full, test_fraction, seed=seed)
-        return DataBundle(train, test, shape, 10, spec)
+        return kind, rest, n, shape
     raise ValueError(f"data must be mnist5k, cifar10:PATH or synthetic[:N[:CxHxW]], "
                      f"got {spec!r}")

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 __all__ = ["ACTIVATIONS", "MODELS", "MLP", "SmallCNN", "ResNet18", "make_activation",
-           "make_model"]
+           "make_model", "parameter_count"]
 
 ACTIVATIONS = ("relu", "softplus", "elu")
 MODELS = ("cnn", "mlp", "resnet18")
@@ -268,3 +268,24 @@ def make_model(name: str, input_shape: Sequence[int], num_classes: int, *,
         return MLP(input_shape, num_classes, hidden=(2 * w, w), activation=activation,
                    batchnorm=batchnorm, dropout=dropout)
     return ResNet18(input_shape, num_classes, base=width or 64, activation=activation)
+
+
+def parameter_count(name: str, input_shape: Sequence[int], num_classes: int, *,
+                    activation: str = "relu", width: int | None = None) -> int:
+    """The number of parameters :func:`make_model` would build, without allocating them.
+
+    The model is built on PyTorch's ``meta`` device (shapes only, no storage), so a width that
+    would need terabytes is counted in milliseconds; a command can then refuse it before
+    allocating anything.
+
+    Raises:
+        ValueError, TypeError: as :func:`make_model`.
+
+    Example:
+        >>> parameter_count("mlp", (1, 8, 8), 3, width=4) == sum(
+        ...     p.numel() for p in make_model("mlp", (1, 8, 8), 3, width=4).parameters())
+        True
+    """
+    with torch.device("meta"):
+        model = make_model(name, input_shape, num_classes, activation=activation, width=width)
+    return int(sum(p.numel() for p in model.parameters()))

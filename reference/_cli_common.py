@@ -7,6 +7,8 @@ spelling, the defaults and the help text are written once, here.
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import sys
 from typing import Any, Iterable, Sequence
 
@@ -94,11 +96,27 @@ def add_scheduler_arguments(parser: argparse.ArgumentParser, *, method: str | No
     return g
 
 
+# SchedulerConfig field -> the option that sets it (messages name what the user typed)
+OPTION_OF_FIELD = {
+    "method": "--method", "lr": "--lr", "batch_size": "--batch-size",
+    "max_batch_size": "--max-batch", "micro_batch_size": "--micro-batch",
+    "lr_decay_epochs": "--decay-epochs", "lr_decay_factor": "--decay-factor", "alpha": "--alpha",
+    "beta": "--beta", "check_every": "--check-every", "patience": "--patience",
+    "adv_eps": "--adv-eps", "adv_fraction": "--adv-fraction", "adv_decay": "--adv-decay",
+    "adv_stop": "--adv-stop", "warmup_epochs": "--warmup-epochs", "adv_rule": "--adv-rule",
+}
+
+
 def config_from_args(args: argparse.Namespace, *, samples_per_epoch: int,
-                     epochs: int) -> SchedulerConfig:
+                     epochs: int, **fields: Any) -> SchedulerConfig:
     """Build a validated :class:`SchedulerConfig` from the options of
-    :func:`add_scheduler_arguments`."""
-    return SchedulerConfig(
+    :func:`add_scheduler_arguments` (``fields`` replace config fields a command sets itself).
+
+    Raises:
+        ValueError, TypeError: the config's own check, with the field's name replaced by the
+            option the user typed (``--lr must be finite and > 0, got -0.1``).
+    """
+    values = dict(
         method=args.method, lr=args.lr, batch_size=args.batch_size,
         max_batch_size=args.max_batch_size, micro_batch_size=args.micro_batch_size,
         samples_per_epoch=samples_per_epoch, epochs=epochs,
@@ -107,6 +125,113 @@ def config_from_args(args: argparse.Namespace, *, samples_per_epoch: int,
         patience=args.patience, adv_eps=args.adv_eps, adv_fraction=args.adv_fraction,
         adv_decay=args.adv_decay, adv_stop=args.adv_stop, warmup_epochs=args.warmup_epochs,
         adv_rule=args.adv_rule)
+    values.update(fields)
+    try:
+        return SchedulerConfig(**values)
+    except (ValueError, TypeError) as exc:
+        # a field the command derived, or an option left unset (None), keeps its own name
+        unset = {f for f, v in values.items() if v is None}
+        raise type(exc)(option_message(str(exc), set(fields) | unset)) from None
+
+
+def option_message(message: str, keep: Iterable[str] = ()) -> str:
+    """A config error's message with its leading field name replaced by the option's.
+
+    Fields in ``keep`` (computed by the command, or not given) keep their name.
+
+    Example:
+        >>> option_message("lr must be finite and > 0, got -0.1")
+        '--lr must be finite and > 0, got -0.1'
+    """
+    m = re.match(r"(\w+)( .*)", message, re.S)
+    if m and m.group(1) in OPTION_OF_FIELD and m.group(1) not in set(keep):
+        return OPTION_OF_FIELD[m.group(1)] + m.group(2)
+    return message
+
+
+def given_options(parser: argparse.ArgumentParser,
+                  argv: Sequence[str]) -> frozenset[str] | None:
+    """The destinations of the options ``argv`` sets explicitly (typed, even to the default);
+    None if the parser cannot tell (an action that needs a real default).
+
+    ``argparse`` fills a default in for every option left out, so the parsed namespace cannot
+    tell ``--batch-size 128`` from nothing when 128 is the default; a command that must know
+    (``train --resume`` refuses typed options that differ from the checkpoint) reads this set,
+    which ``hessbatch`` stores as ``args._given``.
+
+    Example:
+        >>> p = argparse.ArgumentParser(); _ = p.add_argument("--b", type=int, default=128)
+        >>> sorted(given_options(p, ["--b", "128"])), sorted(given_options(p, []))
+        (['b'], [])
+    """
+    unset = object()
+    saved = [(action, action.default) for action in parser._actions]
+    try:
+        for action, _ in saved:
+            action.default = unset
+        parsed, _ = parser.parse_known_args(list(argv))
+    except (Exception, SystemExit):  # an action that cannot start from the marker: unknown
+        return None
+    finally:
+        for action, default in saved:
+            action.default = default
+    return frozenset(k for k, v in vars(parsed).items() if v is not unset)
+
+
+# --------------------------------------------------------------------------------------------
+# memory: refuse before allocating what cannot fit
+
+
+def available_memory() -> int | None:
+    """Bytes of memory a new allocation can get now: ``MemAvailable`` on Linux, else the
+    physical memory; None when the system says neither."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):  # pragma: no cover - not POSIX
+        return None
+
+
+def format_bytes(n: float) -> str:
+    """``1.5 GiB`` style: binary units, 3 significant digits."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(n) < 1024 or unit == "PiB":
+            return f"{n:.3g} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    raise AssertionError  # pragma: no cover
+
+
+def check_memory(needs: Sequence[tuple[str, int, str]], *, command: str = "this run",
+                 available: int | None = None) -> None:
+    """Refuse a run whose certain allocations cannot fit in memory, before any of them.
+
+    Args:
+        needs: ``(what, bytes, fix)`` for each allocation the run is sure to make, ``what``
+            naming the option it comes from (``"the d x d Hessian of --data w.svm (10000000
+            features)"``) and ``fix`` what to change. Sizes are lower bounds: a run refused
+            here could not have fit; one accepted may still need more.
+        command: how the run is called in the message.
+        available: bytes available (default :func:`available_memory`).
+
+    Raises:
+        ValueError: the sum is above the memory available; the message lists the largest
+            allocations with their sizes, and the fix of the largest.
+    """
+    total = sum(int(b) for _, b, _ in needs)
+    if available is None:
+        available = available_memory()
+    if available is None or total <= available:
+        return
+    parts = sorted(needs, key=lambda t: -int(t[1]))
+    shown = "; ".join(f"{what}: {format_bytes(b)}" for what, b, _ in parts[:3] if b > 0)
+    raise ValueError(f"{command} needs at least {format_bytes(total)} of memory ({shown}), "
+                     f"more than the {format_bytes(available)} available; {parts[0][2]}")
 
 
 def format_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:

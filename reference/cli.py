@@ -14,6 +14,8 @@ import os
 import sys
 from typing import Sequence
 
+from ._cli_common import given_options
+from ._outputs import release_locks
 from ._scheduler import SchedulerError
 
 # name -> (module, extra that provides its dependencies, one-line help)
@@ -66,6 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.parse_args(argv)  # prints --help/--version, or an error naming the bad command
         return 2
     name, rest = argv[0], argv[1:]
+    _tolerant_streams()
     module_name, extra, text = COMMANDS[name]
     try:
         module = importlib.import_module(module_name)
@@ -86,6 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     module.build_parser(parser)
     args = parser.parse_args(rest)
+    args._given = given_options(parser, rest)  # typed options, even those equal to the default
     try:
         return int(module.run(args) or 0)
     except KeyboardInterrupt:
@@ -98,6 +102,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"hessbatch {name}: error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        release_locks()  # the output folder's lock: the command is over
+
+
+def _tolerant_streams() -> None:
+    """Print what the terminal cannot encode as escapes instead of failing.
+
+    With ``PYTHONIOENCODING=ascii`` (or a C locale) a non-ASCII ``--out`` in a message would
+    raise UnicodeEncodeError *after* the run wrote everything; ``\\xe9`` is printed instead.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None and getattr(stream, "errors", "") == "strict":
+            try:
+                reconfigure(errors="backslashreplace")
+            except (ValueError, OSError):  # pragma: no cover - a closed or odd stream
+                pass
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1095,7 +1095,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{args.seed + args.random - 1}) to {args.out}")
         return 0
     if args.copy_to is not None:
-        from ._outputs import check_out_dir, write_files
+        from ._outputs import check_out_dir, release_locks, write_files
         try:
             # updating a port's vendored copies is the normal use: replacing files is allowed
             out = check_out_dir(args.copy_to, option="--copy-to", overwrite=True)
@@ -1103,6 +1103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (OSError, ValueError) as exc:
             print(f"python -m hessbatch.traces: error: {exc}", file=sys.stderr)
             return 2
+        finally:
+            release_locks()  # the folder's lock (hessbatch._outputs), taken by the check
         print(f"copied {len(builtin_traces())} traces to {args.copy_to}")
         return 0
     paths = args.files or builtin_traces()

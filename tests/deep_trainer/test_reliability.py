@@ -491,3 +491,104 @@ def test_train_exposes_warm_start_and_the_hvp_self_test(tmp_path, capsys):
     assert cli([*base, "--out", str(tmp_path / "c")]) == 0
     spec = load_checkpoint(tmp_path / "c" / "checkpoint.pt")["extra"]["spec"]
     assert spec["warm_start"] is False and spec["hvp_check"] == "error"
+
+
+# ------------------------------------------------------------------- issue 24
+
+
+def _no_allocation(monkeypatch):
+    from hessbatch.deep import _data
+    monkeypatch.setattr(_cli_train, "load_data",
+                        lambda *a, **k: pytest.fail("the data was loaded before the check"))
+    monkeypatch.setattr(_cli_train, "make_model",
+                        lambda *a, **k: pytest.fail("the model was built before the check"))
+    monkeypatch.setattr(_data, "synthetic_classification",
+                        lambda *a, **k: pytest.fail("the data was generated before the check"))
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--width", "100000"],
+     r"needs at least 5\.46 TiB of memory \(the weights, gradients and momentum of --model "
+     r"cnn --width 100000 \(500,630,000,714 parameters\): 5\.46 TiB.*lower --width \(100000"),
+    (["--model", "mlp", "--width", "100000"],
+     r"needs at least 225 GiB .*--model mlp --width 100000 \(20,158,100,010 parameters\)"),
+    (["--data", "synthetic:1000000000"],
+     r"needs at least 5\.7 TiB of memory \(--data synthetic:1000000000 \(1,000,000,000 samples"
+     r" of 1x28x28, and its train/test copies\): 5\.7 TiB.*ask for fewer samples"),
+])
+def test_a_model_or_data_too_large_is_refused_before_allocation(monkeypatch, capsys, argv,
+                                                               match):
+    import re
+
+    from hessbatch import _cli_common
+    # a 64 GiB machine, whatever runs the test
+    monkeypatch.setattr(_cli_common, "available_memory", lambda: 64 * 2 ** 30)
+    _no_allocation(monkeypatch)
+    assert main(["train", *argv, "--epochs", "1", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and re.search(match, err[0]), err
+    assert "more than the 64 GiB available" in err[0]
+
+
+@pytest.mark.parametrize("name, shape", [("cnn", (1, 28, 28)), ("mlp", (1, 6, 6)),
+                                          ("resnet18", (3, 32, 32))])
+def test_the_parameter_count_is_exact_without_allocating(name, shape):
+    from hessbatch.deep._models import make_model, parameter_count
+    for width in (None, 3):
+        real = make_model(name, shape, 10, width=width)
+        assert parameter_count(name, shape, 10, width=width) == \
+            sum(p.numel() for p in real.parameters())
+
+
+def test_resume_refuses_typed_options_equal_to_their_defaults(tmp_path, capsys):
+    # the issue's case: an absa/B0 32 checkpoint; `--method abs --batch-size 128` typed (both
+    # the defaults) used to continue silently as absa/32
+    run = tmp_path / "r"
+    assert main(["train", "--model", "mlp", "--width", "4", "--data", "synthetic:96:1x6x6",
+                 "--method", "absa", "--batch-size", "32", "--max-batch", "64",
+                 "--hessian-batch", "16", "--max-hvp", "4", "--epochs", "1", "--quiet",
+                 "--out", str(run)]) == 0
+    before = (run / "checkpoint.pt").read_bytes()
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run / "checkpoint.pt"), "--method", "abs",
+                 "--batch-size", "128", "--epochs", "2", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "--method 'abs' (checkpoint: 'absa'); --batch-size 128 (checkpoint: 32)" in err
+    assert (run / "checkpoint.pt").read_bytes() == before
+    # typed and equal to the checkpoint's value is fine, as is not typing it
+    assert main(["train", "--resume", str(run / "checkpoint.pt"), "--method", "absa",
+                 "--batch-size", "32", "--epochs", "2", "--quiet"]) == 0
+
+
+def test_a_cifar_batch_pickled_with_protocol_5_is_accepted(tmp_path):
+    import pickle
+
+    import numpy as np
+
+    from hessbatch.deep import load_cifar10
+    data = np.arange(2 * 3072, dtype=np.int64).astype(np.uint8).reshape(2, 3072)
+    with open(tmp_path / "test_batch", "wb") as f:
+        pickle.dump({b"data": data, b"labels": [3, 7]}, f, protocol=5)
+    ds = load_cifar10(tmp_path, train=False)
+    x, y = ds.tensors
+    assert y.tolist() == [3, 7]
+    assert torch.equal(x, torch.from_numpy(data.reshape(2, 3, 32, 32).astype(np.float32) / 255))
+
+
+def test_train_refuses_a_locked_out_before_any_work(tmp_path, monkeypatch, capsys):
+    import subprocess
+    out = tmp_path / "dual"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from hessbatch._outputs import check_out_dir;"
+         " check_out_dir(sys.argv[1]); print('locked', flush=True); time.sleep(60)", str(out)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        monkeypatch.setattr(_cli_train, "build_from_spec",
+                            lambda *a, **k: pytest.fail("work started on a locked --out"))
+        assert _train("--epochs", "1", "--out", str(out)) == 2
+        assert f"another hessbatch run (pid {holder.pid}) is writing" in \
+            capsys.readouterr().err
+    finally:
+        holder.kill()
+        holder.wait()
