@@ -48,14 +48,15 @@ from ._adversarial import fgsm
 from ._cli_train import _SPEC_KEYS, build_from_spec
 from ._hvp import unflatten
 from ._robustness import attack_accuracy, dataset_loss, interpolate, loss_along
-from ._spectrum import DatasetHessian, hutchinson_trace, input_hessian_extremes, \
-    logit_jacobian_sq_norm, top_k_eigenvalues
+from ._spectrum import DatasetHessian, bottom_eigenvalue, hutchinson_trace, \
+    input_hessian_extremes, logit_jacobian_sq_norm, top_k_eigenvalues
 from ._trainer import Trainer, load_checkpoint
 
 __all__ = ["run_name", "measure", "run_study", "MEASURE_KEYS"]
 
 #: the options that change what a run measures (stored in study.json, must match on resume)
-MEASURE_KEYS = ("top_k", "eig_tol_study", "eig_max_hvp", "trace_probes", "hessian_samples",
+MEASURE_KEYS = ("top_k", "eig_tol_study", "eig_max_hvp", "bottom_max_hvp", "trace_probes",
+                "hessian_samples",
                 "hessian_micro_batch", "eps", "pgd_steps", "attack_samples", "landscape_radius",
                 "landscape_points", "input_samples", "input_eps", "input_steps", "lambdas",
                 "measure_dtype")
@@ -98,9 +99,27 @@ def _run_namespace(args: argparse.Namespace, activation: str, method: str, batch
     return ns
 
 
+def _snapshot_path(run_dir: Path, target: float) -> Path:
+    return run_dir / "at_loss" / f"{target:g}.pt"
+
+
+def _save_snapshot(path: Path, doc: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(doc, tmp)
+    tmp.replace(path)
+
+
 def train_run(ns: argparse.Namespace, run_dir: Path, device: torch.device, label: str,
-              quiet: bool):
-    """Train one run (resuming its checkpoint); returns ``(model, bundle, trainer)``."""
+              quiet: bool, targets: tuple[float, ...] = ()):
+    """Train one run (resuming its checkpoint); returns ``(model, bundle, trainer, seconds)``.
+
+    With ``targets`` (training losses, descending), the mean training loss over the whole
+    training set is computed after every epoch (eval mode); the first epoch at which it is
+    <= a target saves the model's weights as ``at_loss/<target>.pt``, and training stops
+    once the last target is reached (or at ``--epochs``, the cap). ``seconds`` is the training
+    wall time summed over every call that trained this run (resumes included).
+    """
     spec = {k: getattr(ns, k) for k in _SPEC_KEYS}
     spec["method"] = ns.method
     bundle, model = build_from_spec(spec, device)
@@ -114,6 +133,7 @@ def train_run(ns: argparse.Namespace, run_dir: Path, device: torch.device, label
                       eig_tol=spec["eig_tol"], adversary=spec["adversary"],
                       last_batch=spec["last_batch"], seed=spec["seed"])
     ckpt = run_dir / "checkpoint.pt"
+    seconds = {"before": 0.0, "start": time.perf_counter()}
     if ckpt.exists():
         state = load_checkpoint(ckpt)
         saved = state.get("extra", {}).get("spec")
@@ -123,12 +143,15 @@ def train_run(ns: argparse.Namespace, run_dir: Path, device: torch.device, label
             raise ValueError(f"{ckpt} was trained with other options ({', '.join(diff)} "
                              "differ); use another --out or the same options")
         trainer.load_state_dict(state)
+        seconds["before"] = float(state.get("extra", {}).get("train_seconds", 0.0))
         if not trainer.scheduler.decision.finished:
             _log(f"{label}: resuming at epoch {state['scheduler']['state']['epoch']}", quiet)
     n = len(bundle.train)
     progress = Progress(config.epochs * n, f"{label} train", enabled=not quiet)
     progress.done = trainer.scheduler.decision.samples_seen
     last = {"t": 0.0, "n": 0}
+    pending = [t for t in targets if not _snapshot_path(run_dir, t).exists()]
+    xtr, ytr = (t.to(device) for t in bundle.train.tensors)
 
     def on_update(tr: Trainer, d) -> None:
         last["n"] += tr.update_log[-1][0]
@@ -137,14 +160,34 @@ def train_run(ns: argparse.Namespace, run_dir: Path, device: torch.device, label
             progress.update(last["n"], f"epoch {d.epoch + 1}/{config.epochs} B={d.batch_size}")
             last.update(t=now, n=0)
 
-    def on_epoch(tr: Trainer, m) -> None:
-        tr.save(ckpt, extra={"spec": spec})
+    def total_seconds() -> float:
+        return seconds["before"] + time.perf_counter() - seconds["start"]
 
-    trainer.run(on_update=on_update, on_epoch=on_epoch)
+    def on_epoch(tr: Trainer, m) -> None:
+        if pending:
+            loss, acc = dataset_loss(tr.model, xtr, ytr)
+            while pending and loss <= pending[0]:
+                target = pending.pop(0)
+                _save_snapshot(_snapshot_path(run_dir, target), {
+                    "model": copy.deepcopy(tr.model.state_dict()), "target": target,
+                    "train_loss": loss, "train_accuracy": acc, "epoch": m.epoch,
+                    "updates": m.updates, "batch_size": m.batch_size,
+                    "largest_batch": max(h.batch_size for h in tr.history)})
+                _log(f"{label}: training loss {loss:.4g} <= {target:g} at epoch {m.epoch} "
+                     f"({m.updates} updates)", quiet)
+        tr.save(ckpt, extra={"spec": spec, "train_seconds": total_seconds()})
+
+    if not targets:
+        trainer.run(on_update=on_update, on_epoch=on_epoch)
+    # The loop has no stop hook: with targets, train one epoch per call and check between.
+    while targets and pending and not trainer.scheduler.decision.finished:
+        trainer.run(1, on_update=on_update, on_epoch=on_epoch)
     progress.close()
     if not ckpt.exists():
-        trainer.save(ckpt, extra={"spec": spec})
-    return model, bundle, trainer
+        trainer.save(ckpt, extra={"spec": spec, "train_seconds": total_seconds()})
+    if pending:
+        _log(f"{label}: stopped at the --epochs cap before training loss {pending[0]:g}", quiet)
+    return model, bundle, trainer, total_seconds()
 
 
 # --------------------------------------------------------------------------------------------
@@ -207,11 +250,24 @@ def measure(model: torch.nn.Module, train: tuple[torch.Tensor, torch.Tensor],
         f"({spec.n_hvp} HVPs, {'converged' if spec.converged else 'NOT converged'})")
 
     t0 = time.perf_counter()
+    stage.update(name="bottom eigenvalue", t=t0, start=t0, passes=op.n_passes, hvps=op.n_hvp)
+    bottom = bottom_eigenvalue(op, max_hvp=opts["bottom_max_hvp"], seed=seed + 5)
+    bottom["over_top"] = bottom["value"] / max(abs(spec.values[0]), 1e-300)
+    out["bottom"] = bottom
+    out["times"]["bottom"] = time.perf_counter() - t0
+    log(f"most negative eigenvalue <= {bottom['value']:.4g} (residual {bottom['residual']:.2g}, "
+        f"{bottom['n_hvp']} HVPs, {bottom['over_top']:.3g} of the top)")
+
+    t0 = time.perf_counter()
     stage.update(name="trace", t=t0, start=t0, passes=op.n_passes, hvps=op.n_hvp)
-    tr = hutchinson_trace(op, opts["trace_probes"], seed=seed + 1)
+    # deflated by the top-k Ritz vectors: the plain +-2 se interval under-covers on spectra
+    # where two eigenvalues hold most of the trace (docs/study.md, "The trace's interval")
+    tr = hutchinson_trace(op, opts["trace_probes"], seed=seed + 1,
+                          deflate=spec.vectors if spec.vectors.shape[1] < op.dim else None)
     out["trace"] = tr.to_dict()
     out["times"]["trace"] = time.perf_counter() - t0
-    log(f"trace {tr.trace:.4g} +- {tr.stderr:.2g} ({tr.n_probes} probes)")
+    log(f"trace {tr.trace:.4g}, 95% interval [{tr.low:.4g}, {tr.high:.4g}] ({tr.n_probes} "
+        f"probes, top {tr.deflated} exact)")
 
     t0 = time.perf_counter()
     xa, ya = _subset(xte, yte, opts["attack_samples"], seed + 2)
@@ -277,6 +333,7 @@ def _study_options(args: argparse.Namespace) -> dict[str, Any]:
         doc[k] = list(v) if isinstance(v, tuple) else v
     doc["eps"] = list(doc["eps"])
     doc["lambdas"] = list(doc["lambdas"])
+    doc["loss_targets"] = list(args.loss_targets or ())
     return doc
 
 
@@ -314,25 +371,32 @@ def run_study(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
             _log(f"{label}: finished earlier, skipped", args.quiet)
             runs.append(json.loads(done.read_text()))
             continue
-        t0 = time.perf_counter()
         ns = _run_namespace(args, act, method, batch, seed)
         if method in ("abs", "absa") and batch >= ns.max_batch_size:
             _log(f"{label}: warning: B = {batch} is already --max-batch, so {method} never "
                  "checks an eigenvalue nor uses an adversary: this run is bl; raise "
                  "--max-batch to study it", args.quiet)
-        model, bundle, trainer = train_run(ns, run_dir, device, label, args.quiet)
-        t_train = time.perf_counter() - t0
+        targets = tuple(args.loss_targets or ())
+        model, bundle, trainer, t_train = train_run(ns, run_dir, device, label, args.quiet,
+                                                    targets)
+        t0 = time.perf_counter()
         _log(f"{label}: trained in {t_train:.0f} s, test accuracy "
              f"{100 * (trainer.history[-1].test_accuracy or 0):.2f}%; measuring", args.quiet)
         x, y = bundle.train.tensors
         xt, yt = bundle.test.tensors
-        res = measure(model, (x.to(device), y.to(device)), (xt.to(device), yt.to(device)),
-                      mopts, seed=seed, log=lambda msg: _log(f"{label}: {msg}", args.quiet))
+        train = (x.to(device), y.to(device))
+        test = (xt.to(device), yt.to(device))
+        res = measure(model, train, test, mopts, seed=seed,
+                      log=lambda msg: _log(f"{label}: {msg}", args.quiet))
         res.update(name=name, activation=act, method=method, batch_size=batch, seed=seed,
+                   epochs=trainer.history[-1].epoch if trainer.history else 0,
                    updates=trainer.history[-1].updates if trainer.history else None,
                    largest_batch=max(m.batch_size for m in trainer.history)
                    if trainer.history else None,
-                   train_time=t_train, measure_time=time.perf_counter() - t0 - t_train)
+                   train_time=t_train, measure_time=time.perf_counter() - t0)
+        if targets:
+            res["at_loss"] = _measure_targets(model, run_dir, targets, train, test, mopts,
+                                              seed, res, label, args.quiet)
         _atomic_json(done, res)
         runs.append(res)
         elapsed = time.perf_counter() - started
@@ -345,6 +409,40 @@ def run_study(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
         print("PNGs not written: matplotlib is missing; pip install 'hessbatch[plot]'",
               file=sys.stderr)
     return doc
+
+
+_MEASURED = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "spectrum", "bottom",
+             "trace", "robustness", "landscape", "input_hessian", "times")
+
+
+def _measure_targets(model: torch.nn.Module, run_dir: Path, targets: tuple[float, ...],
+                     train, test, mopts: dict[str, Any], seed: int, final: dict[str, Any],
+                     label: str, quiet: bool) -> list[dict[str, Any]]:
+    """Every measurement of the model saved at each training-loss target (matched loss).
+
+    A target first reached at the last epoch trained is the final model: its measurement is
+    ``final``'s, not repeated.
+    """
+    out = []
+    for target in targets:
+        path = _snapshot_path(run_dir, target)
+        if not path.exists():
+            out.append({"target": target, "reached": False})
+            continue
+        snap = torch.load(path, map_location=train[0].device, weights_only=True)
+        row = {"target": target, "reached": True,
+               **{k: snap[k] for k in ("epoch", "updates", "batch_size", "largest_batch")},
+               "train_loss_at_stop": snap["train_loss"]}
+        if snap["epoch"] == final["epochs"]:
+            row.update({k: final[k] for k in _MEASURED})
+        else:
+            m = copy.deepcopy(model)
+            m.load_state_dict(snap["model"])
+            row.update(measure(m, train, test, mopts, seed=seed,
+                               log=lambda msg: _log(f"{label} at loss {target:g}: {msg}",
+                                                    quiet)))
+        out.append(row)
+    return out
 
 
 def _interpolations(args, out: Path, device: torch.device, grid) -> list[dict[str, Any]]:
@@ -387,22 +485,39 @@ def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
 
 
 def write_csvs(out: Path, doc: dict[str, Any]) -> None:
-    """runs.csv, spectrum.csv, robustness.csv, landscape.csv, input_hessian.csv,
+    """runs.csv, at_loss.csv, spectrum.csv, robustness.csv, landscape.csv, input_hessian.csv,
     interpolation.csv."""
     key = ["activation", "method", "batch_size", "seed"]
     runs = doc["runs"]
     _write_csv(out / "runs.csv",
                key + ["updates", "largest_batch", "train_loss", "train_accuracy", "test_loss",
-                      "test_accuracy", "top_eigenvalue", "trace", "trace_stderr",
+                      "test_accuracy", "top_eigenvalue", "bottom_eigenvalue", "trace",
+                      "trace_stderr", "trace_low95", "trace_high95",
                       "input_min_bottom_over_top_clean", "input_min_bottom_over_top_fgsm",
                       "train_time_s", "measure_time_s"],
                [[r[k] for k in key] + [r["updates"], r["largest_batch"], r["train_loss"],
                                        r["train_accuracy"], r["test_loss"], r["test_accuracy"],
-                                       r["spectrum"]["values"][0], r["trace"]["trace"],
-                                       r["trace"]["stderr"],
+                                       r["spectrum"]["values"][0], r["bottom"]["value"],
+                                       r["trace"]["trace"], r["trace"]["stderr"],
+                                       r["trace"]["low"], r["trace"]["high"],
                                        r["input_hessian"]["clean"]["min_bottom_over_top"],
                                        r["input_hessian"]["fgsm"]["min_bottom_over_top"],
                                        r["train_time"], r["measure_time"]] for r in runs])
+    eps_max = doc["options"]["eps"][-1]
+    _write_csv(out / "at_loss.csv",
+               key + ["target", "reached", "epoch", "updates", "largest_batch", "train_loss",
+                      "test_accuracy", "top_eigenvalue", "bottom_eigenvalue", "trace",
+                      "trace_low95", "trace_high95", f"fgsm_{eps_max:g}", f"pgd_{eps_max:g}"]
+               + [f"pgd_{e:g}" for e in doc["options"]["eps"][:-1]],
+               [[r[k] for k in key] + ([a["target"], True, a["epoch"], a["updates"],
+                                        a["largest_batch"], a["train_loss"],
+                                        a["test_accuracy"], a["spectrum"]["values"][0],
+                                        a["bottom"]["value"], a["trace"]["trace"],
+                                        a["trace"]["low"], a["trace"]["high"],
+                                        a["robustness"]["fgsm"][-1], a["robustness"]["pgd"][-1]]
+                                       + a["robustness"]["pgd"][:-1]
+                                       if a["reached"] else [a["target"], False])
+                for r in runs for a in r.get("at_loss", [])])
     _write_csv(out / "spectrum.csv", key + ["rank", "eigenvalue", "residual", "converged"],
                [[r[k] for k in key] + [i + 1, v, res, r["spectrum"]["converged"]]
                 for r in runs for i, (v, res) in enumerate(zip(r["spectrum"]["values"],
@@ -435,6 +550,11 @@ def _groups(runs):
     return groups
 
 
+def _b_label(method: str, b: int) -> str:
+    """B of a bl run, B0 (the initial batch) of an abs/absa run."""
+    return f"B={b}" if method == "bl" else f"B0={b}"
+
+
 def _mean(v):
     v = [x for x in v if x is not None]
     return sum(v) / len(v) if v else math.nan
@@ -449,19 +569,21 @@ def summary_table(doc: dict[str, Any]) -> str:
             act, method, b, len(rs), round(100 * _mean([r["test_accuracy"] for r in rs]), 2),
             _mean([r["spectrum"]["values"][0] for r in rs]),
             _mean([r["trace"]["trace"] for r in rs]),
+            min(r["bottom"]["value"] for r in rs),
             round(100 * _mean([r["robustness"]["fgsm"][-1] for r in rs]), 1),
             round(100 * _mean([r["robustness"]["pgd"][-1] for r in rs]), 1),
             min(r["input_hessian"]["clean"]["min_bottom_over_top"] for r in rs),
             min(r["input_hessian"]["fgsm"]["min_bottom_over_top"] for r in rs)))
     eps_max = doc["options"]["eps"][-1]
     return format_table(("act", "method", "B", "seeds", "test acc %", "lambda_1", "trace",
+                         "lambda_min <=",
                          f"FGSM {eps_max:g} %", f"PGD {eps_max:g} %", "inH min b/t clean",
                          "inH min b/t fgsm"), rows)
 
 
 def write_plots(out: Path, doc: dict[str, Any]) -> bool:
-    """spectrum.png, robustness.png, landscape.png, interpolation.png; False without
-    matplotlib."""
+    """spectrum.png, vs_loss.png, robustness.png, landscape.png, interpolation.png; False
+    without matplotlib."""
     try:
         plt = AggFigures()   # the process's matplotlib backend is left alone
     except ImportError:
@@ -475,24 +597,67 @@ def write_plots(out: Path, doc: dict[str, Any]) -> bool:
     fig, ax = plt.subplots(1, 3, figsize=(13, 4))
     for act, method in series:
         bs = sorted(b for (a, m, b) in groups if (a, m) == (act, method))
+        # bl at its B; abs/absa at the largest batch it reached (mean over seeds), labelled B0
+        xs = [b if method == "bl" else _mean([r["largest_batch"]
+                                              for r in groups[(act, method, b)]]) for b in bs]
+        lab = f"{act} {method}" if method == "bl" else f"{act} {method} (at final B; B0 marked)"
         for panel, get in ((0, lambda r: r["spectrum"]["values"][0]),
                            (1, lambda r: r["trace"]["trace"]),
                            (2, lambda r: r["test_accuracy"] * 100)):
-            ax[panel].plot(bs, [_mean([get(r) for r in groups[(act, method, b)]]) for b in bs],
-                           marker="o", label=f"{act} {method}")
-            for b in bs:
-                ax[panel].scatter([b] * len(groups[(act, method, b)]),
-                                  [get(r) for r in groups[(act, method, b)]], s=8, alpha=0.4)
-    for a, title in zip(ax, ("top Hessian eigenvalue", "Hessian trace (Hutchinson)",
+            line, = ax[panel].plot(xs, [_mean([get(r) for r in groups[(act, method, b)]])
+                                        for b in bs], marker="o", label=lab)
+            for x, b in zip(xs, bs):
+                rs = groups[(act, method, b)]
+                if panel == 1:   # each run's 95% interval (deflated Hutchinson)
+                    ys = [r["trace"]["trace"] for r in rs]
+                    lo = [y - r["trace"].get("low", y) for y, r in zip(ys, rs)]
+                    hi = [r["trace"].get("high", y) - y for y, r in zip(ys, rs)]
+                    ax[1].errorbar([x] * len(rs), ys, yerr=[lo, hi], fmt=".", ms=3, alpha=0.5,
+                                   color=line.get_color(), capsize=2)
+                else:
+                    ax[panel].scatter([x] * len(rs), [get(r) for r in rs], s=8, alpha=0.4,
+                                      color=line.get_color())
+                if method != "bl":
+                    ax[panel].annotate(f"B0={b}", (x, _mean([get(r) for r in rs])),
+                                       fontsize=6, textcoords="offset points", xytext=(3, 3))
+    for a, title in zip(ax, ("top Hessian eigenvalue", "Hessian trace, 95% intervals",
                              "test accuracy (%)")):
         a.set_xscale("log", base=2)
-        a.set_xlabel("batch size B")
+        a.set_xlabel("batch size B (bl: fixed; abs/absa: final)")
         a.set_title(title)
         a.grid(alpha=0.3)
     ax[0].set_yscale("log")
-    ax[0].legend(fontsize=8)
+    ax[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "spectrum.png", dpi=110)
+    plt.close(fig)
+
+    # against the training loss: every measured model (end of training and each loss target)
+    points = [(r, r) for r in runs] + [(r, a) for r in runs for a in r.get("at_loss", [])
+                                       if a["reached"]]
+    fig, ax = plt.subplots(1, 3, figsize=(13, 4))
+    eps = doc["options"]["eps"][-1]
+    for b in sorted({r["batch_size"] for r in runs}):
+        for act, method in series:
+            pts = [a for r, a in points if (r["batch_size"], r["activation"], r["method"])
+                   == (b, act, method)]
+            if not pts:
+                continue
+            xl = [a["train_loss"] for a in pts]
+            for panel, ys in ((0, [a["spectrum"]["values"][0] for a in pts]),
+                              (1, [a["trace"]["trace"] for a in pts]),
+                              (2, [100 * a["robustness"]["pgd"][-1] for a in pts])):
+                ax[panel].scatter(xl, ys, s=14, label=f"{act} {method} B={b}")
+    for a, title in zip(ax, ("top Hessian eigenvalue", "Hessian trace",
+                             f"PGD accuracy at eps {eps:g} (%)")):
+        a.set_xscale("log")
+        a.set_xlabel("training loss (whole training set)")
+        a.set_title(title)
+        a.grid(alpha=0.3)
+    ax[0].set_yscale("log")
+    ax[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "vs_loss.png", dpi=110)
     plt.close(fig)
 
     fig, axes = plt.subplots(1, len(series), figsize=(4.5 * len(series), 4), squeeze=False)
@@ -502,10 +667,11 @@ def write_plots(out: Path, doc: dict[str, Any]) -> bool:
                 continue
             eps = rs[0]["robustness"]["eps"]
             line, = a.plot(eps, [100 * _mean([r["robustness"]["fgsm"][i] for r in rs])
-                                 for i in range(len(eps))], marker=".", label=f"B={b} FGSM")
+                                 for i in range(len(eps))], marker=".",
+                           label=f"{_b_label(method, b)} FGSM")
             a.plot(eps, [100 * _mean([r["robustness"]["pgd"][i] for r in rs])
                          for i in range(len(eps))], linestyle="--", color=line.get_color(),
-                   label=f"B={b} PGD")
+                   label=f"{_b_label(method, b)} PGD")
         a.set_title(f"{act} {method}")
         a.set_xlabel("eps (L-inf)")
         a.set_ylabel("test accuracy (%)")
@@ -520,12 +686,17 @@ def write_plots(out: Path, doc: dict[str, Any]) -> bool:
         for (ga, gm, b), rs in sorted(groups.items()):
             if (ga, gm) != (act, method):
                 continue
-            r = rs[0]
-            line, = a.plot(r["landscape"]["t"], r["landscape"]["top_eigenvector"],
-                           label=f"B={b} top eigvec")
-            a.plot(r["landscape"]["t"], r["landscape"]["random"], linestyle=":",
-                   color=line.get_color(), label=f"B={b} random")
-        a.set_title(f"{act} {method}, seed {rs[0]['seed']}")
+            color = None
+            for i, r in enumerate(rs):   # every seed, one colour per B
+                line, = a.plot(r["landscape"]["t"], r["landscape"]["top_eigenvector"],
+                               color=color, lw=1,
+                               label=f"{_b_label(method, b)} top eigvec" if i == 0 else None)
+                color = line.get_color()
+                a.plot(r["landscape"]["t"], r["landscape"]["random"], linestyle=":",
+                       color=color, lw=1, label=f"{_b_label(method, b)} random" if i == 0 else None)
+        seeds = sorted({r["seed"] for (ga, gm, _), rs in groups.items()
+                        if (ga, gm) == (act, method) for r in rs})
+        a.set_title(f"{act} {method}, seeds {','.join(map(str, seeds))}")
         a.set_xlabel("t (unit-norm direction)")
         a.set_ylabel("training loss")
         a.set_yscale("log")
