@@ -735,6 +735,8 @@ def run(args: argparse.Namespace) -> int:
         given = _given_options(args)
         profile = measured_profile.replace(**given)
         sources = {f: "option" if f in given else "calibrated" for f in _PROFILE_OPTIONS}
+        if "allreduce" not in details:   # --no-allreduce: alpha and beta were not measured
+            sources.update({f: "default" for f in ("alpha", "beta") if f not in given})
         cmp_rows = compare_epochs(crun, measured_profile)
         meas = sum(r["measured"] for r in cmp_rows)
         pred = sum(r["predicted"] for r in cmp_rows)
@@ -828,9 +830,17 @@ def _print_report(profile: MachineProfile, results, calibration, args, defaults)
                              f"{100 * r['relative_error']:+.1f}%") for r in calibration["epochs"]]))
         print(f"total: measured {calibration['measured']:.4g} s, predicted "
               f"{calibration['predicted']:.4g} s, error {100 * calibration['relative_error']:+.1f}%")
+        spread = calibration["details"].get("model", {}).get("spread", {})
+        if spread:
+            print(f"spread of the {calibration['details']['model'].get('repeats')} repeats "
+                  "((max - min) / median; the median is used): " + ", ".join(
+                      f"{k} {100 * v:.0f}%" for k, v in spread.items()))
         ar = calibration["details"].get("allreduce")
         if ar:
             print(f"all-reduce, 2 local gloo processes: alpha = {ar['alpha']:.3g} s, beta = "
                   f"{ar['beta']:.3g} s/value ({4 / ar['beta'] / 1e9 if ar['beta'] else math.inf:.3g}"
                   f" GB/s); points (values, s): "
-                  + ", ".join(f"({n}, {t:.3g})" for n, t in ar["points"]))
+                  + ", ".join(f"({n}, {t:.3g})" for n, t in ar["points"])
+                  + " (fastest of the repeats; median over fastest - 1: "
+                  + ", ".join(f"{100 * v:.0f}%" for v in ar.get("spread_median_over_min",
+                                                                 {}).values()) + ")")
