@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from hessbatch._cli_common import int_list
+from hessbatch._outputs import check_out_dir
 from hessbatch._scheduler import METHODS
 
 from . import _cli_train
@@ -53,8 +54,6 @@ _UNSUPPORTED = {
     "--backend": "the study trains each run in one process",
     "--sync-batchnorm": "the study trains each run in one process",
     "--dist-timeout": "the study trains each run in one process",
-    "--overwrite": "the study resumes in --out and skips finished runs; give a new --out to "
-                   "start again",
     "--dtype": "the study trains in float32; --measure-dtype sets the measurements' precision",
     "--warm-start": "the study's eigenvalue checks use the defaults of hessbatch train",
     "--hvp-check": "the study's eigenvalue checks use the defaults of hessbatch train",
@@ -111,8 +110,11 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
                    help="seeds (model, split, shuffling), comma-separated (default 0,1)")
     g.add_argument("--activations", type=_str_list(ACTIVATIONS), default=("relu",),
                    help="activations, comma-separated, e.g. relu,softplus (default relu)")
-    g.add_argument("--out", type=Path, required=True,
-                   help="study folder (created; a second call resumes and skips finished runs)")
+    g.add_argument("--out", required=True,
+                   help="study folder: new, empty, or a study folder to resume (a second call "
+                        "skips finished runs); checked before any work")
+    g.add_argument("--overwrite", action="store_true",
+                   help="allow a non-empty --out that holds no study (its files are replaced)")
     g.add_argument("--loss-targets", type=_float_list, default=(),
                    help="training-loss targets, e.g. 0.3,0.1,0.03: every run is measured where "
                         "its training loss (whole training set, after an epoch) first reaches "
@@ -201,10 +203,22 @@ def _check(args: argparse.Namespace) -> None:
                          f"({args.top_k})")
 
 
+def check_study_out(text: str, overwrite: bool) -> Path:
+    """The study folder, checked before any work by the one output module's rules: a new or
+    empty folder, the folder of an earlier study (it resumes: its study.json is the run's own),
+    or, with --overwrite, any folder; never ``''`` (the current folder)."""
+    study = Path(text) / "study.json" if str(text).strip() else None
+    resume = study if study is not None and study.is_file() else None
+    out = check_out_dir(text, overwrite=overwrite, resume_from=resume)
+    assert out is not None
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the study; returns the exit code."""
     from ._study import run_study, summary_table
 
+    args.out = check_study_out(args.out, args.overwrite)
     _check(args)
     # train's own checks (epochs, widths, momentum...) on the shared options
     args.checkpoint_every = 1

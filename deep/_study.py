@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
+import io
 import json
 import math
 import sys
@@ -43,6 +44,7 @@ import torch.nn.functional as F
 
 from hessbatch import Scheduler
 from hessbatch._cli_common import AggFigures, Progress, config_from_args, format_table
+from hessbatch._outputs import write_file, write_files
 
 from ._adversarial import fgsm
 from ._cli_train import _SPEC_KEYS, build_from_spec
@@ -80,10 +82,25 @@ def _log(msg: str, quiet: bool) -> None:
 
 
 def _atomic_json(path: Path, doc: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=1))
-    tmp.replace(path)
+    write_file(path, json.dumps(doc, indent=1))
+
+
+def _read_json(path: Path, what: str, need: tuple[str, ...]) -> dict[str, Any]:
+    """A JSON object the study wrote earlier, or one line naming the file, the field and the
+    problem (a damaged file on resume)."""
+    fix = "delete it to redo that part, or use another --out"
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: damaged {what}, not valid JSON ({exc}); {fix}") from None
+    if not isinstance(doc, dict):
+        raise ValueError(f"{path}: damaged {what}: expected a JSON object, got "
+                         f"{type(doc).__name__}; {fix}")
+    missing = [k for k in need if k not in doc]
+    if missing:
+        raise ValueError(f"{path}: not a {what} of hessbatch study: no {missing[0]!r} field; "
+                         f"{fix}")
+    return doc
 
 
 # --------------------------------------------------------------------------------------------
@@ -340,7 +357,10 @@ def _study_options(args: argparse.Namespace) -> dict[str, Any]:
 def _check_study_file(out: Path, opts: dict[str, Any]) -> None:
     path = out / "study.json"
     if path.exists():
-        saved = json.loads(path.read_text())["options"]
+        saved = _read_json(path, "study.json", ("options",))["options"]
+        if not isinstance(saved, dict):
+            raise ValueError(f"{path}: 'options' is {type(saved).__name__}, not an object; "
+                             "delete it to redo that part, or use another --out")
         diff = sorted(k for k in set(saved) | set(opts) if saved.get(k) != opts.get(k))
         if diff:
             raise ValueError(
@@ -369,7 +389,7 @@ def run_study(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
         done = run_dir / "measure.json"
         if done.exists():
             _log(f"{label}: finished earlier, skipped", args.quiet)
-            runs.append(json.loads(done.read_text()))
+            runs.append(_read_json(done, "measure.json", _RUN_FIELDS))
             continue
         ns = _run_namespace(args, act, method, batch, seed)
         if method in ("abs", "absa") and batch >= ns.max_batch_size:
@@ -403,14 +423,18 @@ def run_study(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
         _log(f"{label}: done ({elapsed / 60:.1f} min so far)", args.quiet)
     lines = _interpolations(args, out, device, grid)
     doc = {"options": opts, "runs": runs, "interpolation": lines}
-    _atomic_json(out / "results.json", doc)
-    write_csvs(out, doc)
-    if not write_plots(out, doc):
+    files: dict[str, Any] = {"results.json": json.dumps(doc, indent=1), **csv_files(doc)}
+    pngs = plot_files(doc)
+    if pngs is None:
         print("PNGs not written: matplotlib is missing; pip install 'hessbatch[plot]'",
               file=sys.stderr)
+    write_files(out, {**files, **(pngs or {})})   # all or nothing
     return doc
 
 
+#: what a finished run's measure.json must hold (a damaged one is named, not a KeyError)
+_RUN_FIELDS = ("name", "activation", "method", "batch_size", "seed", "spectrum", "trace",
+               "robustness", "landscape", "input_hessian")
 _MEASURED = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "spectrum", "bottom",
              "trace", "robustness", "landscape", "input_hessian", "times")
 
@@ -456,7 +480,9 @@ def _interpolations(args, out: Path, device: torch.device, grid) -> list[dict[st
             for seed in args.seeds:
                 path = out / "interpolation" / f"{act}-{method}-s{seed}.json"
                 if path.exists():
-                    lines.append(json.loads(path.read_text()))
+                    lines.append(_read_json(path, "interpolation line",
+                                            ("lambda", "train_loss", "test_loss", "train_acc",
+                                             "test_acc")))
                     continue
                 ca = load_checkpoint(out / "runs" / run_name(act, method, small, seed)
                                      / "checkpoint.pt")
@@ -477,20 +503,27 @@ def _interpolations(args, out: Path, device: torch.device, grid) -> list[dict[st
 # outputs
 
 
-def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        w.writerows(rows)
+def _csv_text(header: list[str], rows: list[list[Any]]) -> str:
+    buf = io.StringIO(newline="")
+    w = csv.writer(buf)
+    w.writerow(header)
+    w.writerows(rows)
+    return buf.getvalue()
 
 
 def write_csvs(out: Path, doc: dict[str, Any]) -> None:
+    """Write :func:`csv_files` into ``out`` (all or nothing)."""
+    write_files(out, csv_files(doc))
+
+
+def csv_files(doc: dict[str, Any]) -> dict[str, str]:
     """runs.csv, at_loss.csv, spectrum.csv, robustness.csv, landscape.csv, input_hessian.csv,
     interpolation.csv."""
     key = ["activation", "method", "batch_size", "seed"]
     runs = doc["runs"]
-    _write_csv(out / "runs.csv",
-               key + ["updates", "largest_batch", "train_loss", "train_accuracy", "test_loss",
+    files: dict[str, str] = {}
+    files["runs.csv"] = _csv_text(
+        key + ["updates", "largest_batch", "train_loss", "train_accuracy", "test_loss",
                       "test_accuracy", "top_eigenvalue", "bottom_eigenvalue", "trace",
                       "trace_stderr", "trace_low95", "trace_high95",
                       "input_min_bottom_over_top_clean", "input_min_bottom_over_top_fgsm",
@@ -504,8 +537,8 @@ def write_csvs(out: Path, doc: dict[str, Any]) -> None:
                                        r["input_hessian"]["fgsm"]["min_bottom_over_top"],
                                        r["train_time"], r["measure_time"]] for r in runs])
     eps_max = doc["options"]["eps"][-1]
-    _write_csv(out / "at_loss.csv",
-               key + ["target", "reached", "epoch", "updates", "largest_batch", "train_loss",
+    files["at_loss.csv"] = _csv_text(
+        key + ["target", "reached", "epoch", "updates", "largest_batch", "train_loss",
                       "test_accuracy", "top_eigenvalue", "bottom_eigenvalue", "trace",
                       "trace_low95", "trace_high95", f"fgsm_{eps_max:g}", f"pgd_{eps_max:g}"]
                + [f"pgd_{e:g}" for e in doc["options"]["eps"][:-1]],
@@ -518,29 +551,30 @@ def write_csvs(out: Path, doc: dict[str, Any]) -> None:
                                        + a["robustness"]["pgd"][:-1]
                                        if a["reached"] else [a["target"], False])
                 for r in runs for a in r.get("at_loss", [])])
-    _write_csv(out / "spectrum.csv", key + ["rank", "eigenvalue", "residual", "converged"],
+    files["spectrum.csv"] = _csv_text(key + ["rank", "eigenvalue", "residual", "converged"],
                [[r[k] for k in key] + [i + 1, v, res, r["spectrum"]["converged"]]
                 for r in runs for i, (v, res) in enumerate(zip(r["spectrum"]["values"],
                                                                 r["spectrum"]["residuals"]))])
-    _write_csv(out / "robustness.csv", key + ["attack", "eps", "accuracy"],
+    files["robustness.csv"] = _csv_text(key + ["attack", "eps", "accuracy"],
                [[r[k] for k in key] + [a, e, acc] for r in runs for a in ("fgsm", "pgd")
                 for e, acc in zip(r["robustness"]["eps"], r["robustness"][a])])
-    _write_csv(out / "landscape.csv", key + ["direction", "t", "train_loss"],
+    files["landscape.csv"] = _csv_text(key + ["direction", "t", "train_loss"],
                [[r[k] for k in key] + [d, t, v] for r in runs
                 for d in ("top_eigenvector", "random")
                 for t, v in zip(r["landscape"]["t"], r["landscape"][d])])
-    _write_csv(out / "input_hessian.csv", key + ["point", "sample", "top", "bottom"],
+    files["input_hessian.csv"] = _csv_text(key + ["point", "sample", "top", "bottom"],
                [[r[k] for k in key] + [p, i, t, b] for r in runs for p in ("clean", "fgsm")
                 for i, (t, b) in enumerate(zip(r["input_hessian"][p]["top"],
                                                r["input_hessian"][p]["bottom"]))])
-    _write_csv(out / "interpolation.csv",
-               ["activation", "method", "seed", "small_batch", "large_batch", "lambda",
+    files["interpolation.csv"] = _csv_text(
+        ["activation", "method", "seed", "small_batch", "large_batch", "lambda",
                 "train_loss", "train_accuracy", "test_loss", "test_accuracy"],
                [[ln["activation"], ln["method"], ln["seed"], ln["small_batch"],
                  ln["large_batch"], lam, a, b, c, d]
                 for ln in doc["interpolation"]
                 for lam, a, b, c, d in zip(ln["lambda"], ln["train_loss"], ln["train_acc"],
                                            ln["test_loss"], ln["test_acc"])])
+    return files
 
 
 def _groups(runs):
@@ -582,15 +616,33 @@ def summary_table(doc: dict[str, Any]) -> str:
 
 
 def write_plots(out: Path, doc: dict[str, Any]) -> bool:
-    """spectrum.png, vs_loss.png, robustness.png, landscape.png, interpolation.png; False
-    without matplotlib."""
+    """Write :func:`plot_files` into ``out``; False without matplotlib."""
+    pngs = plot_files(doc)
+    if pngs is None:
+        return False
+    if pngs:
+        write_files(out, pngs)
+    return True
+
+
+def _png(plt, fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def plot_files(doc: dict[str, Any]) -> dict[str, bytes] | None:
+    """spectrum.png, vs_loss.png, robustness.png, landscape.png, interpolation.png as PNG
+    bytes; None without matplotlib."""
     try:
         plt = AggFigures()   # the process's matplotlib backend is left alone
     except ImportError:
-        return False
+        return None
+    pngs: dict[str, bytes] = {}
     runs = doc["runs"]
     if not runs:
-        return True
+        return pngs
     series = sorted({(r["activation"], r["method"]) for r in runs})
     groups = _groups(runs)
 
@@ -629,8 +681,7 @@ def write_plots(out: Path, doc: dict[str, Any]) -> bool:
     ax[0].set_yscale("log")
     ax[0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / "spectrum.png", dpi=110)
-    plt.close(fig)
+    pngs["spectrum.png"] = _png(plt, fig)
 
     # against the training loss: every measured model (end of training and each loss target)
     points = [(r, r) for r in runs] + [(r, a) for r in runs for a in r.get("at_loss", [])
@@ -657,8 +708,7 @@ def write_plots(out: Path, doc: dict[str, Any]) -> bool:
     ax[0].set_yscale("log")
     ax[0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / "vs_loss.png", dpi=110)
-    plt.close(fig)
+    pngs["vs_loss.png"] = _png(plt, fig)
 
     fig, axes = plt.subplots(1, len(series), figsize=(4.5 * len(series), 4), squeeze=False)
     for a, (act, method) in zip(axes[0], series):
@@ -678,8 +728,7 @@ def write_plots(out: Path, doc: dict[str, Any]) -> bool:
         a.grid(alpha=0.3)
         a.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / "robustness.png", dpi=110)
-    plt.close(fig)
+    pngs["robustness.png"] = _png(plt, fig)
 
     fig, axes = plt.subplots(1, len(series), figsize=(4.5 * len(series), 4), squeeze=False)
     for a, (act, method) in zip(axes[0], series):
@@ -703,8 +752,7 @@ def write_plots(out: Path, doc: dict[str, Any]) -> bool:
         a.grid(alpha=0.3)
         a.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / "landscape.png", dpi=110)
-    plt.close(fig)
+    pngs["landscape.png"] = _png(plt, fig)
 
     if doc["interpolation"]:
         fig, ax = plt.subplots(1, 2, figsize=(10, 4))
@@ -725,6 +773,5 @@ def write_plots(out: Path, doc: dict[str, Any]) -> bool:
         ax[1].set_ylabel("test accuracy (%)")
         ax[1].legend(fontsize=7)
         fig.tight_layout()
-        fig.savefig(out / "interpolation.png", dpi=110)
-        plt.close(fig)
-    return True
+        pngs["interpolation.png"] = _png(plt, fig)
+    return pngs
