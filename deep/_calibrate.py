@@ -14,8 +14,9 @@ profile (the terms of ``hessbatch.predict``):
   beyond its products (building the gradient graph, fetching the batch, the solver);
 * ``alpha``/``beta``: ``torch.distributed.all_reduce`` between two local processes (gloo,
   spawned with ``torch.multiprocessing``), timed for several message sizes (interleaved, round
-  after round, so that a change of load affects all sizes alike) and fitted to the
-  ring model at ``P = 2``: ``t(n) = 2 alpha + n beta``.
+  after round, so that a change of load affects all sizes alike); the fastest repeat of each
+  size is checked to grow with the size and fitted to the ring model at ``P = 2``:
+  ``t(n) = 2 alpha + n beta``; timings that contradict the model are refused, not fitted.
 
 The measurements are wall-clock on a machine that may be shared: they are as good as the
 machine's quiet; the report says how many repeats and their spread.
@@ -43,7 +44,7 @@ from ._adversarial import fgsm
 from ._eigen import top_eigenvalue
 from ._hvp import HessianOperator
 
-__all__ = ["measure_allreduce", "measure_model", "calibrate"]
+__all__ = ["measure_allreduce", "measure_model", "calibrate", "fit_ring", "check_ring"]
 
 
 def _median_time(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> tuple[float, float]:
@@ -223,7 +224,7 @@ def _allreduce_worker(rank: int, world: int, port: int, sizes: Sequence[int], re
             # a collective ends when the slowest rank ends: the max over ranks of each timing
             ts = torch.tensor(ts_list, dtype=torch.float64)
             dist.all_reduce(ts, op=dist.ReduceOp.MAX)
-            out.append((int(size), statistics.median(ts.tolist())))
+            out.append((int(size), ts.tolist()))
         if rank == 0:
             queue.put(out)
     finally:
@@ -234,11 +235,12 @@ def fit_ring(points: Sequence[tuple[int, float]], world_size: int) -> tuple[floa
     """Least-squares fit of ``t(n) = 2 (P-1) alpha + 2 (P-1)/P n beta`` to ``(n, t)`` points.
 
     Returns:
-        ``(alpha, beta, max_relative_residual)``; a negative intercept or slope (noise) is
-        clipped to 0.
+        ``(alpha, beta, max_relative_residual)``; a negative intercept (a latency below the
+        timer's resolution) is clipped to 0.
 
     Raises:
-        ValueError: fewer than two distinct n.
+        ValueError: fewer than two distinct n, or a slope <= 0 (time not growing with the
+            message: the points contradict the model and the fit would be noise).
     """
     xs = [float(n) for n, _ in points]
     ys = [float(t) for _, t in points]
@@ -246,11 +248,41 @@ def fit_ring(points: Sequence[tuple[int, float]], world_size: int) -> tuple[floa
         raise ValueError(f"the fit needs two distinct message sizes, got {sorted(set(xs))}")
     mx, my = statistics.fmean(xs), statistics.fmean(ys)
     sxx = sum((x - mx) ** 2 for x in xs)
-    b = max(sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx, 0.0)
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
+    if not b > 0:
+        raise ValueError(_contradiction(points, "the time does not grow with the message size"))
     a = max(my - b * mx, 0.0)
     p = world_size
     resid = max((abs(a + b * x - y) / y for x, y in zip(xs, ys) if y > 0), default=0.0)
     return a / (2 * (p - 1)), b / (2 * (p - 1) / p), resid
+
+
+#: a larger message may time below a smaller one by at most this fraction (timer noise)
+MONOTONE_RTOL = 0.25
+#: the ring fit is refused when a point is further than this (relative) from the line
+FIT_RTOL = 1.0
+
+
+def _contradiction(points, why: str) -> str:
+    shown = ", ".join(f"({n}, {t:.3g} s)" for n, t in points)
+    return (f"the all-reduce timings contradict the ring model t(n) = 2 alpha + n beta: {why} "
+            f"(fastest of the repeats per size: {shown}); the machine is probably too loaded "
+            "to measure: rerun with more --repeats on a quieter machine, or use "
+            "--no-allreduce and give --latency and --inverse-bandwidth")
+
+
+def check_ring(points: Sequence[tuple[int, float]]) -> None:
+    """Refuse timings that are not (nearly) non-decreasing in the message size.
+
+    Raises:
+        ValueError: a larger message more than :data:`MONOTONE_RTOL` faster than a smaller
+            one, with every point in the message.
+    """
+    pts = sorted(points)
+    for (n1, t1), (n2, t2) in zip(pts, pts[1:]):
+        if t2 < (1 - MONOTONE_RTOL) * t1:
+            raise ValueError(_contradiction(points, f"{n2} values took {t2:.3g} s, less than "
+                                                    f"{n1} values ({t1:.3g} s)"))
 
 
 def measure_allreduce(sizes: Sequence[int] = (1, 1 << 12, 1 << 16, 1 << 20), *,
@@ -259,8 +291,10 @@ def measure_allreduce(sizes: Sequence[int] = (1, 1 << 12, 1 << 16, 1 << 20), *,
 
     Spawns ``world_size`` processes with ``torch.multiprocessing``; each times
     ``torch.distributed.all_reduce`` of float32 tensors of every size in ``sizes``. The
-    medians are fitted by least squares to the ring model
-    ``t(n) = 2 (P - 1) alpha + 2 (P - 1) / P * n * beta``.
+    fastest of the repeats of each size (the least disturbed by other load) is checked to be
+    non-decreasing in the size (:func:`check_ring`) and fitted by least squares to the ring
+    model ``t(n) = 2 (P - 1) alpha + 2 (P - 1) / P * n * beta``; a fit whose slope is not
+    positive, or with a point more than :data:`FIT_RTOL` from the line, is refused.
 
     Args:
         sizes: tensor lengths (values), at least two distinct ones, each >= 1.
@@ -269,10 +303,12 @@ def measure_allreduce(sizes: Sequence[int] = (1, 1 << 12, 1 << 16, 1 << 20), *,
 
     Returns:
         dict with ``alpha`` (s), ``beta`` (s per float32 value), ``points``
-        (``[(n, seconds), ...]``), ``world_size`` and the fit's ``max_relative_residual``.
+        (``[(n, seconds), ...]``, the minima), ``spread_median_over_min`` per size,
+        ``world_size`` and the fit's ``max_relative_residual``.
 
     Raises:
-        ValueError: fewer than two distinct sizes, a size < 1, or world_size < 2.
+        ValueError: fewer than two distinct sizes, a size < 1, world_size < 2, or timings
+            that contradict the model (named, with the points).
     """
     sizes = [int(s) for s in sizes]
     if len(set(sizes)) < 2 or min(sizes) < 1:
@@ -287,11 +323,20 @@ def measure_allreduce(sizes: Sequence[int] = (1, 1 << 12, 1 << 16, 1 << 20), *,
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     mp.spawn(_allreduce_worker, args=(world_size, port, sizes, repeats, queue),
              nprocs=world_size, join=True)
-    points = queue.get()
+    raw = queue.get()
+    # the fastest of the repeats: on a shared machine every disturbance only adds time, so the
+    # minimum is the estimate least affected by other load; the spread says how much it varied
+    points = [(n, min(ts)) for n, ts in raw]
+    spread = {str(n): statistics.median(ts) / min(ts) - 1 for n, ts in raw if min(ts) > 0}
+    check_ring(points)
     alpha, beta, resid = fit_ring(points, world_size)
+    if resid > FIT_RTOL:
+        raise ValueError(_contradiction(points, f"a point is {100 * resid:.0f}% away from the "
+                                                "fitted line"))
     p = world_size
     return {"alpha": alpha, "beta": beta, "points": points, "world_size": p,
-            "repeats": repeats, "max_relative_residual": resid}
+            "repeats": repeats, "statistic": "minimum of the repeats",
+            "spread_median_over_min": spread, "max_relative_residual": resid}
 
 
 def calibrate(model: nn.Module, loss_fn, dataset: TensorDataset, *, micro_batch: int,

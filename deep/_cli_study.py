@@ -9,11 +9,13 @@ Example (the MNIST-5k study of docs/results.md)::
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 import torch
 
 from hessbatch._cli_common import int_list
+from hessbatch._outputs import check_out_dir
 from hessbatch._scheduler import METHODS
 
 from . import _cli_train
@@ -52,8 +54,6 @@ _UNSUPPORTED = {
     "--backend": "the study trains each run in one process",
     "--sync-batchnorm": "the study trains each run in one process",
     "--dist-timeout": "the study trains each run in one process",
-    "--overwrite": "the study resumes in --out and skips finished runs; give a new --out to "
-                   "start again",
     "--dtype": "the study trains in float32; --measure-dtype sets the measurements' precision",
     "--warm-start": "the study's eigenvalue checks use the defaults of hessbatch train",
     "--hvp-check": "the study's eigenvalue checks use the defaults of hessbatch train",
@@ -110,8 +110,16 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
                    help="seeds (model, split, shuffling), comma-separated (default 0,1)")
     g.add_argument("--activations", type=_str_list(ACTIVATIONS), default=("relu",),
                    help="activations, comma-separated, e.g. relu,softplus (default relu)")
-    g.add_argument("--out", type=Path, required=True,
-                   help="study folder (created; a second call resumes and skips finished runs)")
+    g.add_argument("--out", required=True,
+                   help="study folder: new, empty, or a study folder to resume (a second call "
+                        "skips finished runs); checked before any work")
+    g.add_argument("--overwrite", action="store_true",
+                   help="allow a non-empty --out that holds no study (its files are replaced)")
+    g.add_argument("--loss-targets", type=_float_list, default=(),
+                   help="training-loss targets, e.g. 0.3,0.1,0.03: every run is measured where "
+                        "its training loss (whole training set, after an epoch) first reaches "
+                        "each one, and stops at the smallest; --epochs is then the cap "
+                        "(default: none, every run trains --epochs)")
 
     g = parser.add_argument_group("measurements")
     g.add_argument("--top-k", dest="top_k", type=int, default=5,
@@ -121,6 +129,10 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
                         "max(|theta_i|, 0.01 theta_1) (default %(default)s)")
     g.add_argument("--eig-budget", dest="eig_max_hvp", type=int, default=400,
                    help="Hessian-vector products at most for the top-k (default %(default)s)")
+    g.add_argument("--bottom-budget", dest="bottom_max_hvp", type=int, default=60,
+                   help="Hessian-vector products for the most negative eigenvalue (Lanczos on "
+                        "-H; its value is an upper bound whatever the budget) "
+                        "(default %(default)s)")
     g.add_argument("--trace-probes", type=int, default=64,
                    help="Hutchinson probes (default %(default)s)")
     g.add_argument("--hessian-samples", type=int, default=0,
@@ -164,7 +176,8 @@ def _check(args: argparse.Namespace) -> None:
         raise ValueError(f"--batch-sizes must be >= 1, got {list(args.batch_sizes)}")
     if any(s < 0 for s in args.seeds):
         raise ValueError(f"--seeds must be >= 0, got {list(args.seeds)}")
-    for name, low in (("top_k", 1), ("eig_max_hvp", 1), ("trace_probes", 2),
+    for name, low in (("top_k", 1), ("eig_max_hvp", 1), ("bottom_max_hvp", 1),
+                      ("trace_probes", 2),
                       ("hessian_micro_batch", 1), ("pgd_steps", 1), ("landscape_points", 1),
                       ("input_samples", 1), ("input_steps", 1), ("hessian_samples", 0),
                       ("attack_samples", 0)):
@@ -176,6 +189,13 @@ def _check(args: argparse.Namespace) -> None:
     if any(e < 0 for e in args.eps) or args.input_eps < 0:
         raise ValueError(f"--eps and --input-eps must be >= 0, got {list(args.eps)} and "
                          f"{args.input_eps}")
+    targets = list(args.loss_targets)
+    if any(not (math.isfinite(t) and t > 0) for t in targets):
+        raise ValueError(f"--loss-targets must be finite numbers > 0, got {targets}")
+    if targets != sorted(set(targets), reverse=True):
+        raise ValueError(f"--loss-targets must be distinct and decreasing (the order training "
+                         f"reaches them), got {targets}; e.g. "
+                         f"{','.join(f'{t:g}' for t in sorted(set(targets), reverse=True))}")
     if not args.landscape_radius > 0:
         raise ValueError(f"--landscape-radius must be > 0, got {args.landscape_radius}")
     if args.top_k > args.eig_max_hvp:
@@ -183,10 +203,22 @@ def _check(args: argparse.Namespace) -> None:
                          f"({args.top_k})")
 
 
+def check_study_out(text: str, overwrite: bool) -> Path:
+    """The study folder, checked before any work by the one output module's rules: a new or
+    empty folder, the folder of an earlier study (it resumes: its study.json is the run's own),
+    or, with --overwrite, any folder; never ``''`` (the current folder)."""
+    study = Path(text) / "study.json" if str(text).strip() else None
+    resume = study if study is not None and study.is_file() else None
+    out = check_out_dir(text, overwrite=overwrite, resume_from=resume)
+    assert out is not None
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the study; returns the exit code."""
     from ._study import run_study, summary_table
 
+    args.out = check_study_out(args.out, args.overwrite)
     _check(args)
     # train's own checks (epochs, widths, momentum...) on the shared options
     args.checkpoint_every = 1

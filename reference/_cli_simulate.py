@@ -16,7 +16,9 @@ import contextlib
 import copy
 import functools
 import json
+import io
 import math
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -24,6 +26,7 @@ from typing import Any
 
 from ._cli_common import (AggFigures, add_scheduler_arguments, config_from_args, format_table,
                           int_list)
+from ._outputs import check_out_dir, write_files
 from ._costmodel import (MachineProfile, Workload, predict, scaling_curve,
                          workload_from_schedule)
 from ._scheduler import METHODS, SchedulerConfig
@@ -207,17 +210,48 @@ def resolve_input(path: str | Path) -> Path:
     return path
 
 
+def _count(source: str, where: str, value: Any) -> int:
+    """An int >= 0 read from a file, or one line naming the file, the field and the problem."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{source}: {where} is {value!r}; expected a whole number >= 0")
+    return value
+
+
+def _seconds(source: str, where: str, value: Any) -> float:
+    """A finite float >= 0 read from a file (NaN and strings refused, with the field)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{source}: {where} is {value!r}; expected a finite number of "
+                         "seconds >= 0")
+    return float(value)
+
+
+def _object(source: str, where: str, value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ValueError(f"{source}: {where} is {json.dumps(value)[:40]}; expected an object "
+                         f"({what})")
+    return value
+
+
 def runs_from_metrics(doc: dict[str, Any], source: str) -> list[dict[str, Any]]:
     """One run from a ``hessbatch train`` metrics.json: its per-epoch workloads and the
     measured seconds of each epoch (train + adversarial + eigenvalue; evaluation excluded).
 
     Raises:
-        ValueError: the document lacks the fields ``hessbatch train`` writes (named).
+        ValueError: the document lacks a field ``hessbatch train`` writes, or holds a value of
+            the wrong kind (a string count, a NaN time): one line naming the file and field.
     """
     for key in ("history", "scheduler"):
         if key not in doc:
             raise ValueError(f"{source}: not a metrics.json of `hessbatch train` (no {key!r})")
+    cfg = _object(source, "'scheduler'", doc["scheduler"], "the scheduler's options")
+    spec = _object(source, "'spec'", doc.get("spec", {}), "the run's options")
     hist = doc["history"]
+    if not isinstance(hist, list):
+        raise ValueError(f"{source}: 'history' is {type(hist).__name__}; expected a list of "
+                         "epochs")
     if not hist:
         raise ValueError(f"{source}: the run has no finished epoch yet")
     epochs, measured = [], []
@@ -225,19 +259,30 @@ def runs_from_metrics(doc: dict[str, Any], source: str) -> list[dict[str, Any]]:
     need = ("updates", "samples", "adversarial_samples", "eigenvalues", "eigenvalues_skipped",
             "hvps", "time_train", "time_adversarial", "time_eigenvalue")
     for i, m in enumerate(hist):
+        m = _object(source, f"history[{i}]", m, "one epoch")
         missing = [k for k in need if k not in m]
         if missing:
             raise ValueError(f"{source}: history[{i}] lacks {missing}")
-        epochs.append(Workload(m["updates"] - prev_u, m["samples"] - prev_s,
-                               m["adversarial_samples"],
-                               len(m["eigenvalues"]) + m["eigenvalues_skipped"], m["hvps"]))
-        measured.append(m["time_train"] + m["time_adversarial"] + m["time_eigenvalue"])
-        prev_u, prev_s = m["updates"], m["samples"]
+        c = {k: _count(source, f"history[{i}].{k}", m[k])
+             for k in ("updates", "samples", "adversarial_samples", "eigenvalues_skipped",
+                       "hvps")}
+        t = {k: _seconds(source, f"history[{i}].{k}", m[k])
+             for k in ("time_train", "time_adversarial", "time_eigenvalue")}
+        if not isinstance(m["eigenvalues"], list):
+            raise ValueError(f"{source}: history[{i}].eigenvalues is {m['eigenvalues']!r}; "
+                             "expected a list")
+        try:
+            epochs.append(Workload(c["updates"] - prev_u, c["samples"] - prev_s,
+                                   c["adversarial_samples"],
+                                   len(m["eigenvalues"]) + c["eigenvalues_skipped"], c["hvps"]))
+        except ValueError as exc:
+            raise ValueError(f"{source}: history[{i}]: {exc} (updates and samples are running "
+                             "totals, so they never decrease)") from None
+        measured.append(t["time_train"] + t["time_adversarial"] + t["time_eigenvalue"])
+        prev_u, prev_s = c["updates"], c["samples"]
     total = Workload()
     for w in epochs:
         total = total + w
-    cfg = doc["scheduler"]
-    spec = doc.get("spec", {})
     label = str(cfg.get("method", spec.get("method", "?")))
     return [{"label": label, "workload": total, "epochs": epochs, "measured_epochs": measured,
              "measured": sum(measured), "smallest_batch": cfg.get("batch_size"),
@@ -254,21 +299,34 @@ def runs_from_results(doc: dict[str, Any], source: str) -> list[dict[str, Any]]:
     if doc.get("format") != "hessbatch.mushroom" or "runs" not in doc:
         raise ValueError(f"{source}: not a results.json of `hessbatch mushroom` (format "
                          f"{doc.get('format')!r})")
+    data = _object(source, "'data'", doc.get("data", {}), "the data set's shape")
+    n_params = (None if data.get("n_features") is None
+                else _count(source, "data.n_features", data["n_features"]))
     out = []
+    if not isinstance(doc["runs"], list):
+        raise ValueError(f"{source}: 'runs' is {type(doc['runs']).__name__}; expected a list")
     for i, r in enumerate(doc["runs"]):
+        r = _object(source, f"runs[{i}]", r, "one run")
         missing = [k for k in ("method", "updates", "samples_seen", "eigenvalue_checks",
                                "hvps") if k not in r]
         if missing:
             raise ValueError(f"{source}: runs[{i}] lacks {missing}")
-        cfg = r.get("config", {})
+        cfg = _object(source, f"runs[{i}].config", r.get("config", {}), "the run's options")
+        c = {k: _count(source, f"runs[{i}].{k}", r[k])
+             for k in ("updates", "samples_seen", "eigenvalue_checks", "hvps")}
         note = ("adversarial samples are not in results.json: counted as 0"
                 if cfg.get("method") == "absa" else None)
+        try:
+            work = Workload(c["updates"], c["samples_seen"], 0, c["eigenvalue_checks"],
+                            c["hvps"])
+        except ValueError as exc:
+            raise ValueError(f"{source}: runs[{i}]: {exc}") from None
         out.append({"label": str(r["method"]),
-                    "workload": Workload(r["updates"], r["samples_seen"], 0,
-                                         r["eigenvalue_checks"], r["hvps"]),
+                    "workload": work,
                     "epochs": None, "measured_epochs": None, "measured": None,
                     "smallest_batch": cfg.get("batch_size"), "source": source,
-                    "kind": "results", "n_params": doc.get("data", {}).get("n_features"),
+                    "kind": "results",
+                    "n_params": n_params,
                     "note": note})
     return out
 
@@ -319,6 +377,11 @@ def _methods(text: str) -> tuple[str, ...]:
 
 
 def build_parser(parser: argparse.ArgumentParser) -> None:
+    # argparse takes "-1e-9" for an option (its number pattern has no exponent) and says
+    # "expected one argument"; with this pattern the value reaches the profile's check, which
+    # names the option and the allowed range
+    parser._negative_number_matcher = re.compile(
+        r"^-\d+$|^-\d*\.\d+$|^-(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
     parser.add_argument("inputs", nargs="*", metavar="FILE",
                         help="metrics.json (hessbatch train), results.json (hessbatch "
                              "mushroom) or a folder holding one")
@@ -335,7 +398,9 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
                             help={"method": "replay this one method (same as --methods METHOD)"})
 
     g = parser.add_argument_group(
-        "machine profile (override --profile; defaults: the file's, else 0 / P = 1)")
+        "machine profile (override --profile's fields; a cost that the runs incur must be "
+        "given, in a file or by an option, or measured by --calibrate; the defaults used are "
+        "printed)")
     g.add_argument("--profile", type=Path, default=None,
                    help="JSON profile (as written by --calibrate into OUT/profile.json)")
     g.add_argument("--processes", "-P", type=int, default=None,
@@ -369,8 +434,11 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
                    help="P values of the strong-scaling curve (default 1,2,4,...,1024)")
     g.add_argument("--format", choices=("table", "json"), default="table",
                    help="table on the terminal, or one JSON document (default %(default)s)")
-    g.add_argument("--out", type=Path, default=None,
-                   help="folder for simulate.json, scaling.png and (calibrate) profile.json")
+    g.add_argument("--out", default=None,
+                   help="folder for simulate.json, scaling.png and (calibrate) profile.json; "
+                        "checked before any work: it must be new or empty")
+    g.add_argument("--overwrite", action="store_true",
+                   help="allow a non-empty --out (its files are replaced)")
     g.add_argument("--no-plot", action="store_true", help="do not write scaling.png")
     g.add_argument("--paper-table3", action="store_true",
                    help="reproduce the paper's Table 3 from its inputs and stop")
@@ -395,24 +463,123 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
                    help="calibrate without the gloo all-reduce measurement (alpha = beta = 0)")
 
 
-def profile_from_args(args: argparse.Namespace, runs: list[dict[str, Any]]) -> MachineProfile:
-    """The profile: --profile's file, then each option given on the command line."""
-    base = MachineProfile.load(args.profile) if args.profile is not None else MachineProfile()
+_OPTION_OF = {"processes": "--processes", "n_params": "--n-params", "alpha": "--latency",
+              "beta": "--inverse-bandwidth", "time_per_update": "--time-per-update",
+              "time_per_sample": "--time-per-sample",
+              "time_per_adversarial_sample": "--time-per-adv-sample",
+              "time_per_hvp_sample": "--time-per-hvp-sample",
+              "time_per_check": "--time-per-check", "hessian_batch": "--hessian-batch",
+              "hvps_per_check": "--hvps-per-check"}
+_ARG_OF = {"alpha": "prof_alpha", "beta": "prof_beta", "hessian_batch": "prof_hessian_batch"}
+
+
+def _given_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The profile fields typed on the command line."""
+    return {f: getattr(args, _ARG_OF.get(f, f)) for f in _PROFILE_OPTIONS
+            if getattr(args, _ARG_OF.get(f, f)) is not None}
+
+
+def profile_from_args(args: argparse.Namespace, runs: list[dict[str, Any]]
+                      ) -> tuple[MachineProfile, dict[str, str]]:
+    """The profile and where each field came from ("option", "file", "data" or "default").
+
+    --profile's file first (only the keys it holds count as given), then each option typed.
+    """
     changes: dict[str, Any] = {}
-    names = {"alpha": "prof_alpha", "beta": "prof_beta", "hessian_batch": "prof_hessian_batch"}
-    for field in _PROFILE_OPTIONS:
-        v = getattr(args, names.get(field, field))
-        if v is not None:
-            changes[field] = v
-    if "n_params" not in changes and args.profile is None:
+    sources = {f: "default" for f in _PROFILE_OPTIONS}
+    if args.profile is not None:
+        raw = _load_json(Path(args.profile))
+        if isinstance(raw, dict) and "profile" in raw and "format" not in raw:
+            raw = raw["profile"]   # the whole --calibrate report
+        base = MachineProfile.load(args.profile)
+        for f in _PROFILE_OPTIONS:
+            if isinstance(raw, dict) and f in raw:
+                changes[f], sources[f] = getattr(base, f), "file"
+    for f, v in _given_options(args).items():
+        changes[f], sources[f] = v, "option"
+    if "n_params" not in changes:
         known = {r["n_params"] for r in runs if r.get("n_params")}
         if len(known) == 1:
-            changes["n_params"] = known.pop()
+            changes["n_params"], sources["n_params"] = known.pop(), "data"
     try:
-        return base.replace(**changes)
+        return MachineProfile().replace(**changes), sources
     except (TypeError, ValueError) as exc:
         raise ValueError(f"machine profile: {exc} (see the options of `hessbatch simulate "
                          "--help`)") from None
+
+
+def check_costs(profile: MachineProfile, sources: dict[str, str], runs: list[dict[str, Any]],
+                scaling) -> dict[str, Any]:
+    """Refuse a cost that matters and was not given, or was given as a meaningless 0.
+
+    What matters depends on what is simulated: the all-reduce (``n_params``, ``alpha``,
+    ``beta``) as soon as any P > 1 is predicted (``--processes`` or ``--scaling``); the
+    adversarial time when a run made adversarial samples; the check times when a run made
+    checks; some compute per update or per sample always. Fields that do not matter, or whose
+    partner carries the cost, keep their default, which is returned to be printed.
+
+    Returns:
+        ``{field: value}`` of the defaults used for fields that enter a prediction.
+
+    Raises:
+        ValueError: every missing or zero cost at once, each with its option and the fix.
+    """
+    given = {f for f, src in sources.items() if src != "default"}
+
+    def name(f: str) -> str:
+        return _OPTION_OF[f] + (f" ({f!r} of the --profile file)" if sources[f] == "file"
+                                else " (calibrated)" if sources[f] == "calibrated" else "")
+
+    problems: list[str] = []
+    used_defaults: dict[str, Any] = {}
+    work = [r["workload"] for r in runs]
+    top_p = max([profile.processes, *scaling])
+    if top_p > 1:
+        missing = [_OPTION_OF[f] for f in ("n_params", "alpha", "beta") if f not in given]
+        if missing:
+            problems.append(
+                f"{', '.join(missing)} not given, and P up to {top_p} is predicted (--processes "
+                "or --scaling): the all-reduce time needs the parameter count, the latency and "
+                "the inverse bandwidth; give them (or --profile FILE, or --calibrate), or "
+                "predict one process only with --processes 1 --scaling 1")
+        if "n_params" in given and profile.n_params == 0:
+            problems.append(f"{name('n_params')} is 0: a model has at least one parameter; "
+                            "give its parameter count")
+        if "beta" in given and profile.beta == 0:
+            problems.append(f"{name('beta')} is 0 (an infinitely fast network); give "
+                            "seconds per value, e.g. 4 bytes / 10 GB/s = 4e-10")
+    if any(w.updates for w in work):
+        if not (profile.time_per_sample > 0 or profile.time_per_update > 0):
+            problems.append("no compute time: give --time-per-sample (and/or "
+                            "--time-per-update) > 0, or --profile FILE, or --calibrate")
+        for f in ("time_per_sample", "time_per_update"):
+            if f not in given:
+                used_defaults[f] = getattr(profile, f)
+    if any(w.adversarial_samples for w in work):
+        if not profile.time_per_adversarial_sample > 0:
+            n = sum(w.adversarial_samples for w in work)
+            f = "time_per_adversarial_sample"
+            state = f"{name(f)} is 0" if f in given else f"{_OPTION_OF[f]} is not given"
+            problems.append(f"{state}, but the runs make {n:,} "
+                            "adversarial samples (ABSA's work would be free); give the "
+                            "seconds to make one, or --calibrate")
+    if any(w.checks for w in work):
+        if not (profile.time_per_hvp_sample > 0 or profile.time_per_check > 0):
+            problems.append("the runs make eigenvalue checks but neither "
+                            "--time-per-hvp-sample nor --time-per-check is > 0 (the checks "
+                            "would be free); give them, or --calibrate")
+        for f in ("time_per_hvp_sample", "time_per_check"):
+            if f not in given:
+                used_defaults[f] = getattr(profile, f)
+        if profile.time_per_hvp_sample > 0 and "hessian_batch" not in given:
+            used_defaults["hessian_batch"] = profile.hessian_batch
+        if any(w.checks and w.hvps is None for w in work) and "hvps_per_check" not in given:
+            used_defaults["hvps_per_check"] = profile.hvps_per_check
+    if top_p > 1 and "processes" not in given:
+        used_defaults["processes"] = profile.processes
+    if problems:
+        raise ValueError("machine profile: " + "; ".join(problems))
+    return used_defaults
 
 
 # --------------------------------------------------------------------------------------------
@@ -427,14 +594,15 @@ def _scaling(run: dict[str, Any], profile: MachineProfile, ps) -> dict[str, Any]
             "communication_dominates_from": dominated}
 
 
-def plot_scaling(results: list[dict[str, Any]], path: Path, title: str) -> bool:
-    """Time against P for each run (log-log), communication dashed; False without matplotlib."""
+def plot_scaling(results: list[dict[str, Any]], title: str) -> bytes | None:
+    """Time against P for each run (log-log), communication dashed, as PNG bytes; None
+    without matplotlib."""
     # matplotlib is optional (the [plot] extra) and the core imports only the standard library
     # at module level: it is looked up here, at call time, and its absence is not an error.
     try:
         plt = AggFigures()   # the process's matplotlib backend is left alone
     except ImportError:
-        return False
+        return None
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for res in results:
         rows = res["scaling"]["rows"]
@@ -453,9 +621,10 @@ def plot_scaling(results: list[dict[str, Any]], path: Path, title: str) -> bool:
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
-    return True
+    return buf.getvalue()
 
 
 def _print_table3(rows: list[dict[str, Any]], last_batch: str) -> None:
@@ -540,6 +709,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             _print_table3(rows, args.last_batch)
         return 0
+    # the output folder first: a bad --out is reported before any work (docs/reliability.md)
+    out = check_out_dir(args.out, overwrite=args.overwrite)
     if args.trace is not None and args.demo:
         raise ValueError("give either --trace FILE or --demo, not both")
     if any(p < 1 for p in args.scaling) or not args.scaling:
@@ -550,22 +721,22 @@ def run(args: argparse.Namespace) -> int:
     if args.trace is not None or args.demo:
         runs.extend(runs_from_trace(args))
     calibration = None
+    files: dict[str, Any] = {}
     if args.calibrate:
+        args.out = out
         measured_profile, details, crun = _calibrate(args, runs)
         if args.profile is not None:
             print("note: --calibrate measures the profile; --profile is ignored",
                   file=sys.stderr)
             args.profile = None
-        if args.out is not None:
-            args.out.mkdir(parents=True, exist_ok=True)
-            (args.out / "profile.json").write_text(json.dumps(
-                dict(measured_profile.to_dict(), notes=details), indent=1))
+        files["profile.json"] = json.dumps(dict(measured_profile.to_dict(), notes=details),
+                                           indent=1, allow_nan=False)
         # options given on the command line (say --processes) still apply on top
-        changes = {f: getattr(args, {"alpha": "prof_alpha", "beta": "prof_beta",
-                                     "hessian_batch": "prof_hessian_batch"}.get(f, f))
-                   for f in _PROFILE_OPTIONS}
-        profile = measured_profile.replace(**{k: v for k, v in changes.items()
-                                              if v is not None})
+        given = _given_options(args)
+        profile = measured_profile.replace(**given)
+        sources = {f: "option" if f in given else "calibrated" for f in _PROFILE_OPTIONS}
+        if "allreduce" not in details:   # --no-allreduce: alpha and beta were not measured
+            sources.update({f: "default" for f in ("alpha", "beta") if f not in given})
         cmp_rows = compare_epochs(crun, measured_profile)
         meas = sum(r["measured"] for r in cmp_rows)
         pred = sum(r["predicted"] for r in cmp_rows)
@@ -573,19 +744,11 @@ def run(args: argparse.Namespace) -> int:
                        "run": crun["source"], "epochs": cmp_rows, "measured": meas,
                        "predicted": pred, "relative_error": pred / meas - 1 if meas else None}
     else:
-        profile = profile_from_args(args, runs)
+        profile, sources = profile_from_args(args, runs)
     if not runs:
         raise ValueError("nothing to simulate: give a metrics.json/results.json, --trace FILE, "
                          "--demo, --paper-table3 or --calibrate")
-    if not any(getattr(profile, f) for f in ("alpha", "beta", "time_per_update",
-                                             "time_per_sample", "time_per_adversarial_sample",
-                                             "time_per_hvp_sample", "time_per_check")):
-        print("warning: every time constant of the profile is 0, so every predicted time is 0;"
-              " give --profile FILE, the machine options (see --help) or --calibrate",
-              file=sys.stderr)
-    elif profile.processes > 1 and profile.n_params == 0 and profile.beta > 0:
-        print("warning: --n-params is 0, so the all-reduce carries no data (only latency); "
-              "give the model's parameter count", file=sys.stderr)
+    defaults = check_costs(profile, sources, runs, args.scaling)
     if len({r["source"] for r in runs}) > 1:  # name the file only where several are mixed
         for r in runs:
             r["label"] = f"{r['label']} ({Path(r['source']).parent.name or r['source']})" \
@@ -597,26 +760,34 @@ def run(args: argparse.Namespace) -> int:
                         "workload": r["workload"].to_dict(), "prediction": cost.to_dict(),
                         "measured": r["measured"], "note": r["note"],
                         "scaling": _scaling(r, profile, args.scaling)})
-    doc = {"profile": profile.to_dict(), "runs": results, "calibration": calibration}
-    if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "simulate.json").write_text(json.dumps(doc, indent=1, default=str))
+    doc = {"profile": profile.to_dict(), "profile_sources": sources,
+           "defaults_used": defaults, "runs": results, "calibration": calibration}
+    if out is not None:
+        files["simulate.json"] = json.dumps(doc, indent=1, default=str, allow_nan=False)
         if not args.no_plot:
             title = (f"strong scaling, |theta| = {profile.n_params:,}, alpha = "
                      f"{profile.alpha:.3g} s, beta = {profile.beta:.3g} s/value")
-            if not plot_scaling(results, args.out / "scaling.png", title):
+            png = plot_scaling(results, title)
+            if png is None:
                 print("scaling.png not written: matplotlib is missing; pip install "
                       "'hessbatch[plot]'", file=sys.stderr)
+            else:
+                files["scaling.png"] = png
+        write_files(out, files)   # all or nothing
     if args.format == "json":
-        json.dump(doc, sys.stdout, indent=1, default=str)
+        json.dump(doc, sys.stdout, indent=1, default=str, allow_nan=False)
         print()
         return 0
-    _print_report(profile, results, calibration, args)
+    _print_report(profile, results, calibration, args, defaults)
     return 0
 
 
-def _print_report(profile: MachineProfile, results, calibration, args) -> None:
+def _print_report(profile: MachineProfile, results, calibration, args, defaults) -> None:
     p = profile
+    if defaults:
+        print("defaults used (not given, not measured): " + ", ".join(
+            f"{_OPTION_OF[f]} {v}" + (" (not modelled)" if v == 0 else "")
+            for f, v in defaults.items()))
     print(f"profile: P = {p.processes}, |theta| = {p.n_params:,}, alpha = {p.alpha:.3g} s, "
           f"beta = {p.beta:.3g} s/value (one all-reduce {p.allreduce:.3g} s), t_update = "
           f"{p.time_per_update:.3g} s, t_sample = {p.time_per_sample:.3g} s, t_adv = "
@@ -659,9 +830,17 @@ def _print_report(profile: MachineProfile, results, calibration, args) -> None:
                              f"{100 * r['relative_error']:+.1f}%") for r in calibration["epochs"]]))
         print(f"total: measured {calibration['measured']:.4g} s, predicted "
               f"{calibration['predicted']:.4g} s, error {100 * calibration['relative_error']:+.1f}%")
+        spread = calibration["details"].get("model", {}).get("spread", {})
+        if spread:
+            print(f"spread of the {calibration['details']['model'].get('repeats')} repeats "
+                  "((max - min) / median; the median is used): " + ", ".join(
+                      f"{k} {100 * v:.0f}%" for k, v in spread.items()))
         ar = calibration["details"].get("allreduce")
         if ar:
             print(f"all-reduce, 2 local gloo processes: alpha = {ar['alpha']:.3g} s, beta = "
                   f"{ar['beta']:.3g} s/value ({4 / ar['beta'] / 1e9 if ar['beta'] else math.inf:.3g}"
                   f" GB/s); points (values, s): "
-                  + ", ".join(f"({n}, {t:.3g})" for n, t in ar["points"]))
+                  + ", ".join(f"({n}, {t:.3g})" for n, t in ar["points"])
+                  + " (fastest of the repeats; median over fastest - 1: "
+                  + ", ".join(f"{100 * v:.0f}%" for v in ar.get("spread_median_over_min",
+                                                                 {}).values()) + ")")

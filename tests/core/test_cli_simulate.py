@@ -14,6 +14,11 @@ from hessbatch._cli_simulate import load_runs
 from hessbatch.cli import main
 
 
+# every cost a demo or a metrics.json incurs (ABSA: adversarial samples and checks), P > 1
+COSTS = ["--n-params", "1000", "--latency", "1e-5", "--inverse-bandwidth", "1e-9",
+         "--time-per-sample", "1e-3", "--time-per-adv-sample", "2e-3", "--time-per-check", "0.1"]
+
+
 def _metrics_doc() -> dict:
     """A metrics.json as `hessbatch train` writes it (the fields simulate reads), two epochs."""
     def epoch(e, updates, samples, adv, eigs, skipped, hvps, tt, ta, te):
@@ -75,7 +80,9 @@ def test_simulate_metrics_json_prediction_in_json(tmp_path, capsys):
 def test_simulate_results_json_takes_n_params_from_the_data(tmp_path, capsys):
     path = tmp_path / "results.json"
     path.write_text(json.dumps(_results_doc()))
-    rc = main(["simulate", str(path), "--processes", "8", "--inverse-bandwidth", "1e-6"])
+    rc = main(["simulate", str(path), "--processes", "8", "--inverse-bandwidth", "1e-6",
+               "--latency", "0", "--time-per-sample", "0", "--time-per-update", "1e-3",
+               "--time-per-check", "0.1"])
     assert rc == 0
     out = capsys.readouterr().out
     assert "|theta| = 117" in out and "sgd B=100" in out
@@ -91,7 +98,8 @@ def test_trace_replay_and_outputs(tmp_path, capsys):
     rc = main(["simulate", "--trace", str(trace), "--methods", "bl,abs", "--samples-per-epoch",
                "1000", "--epochs", "4", "--decay-epochs", "", "--batch-size", "50",
                "--max-batch", "400", "--processes", "2", "--n-params", "100",
-               "--time-per-sample", "1e-3", "--inverse-bandwidth", "1e-5", "--out", str(out)])
+               "--time-per-sample", "1e-3", "--inverse-bandwidth", "1e-5", "--latency", "1e-5",
+               "--time-per-check", "0.1", "--out", str(out)])
     assert rc == 0
     doc = json.loads((out / "simulate.json").read_text())
     bl, abs_ = doc["runs"]
@@ -103,7 +111,8 @@ def test_trace_replay_and_outputs(tmp_path, capsys):
 
 
 def test_profile_file_and_option_override(tmp_path, capsys):
-    prof = MachineProfile(processes=16, n_params=10, time_per_sample=1.0)
+    prof = MachineProfile(processes=16, n_params=10, time_per_sample=1.0, alpha=1e-6,
+                          beta=1e-9, time_per_adversarial_sample=1e-3, time_per_check=0.1)
     pfile = tmp_path / "profile.json"
     pfile.write_text(json.dumps(prof.to_dict()))
     m = tmp_path / "metrics.json"
@@ -175,13 +184,14 @@ def test_core_only_installation(tmp_path):
         sys.meta_path.insert(0, Block())
         import hessbatch.cli
         rc = hessbatch.cli.main(['simulate', '--demo', '--epochs', '3', '--decay-epochs', '',
-                                 '--samples-per-epoch', '500', '--time-per-sample', '1e-3',
+                                 '--samples-per-epoch', '500', *sys.argv[2:],
                                  '--out', sys.argv[1]])
         assert rc == 0, rc
         assert 'torch' not in sys.modules and 'matplotlib' not in sys.modules
         raise SystemExit(hessbatch.cli.main(['simulate', '--calibrate']))
     """)
-    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path), *COSTS],
+                          capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert "scaling.png not written: matplotlib is missing" in proc.stderr
@@ -190,13 +200,17 @@ def test_core_only_installation(tmp_path):
     assert "pip install 'hessbatch[deep]'" in proc.stderr
 
 
-def test_an_all_zero_profile_is_warned_about(capsys):
+def test_an_all_zero_profile_is_refused_naming_each_missing_cost(capsys):
     argv = ["simulate", "--demo", "--method", "bl", "--epochs", "2", "--samples-per-epoch",
             "100", "--decay-epochs", ""]
-    assert main(argv) == 0
-    assert "every time constant of the profile is 0" in capsys.readouterr().err
-    assert main(argv + ["--time-per-sample", "1e-3"]) == 0
-    assert "every time constant" not in capsys.readouterr().err
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--n-params, --latency, --inverse-bandwidth not given" in err
+    assert "no compute time: give --time-per-sample" in err
+    assert main(argv + ["--time-per-sample", "1e-3", "--processes", "1", "--scaling", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "defaults used (not given, not measured): --time-per-update 0.0 (not modelled)" \
+        in out
 
 
 def test_labels_name_the_file_only_when_files_are_mixed(tmp_path, capsys):
@@ -204,10 +218,9 @@ def test_labels_name_the_file_only_when_files_are_mixed(tmp_path, capsys):
         (tmp_path / name).mkdir()
         (tmp_path / name / ("metrics.json" if name == "a" else "results.json")).write_text(
             json.dumps(doc))
-    main(["simulate", str(tmp_path / "a"), "--format", "json", "--time-per-sample", "1"])
+    main(["simulate", str(tmp_path / "a"), "--format", "json", *COSTS])
     assert [r["label"] for r in json.loads(capsys.readouterr().out)["runs"]] == ["absa"]
-    main(["simulate", str(tmp_path / "a"), str(tmp_path / "b"), "--format", "json",
-          "--time-per-sample", "1"])
+    main(["simulate", str(tmp_path / "a"), str(tmp_path / "b"), "--format", "json", *COSTS])
     labels = [r["label"] for r in json.loads(capsys.readouterr().out)["runs"]]
     assert labels == ["absa (a)", "sgd B=100 (b)", "absa (b)"]
 
@@ -230,8 +243,125 @@ def test_the_scaling_plot_keeps_the_process_matplotlib_backend(tmp_path):
     before = mpl.rcParams["backend"]
     mpl.rcParams["backend"] = "template"
     try:
-        assert main(["simulate", "--demo", "--out", str(tmp_path / "s")]) == 0
+        assert main(["simulate", "--demo", *COSTS, "--out", str(tmp_path / "s")]) == 0
         assert mpl.rcParams["backend"] == "template"
     finally:
         mpl.rcParams["backend"] = before
     assert (tmp_path / "s" / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ---- issue 21: every cost given, measured or a printed default; issue 24: outputs, inputs
+
+def _metrics_file(tmp_path, doc=None):
+    path = tmp_path / "metrics.json"
+    path.write_text(json.dumps(_metrics_doc() if doc is None else doc))
+    return path
+
+
+@pytest.mark.parametrize("drop,message", [
+    ("--n-params", "--n-params not given, and P up to 1024 is predicted"),
+    ("--time-per-adv-sample", "--time-per-adv-sample is not given, but the runs make 40 "
+                              "adversarial samples"),
+    ("--time-per-check", "neither --time-per-hvp-sample nor --time-per-check is > 0"),
+])
+def test_a_missing_cost_that_matters_is_refused(tmp_path, capsys, drop, message):
+    """Before: 64 processes without a parameter count predicted 0 s of communication, and
+    ABSA's adversarial samples and checks cost nothing."""
+    argv = ["simulate", str(_metrics_file(tmp_path)), "--processes", "64"]
+    i = COSTS.index(drop)
+    assert main(argv + COSTS[:i] + COSTS[i + 2:]) == 2
+    assert message in capsys.readouterr().err
+    assert main(argv + COSTS) == 0
+
+
+def test_zero_costs_without_physical_sense_are_refused(tmp_path, capsys):
+    m = str(_metrics_file(tmp_path))
+    for opt, message in (("--n-params", "--n-params is 0: a model has at least one"),
+                         ("--inverse-bandwidth", "--inverse-bandwidth is 0 (an infinitely"),
+                         ("--time-per-adv-sample", "--time-per-adv-sample is 0, but")):
+        argv = list(COSTS)
+        argv[argv.index(opt) + 1] = "0"
+        assert main(["simulate", m, *argv]) == 2
+        assert message in capsys.readouterr().err
+    # a profile file that leaves fields out does not make them 0
+    prof = tmp_path / "p.json"
+    prof.write_text(json.dumps({"processes": 64, "time_per_sample": 1e-3}))
+    assert main(["simulate", m, "--profile", str(prof)]) == 2
+    assert "--n-params, --latency, --inverse-bandwidth not given" in capsys.readouterr().err
+    prof.write_text(json.dumps({"processes": 64, "n_params": 0}))
+    assert main(["simulate", m, "--profile", str(prof), *COSTS[2:]]) == 2
+    assert "--n-params ('n_params' of the --profile file) is 0" in capsys.readouterr().err
+
+
+def test_a_negative_exponent_value_reaches_the_range_check(capsys):
+    """Before: argparse took -1e-9 for an option and said 'expected one argument'."""
+    assert main(["simulate", "--demo", *COSTS, "--inverse-bandwidth", "-1e-9"]) == 2
+    err = capsys.readouterr().err
+    assert "beta must be finite and >= 0, got -1e-09" in err, err
+    assert "expected one argument" not in err
+
+
+def test_every_default_used_is_printed_and_in_the_json(tmp_path, capsys):
+    argv = ["simulate", str(_metrics_file(tmp_path)), *COSTS]
+    assert main(argv + ["--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    # given: the COSTS; defaulted and used: P (1), t_update, t_hvp (checks), hvps recorded
+    assert doc["defaults_used"] == {"time_per_update": 0.0, "time_per_hvp_sample": 0.0,
+                                    "processes": 1}
+    assert doc["profile_sources"]["n_params"] == "option"
+    assert doc["profile_sources"]["time_per_update"] == "default"
+    assert main(argv) == 0
+    assert ("defaults used (not given, not measured): --time-per-update 0.0 (not modelled), "
+            "--time-per-hvp-sample 0.0 (not modelled), --processes 1") in capsys.readouterr().out
+
+
+def test_out_is_checked_first_refused_when_used_and_never_the_current_folder(
+        tmp_path, capsys, monkeypatch):
+    """Before: `--out ''` wrote into the current folder, an earlier simulate.json was
+    overwritten silently, and a bad --out was reported only after the work."""
+    import hessbatch._cli_simulate as sim
+    monkeypatch.chdir(tmp_path)
+    argv = ["simulate", "--demo", *COSTS, "--no-plot"]
+    assert main(argv + ["--out", ""]) == 2
+    assert "--out is empty ('')" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+    assert main(argv + ["--out", "sim"]) == 0
+    first = (tmp_path / "sim" / "simulate.json").read_text()
+    assert main(argv + ["--latency", "1e-3", "--out", "sim"]) == 2
+    assert "the folder is not empty (simulate.json); pass --overwrite" in \
+        capsys.readouterr().err
+    assert (tmp_path / "sim" / "simulate.json").read_text() == first
+    assert main(argv + ["--latency", "1e-3", "--out", "sim", "--overwrite"]) == 0
+    assert (tmp_path / "sim" / "simulate.json").read_text() != first
+    (tmp_path / "afile").write_text("x")
+
+    def no_work(*a, **k):
+        raise AssertionError("the work started before --out was checked")
+    monkeypatch.setattr(sim, "load_runs", no_work)
+    monkeypatch.setattr(sim, "runs_from_trace", no_work)
+    assert main(argv + ["--out", "afile"]) == 2
+    assert "--out afile: is a file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda d: d.update(scheduler=None), "'scheduler' is null; expected an object"),
+    (lambda d: d["history"][1].update(samples="640"),
+     "history[1].samples is '640'; expected a whole number >= 0"),
+    (lambda d: d["history"][0].update(time_train=float("nan")),
+     "history[0].time_train is nan; expected a finite number of seconds >= 0"),
+    (lambda d: d["history"][1].update(updates=3),
+     "history[1]: updates must be >= 0, got -7 (updates and samples are running totals"),
+    (lambda d: d.update(history="x"), "'history' is str; expected a list"),
+])
+def test_a_bad_metrics_json_gets_one_line_naming_file_and_field(tmp_path, capsys, edit,
+                                                                 message):
+    """Before: AttributeError for a null scheduler, messages without the file name for strings,
+    and a NaN time accepted and written back as bare NaN (not JSON)."""
+    doc = _metrics_doc()
+    edit(doc)
+    path = tmp_path / "metrics.json"
+    path.write_text(json.dumps(doc))    # json.dumps writes nan as NaN, as Python's reader reads
+    assert main(["simulate", str(path), *COSTS, "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(path) in err and message in err, err
+    assert not (tmp_path / "o").exists()

@@ -31,9 +31,27 @@ def test_fit_ring_recovers_alpha_and_beta_exactly():
         fit_ring([(5, 1.0), (5, 2.0)], 2)
 
 
+def test_timings_that_contradict_the_ring_model_are_refused_not_fitted():
+    """Issue 21: under load the all-reduce timings were not monotone in the message size and
+    the fitted latency and bandwidth were noise. A decreasing set and a flat/negative slope
+    are refused with the points named; a noisy but increasing set is fitted."""
+    from hessbatch.deep._calibrate import check_ring
+    bad = [(1, 3e-4), (1 << 12, 1.5e-4), (1 << 16, 2e-4), (1 << 20, 9e-4)]
+    with pytest.raises(ValueError, match=r"4096 values took 0.00015 s, less than 1 values"):
+        check_ring(bad)
+    with pytest.raises(ValueError, match="does not grow with the message size"):
+        fit_ring([(1, 5e-4), (1 << 20, 4e-4)], 2)
+    good = [(1, 1.0e-4), (1 << 12, 0.95e-4), (1 << 16, 1.3e-4), (1 << 20, 9e-4)]
+    check_ring(good)                       # 5% down at 4096 values: timer noise, allowed
+    a, b, resid = fit_ring(good, 2)
+    assert a > 0 and b > 0 and resid < 1.0
+
+
 def test_allreduce_between_two_gloo_processes():
-    res = measure_allreduce((1, 1 << 14), repeats=3)
-    assert [n for n, _ in res["points"]] == [1, 1 << 14]
+    # sizes far apart: the check refuses timings that do not grow with the size
+    res = measure_allreduce((1, 1 << 20), repeats=3)
+    assert [n for n, _ in res["points"]] == [1, 1 << 20]
+    assert set(res["spread_median_over_min"]) == {"1", str(1 << 20)}
     assert all(t > 0 and math.isfinite(t) for _, t in res["points"])
     assert res["alpha"] >= 0 and res["beta"] >= 0 and res["world_size"] == 2
     with pytest.raises(ValueError, match="world_size"):
@@ -63,7 +81,7 @@ def test_measure_model_leaves_the_model_alone():
 def test_calibrate_command_compares_with_a_real_run(tmp_path, capsys):
     out = tmp_path / "calib"
     rc = main(["simulate", "--calibrate", "--repeats", "2", "--no-allreduce", "--format",
-               "json", "--out", str(out), "--train-args",
+               "json", "--scaling", "1", "--out", str(out), "--train-args",
                "--model mlp --width 8 --data synthetic:300 --epochs 2 --method absa "
                "--batch-size 32 --max-batch 128 --check-every 120 --patience 2 --threads 1 "
                "--hessian-batch 32 --max-hvp 3"])

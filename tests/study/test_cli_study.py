@@ -183,7 +183,8 @@ def test_measure_in_float32_still_takes_the_input_hessian_in_float64():
     torch.manual_seed(0)
     model = MLP((1, 6, 6), 4, hidden=(16,), activation="relu")
     x, y = torch.rand(80, 1, 6, 6), torch.randint(4, (80,))
-    opts = {"top_k": 2, "eig_tol_study": 1e-3, "eig_max_hvp": 60, "trace_probes": 4,
+    opts = {"top_k": 2, "eig_tol_study": 1e-3, "eig_max_hvp": 60, "bottom_max_hvp": 20,
+            "trace_probes": 4,
             "hessian_samples": 0, "hessian_micro_batch": 32, "eps": [0.0, 0.1], "pgd_steps": 2,
             "attack_samples": 0, "landscape_radius": 0.5, "landscape_points": 3,
             "input_samples": 8, "input_eps": 0.05, "input_steps": 10, "lambdas": [0.0],
@@ -198,7 +199,7 @@ def test_measure_in_float32_still_takes_the_input_hessian_in_float64():
     assert next(model.parameters()).dtype == torch.float32           # the model is untouched
 
 
-@pytest.mark.parametrize("flag", ["--nproc 2", "--overwrite", "--dtype float64", "--warm-start",
+@pytest.mark.parametrize("flag", ["--nproc 2", "--dtype float64", "--warm-start",
                                   "--hvp-check off", "--max-restarts 1"])
 def test_train_options_the_study_does_not_take_are_refused_by_name(flag, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
@@ -208,3 +209,123 @@ def test_train_options_the_study_does_not_take_are_refused_by_name(flag, tmp_pat
     assert f"{flag.split()[0]} is an option of `hessbatch train` that the study does not take" \
         in err
     assert not (tmp_path / "s").exists()
+
+
+# ---- issue 21: equal-loss comparisons; issue 24: the output rules and damaged files
+
+TARGETS = ["--model", "mlp", "--width", "16", "--data", "synthetic:150:1x4x4", "--lr", "0.2",
+           "--epochs", "12", "--methods", "bl", "--batch-sizes", "16,64", "--seeds", "0",
+           "--activations", "relu", "--top-k", "3", "--trace-probes", "6", "--eps", "0,0.05",
+           "--pgd-steps", "2", "--landscape-points", "3", "--input-samples", "3",
+           "--input-steps", "8", "--lambdas=0,1", "--hessian-batch", "16", "--max-hvp", "4",
+           "--bottom-budget", "10", "--loss-targets", "2.2,2.05,1e-3", "--quiet"]
+
+
+def test_loss_targets_measure_each_run_at_matched_training_loss(tmp_path):
+    out = tmp_path / "st"
+    assert main(["study", *TARGETS, "--out", str(out)]) == 0
+    doc = json.loads((out / "results.json").read_text())
+    reached = unreached = 0
+    for r in doc["runs"]:
+        rows = r["at_loss"]
+        assert [a["target"] for a in rows] == [2.2, 2.05, 1e-3]
+        flags = [a["reached"] for a in rows]
+        assert flags == sorted(flags, reverse=True)    # a smaller target is reached later
+        epochs = [a["epoch"] for a in rows if a["reached"]]
+        assert epochs == sorted(epochs)
+        for a in rows:
+            if not a["reached"]:
+                unreached += 1
+                continue
+            reached += 1
+            # measured where the whole-training-set loss first fell below the target
+            assert a["train_loss_at_stop"] <= a["target"]
+            assert a["train_loss"] == pytest.approx(a["train_loss_at_stop"], rel=1e-4)
+            assert 0 < a["updates"] <= r["updates"]
+            assert a["bottom"]["value"] <= a["spectrum"]["values"][0]
+            assert a["trace"]["low"] <= a["trace"]["trace"] <= a["trace"]["high"]
+        # training stops at the last target, or runs to the --epochs cap
+        assert r["epochs"] == (epochs[-1] if all(flags) else 12)
+    assert reached >= 2 and unreached >= 1, (reached, unreached)
+    rows = _rows(out / "at_loss.csv")
+    assert len(rows) == 2 * 3 and sum(r["reached"] == "True" for r in rows) == reached
+    assert (out / "vs_loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_loss_targets_are_checked(tmp_path, capsys):
+    for bad, message in (("0.1,0.3", "distinct and decreasing"), ("0.3,-1", "finite numbers > 0"),
+                         ("0.3,0.3", "distinct and decreasing")):
+        assert main(["study", *TINY, "--loss-targets", bad, "--out", str(tmp_path / "s")]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+
+
+def test_train_time_after_a_resume_is_the_training_time(tmp_path, monkeypatch):
+    """Before: train_time_s after a resume was the resumed call's wall time (near 0)."""
+    args = [a for a in TINY]
+    args[args.index("relu,softplus")] = "relu"
+    args[args.index("16,64")] = "16"
+    real_run = _study.Trainer.run
+    clock = {"t": 0.0}
+
+    def fake_clock():
+        clock["t"] += 1.0        # every reading one second later: a deterministic clock
+        return clock["t"]
+
+    monkeypatch.setattr(_study.time, "perf_counter", fake_clock)
+    ref = tmp_path / "ref"
+    assert main(["study", *args, "--out", str(ref)]) == 0
+    full = json.loads((ref / "results.json").read_text())["runs"][0]["train_time"]
+
+    def interrupted(self, epochs=None, **kw):
+        real_run(self, 1, **kw)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_study.Trainer, "run", interrupted)
+    out = tmp_path / "cut"
+    assert main(["study", *args, "--out", str(out)]) == 130
+    monkeypatch.setattr(_study.Trainer, "run", real_run)
+    assert main(["study", *args, "--out", str(out)]) == 0
+    resumed = json.loads((out / "results.json").read_text())["runs"][0]["train_time"]
+    # the first call's epoch is counted: the total is within a few clock readings of the
+    # uninterrupted run's (each reading adds 1 s), far from the second call's share alone
+    assert resumed >= 0.6 * full, (resumed, full)
+
+
+def test_study_out_follows_the_output_rules(tmp_path, capsys, monkeypatch):
+    """Before: `--out ''` wrote into the current folder and a folder holding another
+    command's results.json was overwritten."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["study", *TINY, "--out", ""]) == 2
+    assert "--out is empty ('')" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+    other = tmp_path / "train-run"
+    other.mkdir()
+    (other / "results.json").write_text('{"format": "hessbatch.mushroom"}')
+    assert main(["study", *TINY, "--out", str(other)]) == 2
+    assert "the folder is not empty (results.json); pass --overwrite" in capsys.readouterr().err
+    assert (other / "results.json").read_text() == '{"format": "hessbatch.mushroom"}'
+    (tmp_path / "afile").write_text("x")
+    monkeypatch.setattr(_study, "train_run", lambda *a, **k: 1 / 0)   # no work may start
+    assert main(["study", *TINY, "--out", "afile"]) == 2
+    assert "--out afile: is a file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name,text,message", [
+    ("study.json", "{not json", "study.json: damaged study.json, not valid JSON"),
+    ("study.json", '{"x": 1}', "study.json: not a study.json of hessbatch study: no 'options'"),
+    ("runs/relu-bl-b16-s0/measure.json", "[1, 2]",
+     "measure.json: damaged measure.json: expected a JSON object, got list"),
+    ("runs/relu-bl-b16-s0/measure.json", '{"name": "x"}',
+     "measure.json: not a measure.json of hessbatch study: no 'activation' field"),
+])
+def test_a_damaged_file_on_resume_is_named(tmp_path, capsys, name, text, message):
+    """Before: a JSONDecodeError naming no file, or KeyError: 'options'."""
+    args = [a for a in TINY]
+    args[args.index("relu,softplus")] = "relu"
+    out = tmp_path / "st"
+    assert main(["study", *args, "--out", str(out)]) == 0
+    (out / name).write_text(text)
+    assert main(["study", *args, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and str(out) in err, err
