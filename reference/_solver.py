@@ -61,10 +61,10 @@ from __future__ import annotations
 
 import math
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol, Sequence
 
-__all__ = ["SolverResult", "VectorOps", "lanczos", "power_iteration", "start_vector",
+__all__ = ["SolverResult", "VectorOps", "lanczos", "power_iteration", "solve", "start_vector",
            "tridiagonal_eigenvalues", "tridiagonal_top", "LANCZOS_RULES", "STATUSES"]
 
 LANCZOS_RULES = ("squared", "linear")
@@ -104,6 +104,8 @@ class SolverResult:
         threshold: the decision threshold the solver was given (None: none).
         extended: products spent beyond ``max_iter`` (the ``extend`` budget of a check whose
             value decides a growth; 0 when none were needed).
+        confirmed: :func:`solve` only: a warm-started value that would decide a growth was
+            checked by the cold solve of the same seed (the products of both are counted).
     """
 
     value: float
@@ -117,6 +119,7 @@ class SolverResult:
     lower_bound: bool = False
     threshold: float | None = None
     extended: int = 0
+    confirmed: bool = False
 
     @property
     def status(self) -> str:
@@ -320,6 +323,66 @@ def lanczos(ops: VectorOps, v0: Any, *, max_iter: int, tol: float,
     n = len(history)
     return SolverResult(theta, y, n, converged, res, tuple(history), tuple(residuals), ritz,
                         lower_bound=lower, threshold=threshold, extended=max(0, n - max_iter))
+
+
+# ------------------------------------------------------------------------------------------
+# one eigenvalue check: start vector, solver, warm-start guard
+
+METHODS = ("lanczos", "power")
+
+
+def solve(ops: VectorOps, seed: Any, *, method: str = "lanczos", max_iter: int, tol: float,
+          rule: str = "squared", warm: Any = None, mix: float = 0.1,
+          threshold: float | None = None, extend: int = 0,
+          confirm_warm: bool = True) -> SolverResult:
+    """One eigenvalue check as both backends run it: the start vector of :func:`start_vector`,
+    :func:`lanczos` or :func:`power_iteration`, and the guard of a warm start.
+
+    The guard: a warm start can stop on ``lambda_2`` when the old top direction has become the
+    second one (the residual test passes on a true eigenpair; measured in
+    docs/deep_curvature.md, and a larger random part does not cure it). A lower bound above
+    ``threshold`` is certain whatever the start, so it needs nothing; but a warm value that
+    decides a growth (at or below ``threshold``, or no threshold) is confirmed by the cold solve
+    of the same ``seed`` (``confirm_warm``), with the same threshold: the result is the cold
+    one if it is a lower bound (no drop after all), else the larger of the two values (each is
+    at most ``lambda_1``). Both solves' products are counted; ``confirmed=True``.
+
+    Args:
+        ops: the backend's vector operations.
+        seed: passed to ``ops.random`` (the cold start, and the random part of a warm one).
+        method: ``"lanczos"`` or ``"power"``.
+        max_iter, tol, rule, threshold, extend: as for :func:`lanczos`
+            (``rule`` is Lanczos only).
+        warm, mix: as for :func:`start_vector` (``warm=None``: a cold start).
+        confirm_warm: run the guard (default True).
+
+    Returns:
+        A :class:`SolverResult`.
+
+    Raises:
+        ValueError: bad options (named), a non-finite product.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if not isinstance(confirm_warm, bool):
+        raise ValueError(f"confirm_warm must be a bool, got {confirm_warm!r}")
+
+    def run(v0: Any) -> SolverResult:
+        if method == "power":
+            return power_iteration(ops, v0, max_iter=max_iter, tol=tol, threshold=threshold,
+                                   extend=extend)
+        return lanczos(ops, v0, max_iter=max_iter, tol=tol, rule=rule, threshold=threshold,
+                       extend=extend)
+
+    first = run(start_vector(ops, seed, warm=warm, mix=mix))
+    if warm is None or not confirm_warm or first.lower_bound:
+        return first
+    cold = run(start_vector(ops, seed))
+    best = cold if (cold.lower_bound or cold.value >= first.value) else first
+    return replace(best, n_matvec=first.n_matvec + cold.n_matvec,
+                   history=first.history + cold.history,
+                   residuals=first.residuals + cold.residuals,
+                   extended=first.extended + cold.extended, confirmed=True)
 
 
 # ------------------------------------------------------------------------------------------

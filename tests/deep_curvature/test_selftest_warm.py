@@ -46,9 +46,9 @@ def _mlp(act, seed=0, dtype=torch.float32):
 @pytest.mark.parametrize("kind,seed", [("mlp_softplus", 24), ("cnn_softplus", 7),
                                        ("mlp_elu", 50)])
 def test_warm_start_keeps_the_accuracy_contract(kind, seed, exact_hessian, ce):
-    """Default budget, from warm starts that are right or random junk: within 1e-2 of
-    eigvalsh; from the right one, in fewer products than cold. (From the exact *second*
-    eigenvector it can stop at lambda_2: see the next test.)"""
+    """Default budget, from warm starts that are right or random junk, the warm solve alone
+    (confirm_warm=False): within 1e-2 of eigvalsh; from the right one, in fewer products than
+    cold. (From the exact *second* eigenvector it can stop at lambda_2: see the next test.)"""
     model, x, y = _case(kind, seed)
     H = exact_hessian(model, ce, x, y)
     ev, vecs = torch.linalg.eigh(H)
@@ -62,21 +62,28 @@ def test_warm_start_keeps_the_accuracy_contract(kind, seed, exact_hessian, ce):
         cold = top_eigenvalue(model, ce, [(x, y)], seed=s)
         cold_hvps.append(cold.n_hvp)
         for start in (top, junk):
-            r = top_eigenvalue(model, ce, [(x, y)], seed=s, start=start)
-            assert r.warm and r.n_hvp <= 10
+            r = top_eigenvalue(model, ce, [(x, y)], seed=s, start=start, confirm_warm=False)
+            assert r.warm and r.n_hvp <= 10 and not r.confirmed
             assert abs(r.value - lam1) <= 1e-2 * lam1, (s, r.value, lam1)
-        warm_hvps.append(top_eigenvalue(model, ce, [(x, y)], seed=s, start=top).n_hvp)
+        warm_hvps.append(top_eigenvalue(model, ce, [(x, y)], seed=s, start=top,
+                                        confirm_warm=False).n_hvp)
     assert sum(warm_hvps) < sum(cold_hvps)
 
 
 def test_warm_start_function_keeps_the_vector_and_checkpoints_it(ce):
     model, x, y = _mlp(nn.Softplus(), dtype=torch.float64)
-    f = WarmStartEigenvalue(max_hvp=10)
+    f = WarmStartEigenvalue(max_hvp=10, confirm_warm=False)
     r1 = f(model, ce, [(x, y)], seed=1)
     assert not r1.warm and f.checked and f.vector is r1.vector
     r2 = f(model, ce, [(x, y)], seed=2)
     assert r2.warm and r2.n_hvp <= r1.n_hvp
-    g = WarmStartEigenvalue(max_hvp=10)
+    # the default guard confirms a warm value given without a threshold (it decides)
+    guarded = WarmStartEigenvalue(max_hvp=10)
+    guarded(model, ce, [(x, y)], seed=1)
+    r3 = guarded(model, ce, [(x, y)], seed=2)
+    assert r3.warm and r3.confirmed and r3.value >= r2.value
+    assert [e["confirmed"] for e in guarded.log] == [False, True]
+    g = WarmStartEigenvalue(max_hvp=10, confirm_warm=False)
     g.load_state_dict(f.state_dict())
     a, b = f(model, ce, [(x, y)], seed=3), g(model, ce, [(x, y)], seed=3)
     assert a.value == b.value and a.history == b.history
@@ -111,7 +118,9 @@ def test_trainer_warm_start_option_resumes_bit_for_bit(tmp_path):
     assert isinstance(full.eigenvalue_fn, WarmStartEigenvalue)
     assert full.eigenvalue_fn.vector is not None
     h = full.history[-1].hvps_per_check
-    assert h is not None and 1 <= h <= 10
+    # no threshold from this loop: every warm value decides, so it is confirmed by a cold
+    # solve; each solve may be extended by extend_hvp=10: at most 2 x (10 + 10)
+    assert h is not None and 1 <= h <= 40
     part = build()
     part.run(epochs=1)
     path = part.save(tmp_path / "ck.pt")
@@ -125,18 +134,32 @@ def test_trainer_warm_start_option_resumes_bit_for_bit(tmp_path):
     assert cold.events != full.events   # the start vectors differ, so the values do
 
 
-def test_warm_start_from_the_second_eigenvector_can_stop_at_lambda_2(exact_hessian, ce):
-    """The known limitation (docs/deep_curvature.md): when the old top direction has become
-    exactly the second one, the tol^2 residual test can pass on lambda_2 before the random
-    part (mix 0.1) has brought the new top direction in. Why warm starts are not the default."""
+def test_warm_start_from_the_second_eigenvector_can_stop_at_lambda_2_and_the_guard_catches_it(
+        exact_hessian, ce):
+    """When the old top direction has become exactly the second one, the tol^2 residual test
+    can pass on lambda_2 before the random part has brought the new top direction in (the warm
+    solve alone, confirm_warm=False: 8 of 32 solves over the four accuracy models, more than
+    1e-2 off; a larger random part does not cure it: docs/deep_curvature.md). The guard
+    (default): a warm value that decides a growth is confirmed by the cold solve of the same
+    seed, and the larger value is kept: every solve within 1e-2. (Fails on the code before
+    issue 22, which had no guard.) A lower bound above a threshold needs no confirmation."""
     model, x, y = _case("mlp_softplus", 24)
     ev, vecs = torch.linalg.eigh(exact_hessian(model, ce, x, y))
+    lam1 = ev[-1].item()
     params = [p for p in model.parameters() if p.requires_grad]
     second = unflatten(vecs[:, -2], params)
-    errs = [abs(top_eigenvalue(model, ce, [(x, y)], seed=s, start=second).value - ev[-1].item())
-            / ev[-1].item() for s in range(8)]
-    assert max(errs) > 1e-2          # some starts stop on lambda_2 ...
-    assert min(errs) <= 1e-2         # ... not all
+    raw = [abs(top_eigenvalue(model, ce, [(x, y)], seed=s, start=second,
+                              confirm_warm=False).value - lam1) / lam1 for s in range(8)]
+    assert max(raw) > 1e-2          # some warm starts stop on lambda_2 ...
+    assert min(raw) <= 1e-2         # ... not all
+    for s in range(8):
+        r = top_eigenvalue(model, ce, [(x, y)], seed=s, start=second)
+        cold = top_eigenvalue(model, ce, [(x, y)], seed=s)
+        assert r.confirmed and abs(r.value - lam1) <= 1e-2 * lam1, (s, r.value, lam1)
+        assert r.value >= cold.value and r.n_hvp > cold.n_hvp   # both solves counted
+        # far below lambda_2: "no drop" is certain on the warm solve, no confirmation
+        lb = top_eigenvalue(model, ce, [(x, y)], seed=s, start=second, threshold=0.5 * lam1)
+        assert lb.is_lower_bound and not lb.confirmed and 0.5 * lam1 < lb.value <= lam1
 
 
 # ------------------------------------------------------------------------------ self-tests
