@@ -193,14 +193,18 @@ def _warm_flat(start: object, op: HessianOperator) -> torch.Tensor | None:
 
 def _solve(op: HessianOperator, method: str, max_hvp: int, tol: float, seed: int,
            start: object = None, warm_mix: float = 0.1, threshold: float | None = None,
-           extend_hvp: int = 0, confirm_warm: bool = True) -> EigenResult:
+           extend_hvp: int = 0, confirm_warm: bool = True, progress=None) -> EigenResult:
     _check_decision(threshold, extend_hvp)
+    if progress is not None and not callable(progress):
+        raise TypeError(f"progress must be None or callable as progress(k, estimate, "
+                        f"residual), got {type(progress).__name__}")
     if not isinstance(confirm_warm, bool):
         raise TypeError(f"confirm_warm must be a bool, got {type(confirm_warm).__name__}")
     ops = _TorchOps(op)
     r = _solver.solve(ops, seed, method=method, max_iter=max_hvp, tol=float(tol),
                       rule="squared", warm=_warm_flat(start, op), mix=warm_mix,
-                      threshold=threshold, extend=extend_hvp, confirm_warm=confirm_warm)
+                      threshold=threshold, extend=extend_hvp, confirm_warm=confirm_warm,
+                      callback=progress)
     return EigenResult(value=r.value, vector=[t.detach() for t in unflatten(r.vector, op.params)],
                        n_hvp=r.n_matvec, converged=r.converged, method=method,
                        residual=r.residual, history=r.history, residuals=r.residuals,
@@ -260,7 +264,7 @@ def top_eigenvalue(model: nn.Module, loss_fn: LossFn, batches: Sequence[Batch], 
                    backend: str = "double_backprop", reuse_graph: bool = True,
                    start: object = None, warm_mix: float = 0.1,
                    threshold: float | None = None, extend_hvp: int = 0,
-                   confirm_warm: bool = True) -> EigenResult:
+                   confirm_warm: bool = True, progress=None) -> EigenResult:
     """Top eigenvalue of the Hessian of the mean loss over ``batches``.
 
     ``H = d^2/dtheta^2 sum_b (n_b/N) loss_fn(model(x_b), y_b)``, ``theta`` = ``params``.
@@ -298,6 +302,8 @@ def top_eigenvalue(model: nn.Module, loss_fn: LossFn, batches: Sequence[Batch], 
         extend_hvp: up to this many products beyond ``max_hvp`` when the rule has not passed
             and the value decides a growth (at or below ``threshold``, or no threshold);
             default 0 (at most ``max_hvp``).
+        progress: None, or called as ``progress(k, estimate, residual)`` after each product
+            (``hessbatch eig`` prints it, so a long computation is not silent).
 
     Returns:
         :class:`EigenResult` with ``value``, ``vector``, ``n_hvp`` (also ``n_hvps``),
@@ -323,7 +329,7 @@ def top_eigenvalue(model: nn.Module, loss_fn: LossFn, batches: Sequence[Batch], 
                          reuse_graph=reuse_graph)
     try:
         return _solve(op, method, max_hvp, float(tol), seed, start, warm_mix, threshold,
-                      extend_hvp, confirm_warm)
+                      extend_hvp, confirm_warm, progress)
     finally:
         op.release()
 

@@ -98,7 +98,8 @@ def forward_dtypes(model: nn.Module, loss_fn: LossFn, batch: Batch) -> tuple[tor
     dtype among every module's output and the loss (by machine epsilon), and the names of the
     modules whose output has a larger epsilon than the parameters (e.g. ``"head:float32"``
     for a ``.float()`` cast in a float64 model). A cast in the top module's ``forward`` shows
-    as the name ``"(model)"``; a cast in ``loss_fn`` as ``"(loss)"``.
+    as the name ``"(model)"``; a cast in ``loss_fn`` as ``"(loss)"``. A TorchScript model
+    takes no hooks: only its output and the loss are seen.
     """
     params = [p for p in model.parameters() if p.is_floating_point()]
     ref = params[0].dtype if params else torch.float32
@@ -110,7 +111,12 @@ def forward_dtypes(model: nn.Module, loss_fn: LossFn, batch: Batch) -> tuple[tor
         if t is not None:
             seen.setdefault(names.get(module, type(module).__name__), t.dtype)
 
-    handles = [m.register_forward_hook(hook) for m in model.modules()]
+    handles = []
+    for m in model.modules():
+        try:
+            handles.append(m.register_forward_hook(hook))
+        except RuntimeError:  # TorchScript modules take no hooks: their output is seen below
+            continue
     try:
         x, y = batch
         with torch.no_grad(), eval_mode(model):
@@ -119,6 +125,9 @@ def forward_dtypes(model: nn.Module, loss_fn: LossFn, batch: Batch) -> tuple[tor
     finally:
         for h in handles:
             h.remove()
+    t = _first_float(out)
+    if t is not None:
+        seen.setdefault("(model)", t.dtype)
     if isinstance(loss, torch.Tensor) and loss.is_floating_point():
         seen["(loss)"] = loss.dtype
     eps = torch.finfo(ref).eps

@@ -198,7 +198,8 @@ def start_vector(ops: VectorOps, seed: Any, warm: Any = None, mix: float = 0.1) 
 # power iteration
 
 def power_iteration(ops: VectorOps, v0: Any, *, max_iter: int, tol: float,
-                    threshold: float | None = None, extend: int = 0) -> SolverResult:
+                    threshold: float | None = None, extend: int = 0,
+                    callback: Any = None) -> SolverResult:
     """Power iteration from the unit vector ``v0``; at most ``max_iter`` products.
 
     Args:
@@ -208,6 +209,8 @@ def power_iteration(ops: VectorOps, v0: Any, *, max_iter: int, tol: float,
             (``lower_bound=True``). None: the normal rule only.
         extend: up to this many products beyond ``max_iter`` when the rule has not passed and
             no estimate is above ``threshold`` (the value then decides a growth).
+        callback: called as ``callback(k, estimate, residual)`` after the k-th product (for
+            progress reports; None: nothing).
 
     Returns:
         A :class:`SolverResult` with ``ritz_values == ()``.
@@ -230,6 +233,8 @@ def power_iteration(ops: VectorOps, v0: Any, *, max_iter: int, tol: float,
         prev = history[-1] if history else None
         history.append(lam)
         residuals.append(res)
+        if callback is not None:
+            callback(len(history), lam, res)
         if wn == 0.0:  # A v = 0: v is an exact eigenvector for 0
             converged = True
             break
@@ -251,7 +256,7 @@ def power_iteration(ops: VectorOps, v0: Any, *, max_iter: int, tol: float,
 
 def lanczos(ops: VectorOps, v0: Any, *, max_iter: int, tol: float,
             rule: str = "squared", threshold: float | None = None,
-            extend: int = 0) -> SolverResult:
+            extend: int = 0, callback: Any = None) -> SolverResult:
     """Lanczos with full re-orthogonalisation from the unit vector ``v0``.
 
     Args:
@@ -269,6 +274,7 @@ def lanczos(ops: VectorOps, v0: Any, *, max_iter: int, tol: float,
         extend: up to this many products beyond ``max_iter`` when the rule has not passed and
             no Ritz value is above ``threshold``, i.e. when the value decides a growth (the
             Krylov space is extended, nothing is thrown away).
+        callback: called as ``callback(k, theta_k, residual_k)`` after the k-th product.
 
     Returns:
         A :class:`SolverResult`.
@@ -303,6 +309,8 @@ def lanczos(ops: VectorOps, v0: Any, *, max_iter: int, tol: float,
         res = beta * abs(s[-1])
         history.append(theta)
         residuals.append(res)
+        if callback is not None:
+            callback(len(history), theta, res)
         k = len(alphas)
         if (beta <= 1e-12 * max(abs(a) for a in alphas) or k == dim
                 or res <= bound * max(abs(theta), 1e-300)):
@@ -334,7 +342,7 @@ METHODS = ("lanczos", "power")
 def solve(ops: VectorOps, seed: Any, *, method: str = "lanczos", max_iter: int, tol: float,
           rule: str = "squared", warm: Any = None, mix: float = 0.1,
           threshold: float | None = None, extend: int = 0,
-          confirm_warm: bool = True) -> SolverResult:
+          confirm_warm: bool = True, callback: Any = None) -> SolverResult:
     """One eigenvalue check as both backends run it: the start vector of :func:`start_vector`,
     :func:`lanczos` or :func:`power_iteration`, and the guard of a warm start.
 
@@ -355,6 +363,7 @@ def solve(ops: VectorOps, seed: Any, *, method: str = "lanczos", max_iter: int, 
             (``rule`` is Lanczos only).
         warm, mix: as for :func:`start_vector` (``warm=None``: a cold start).
         confirm_warm: run the guard (default True).
+        callback: as for :func:`lanczos` (the confirming solve counts its products from 1).
 
     Returns:
         A :class:`SolverResult`.
@@ -370,9 +379,9 @@ def solve(ops: VectorOps, seed: Any, *, method: str = "lanczos", max_iter: int, 
     def run(v0: Any) -> SolverResult:
         if method == "power":
             return power_iteration(ops, v0, max_iter=max_iter, tol=tol, threshold=threshold,
-                                   extend=extend)
+                                   extend=extend, callback=callback)
         return lanczos(ops, v0, max_iter=max_iter, tol=tol, rule=rule, threshold=threshold,
-                       extend=extend)
+                       extend=extend, callback=callback)
 
     first = run(start_vector(ops, seed, warm=warm, mix=mix))
     if warm is None or not confirm_warm or first.lower_bound:
