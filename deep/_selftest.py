@@ -10,13 +10,17 @@ run (:class:`~hessbatch.deep.WarmStartEigenvalue`) and by ``hessbatch eig``:
 * **double backward is not what it seems** (a custom ``autograd.Function`` whose backward is
   not differentiable, a backward that detaches, reentrant activation checkpointing, reduced
   precision): the exact product is wrong with no error. :func:`check_hvp` compares one exact
-  product ``H v`` with a central finite difference of two gradients,
-  ``(g(theta + h v) - g(theta - h v)) / 2h``, at two steps ``h`` and ``h/2`` with
-  ``h = eps^(1/3) max(|theta|, 1) / |v|`` (``eps`` the parameters' dtype epsilon: the step that
-  balances the ``h^2`` truncation error against the ``eps / h`` rounding error). The
-  disagreement is allowed to be ``max(tol, 4 |fd(h) - fd(h/2)| / |Hv|)``: what the dtype
-  explains, or what the finite difference itself does not resolve (kinks of ReLU crossed by
-  the step, rounding).
+  product ``H v`` on a float64 copy with a central finite difference of two gradients,
+  ``(g(theta + h v) - g(theta - h v)) / 2h``, the step chosen from a ladder around
+  ``eps^(1/3) max(|theta|, 1) / |v|`` (``eps`` that of the precision the copy really computes
+  in, seen by forward hooks: a ``.float()`` cast in the forward makes it float32). The verdict
+  is ``pass``, ``fail`` or ``inconclusive`` (the finite difference cannot resolve the product
+  to the allowed error): the allowance is never widened to fit the finite difference's noise.
+  Then the model's own product (its dtype, the caller's autocast) is compared with the float64
+  one: a bfloat16/float16 forward is caught there.
+
+A normalisation that uses batch statistics in eval mode (``BatchNorm`` without running
+statistics) fails the mean-loss check, and is named as the cause.
 """
 
 from __future__ import annotations
