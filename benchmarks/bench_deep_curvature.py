@@ -21,6 +21,7 @@ Usage::
     python benchmarks/bench_deep_curvature.py --part hvp --repeats 7
     python benchmarks/bench_deep_curvature.py --part eig --seeds 5 --json out.json
     python benchmarks/bench_deep_curvature.py --part stop --models 60
+    python benchmarks/bench_deep_curvature.py --part decide     # issue 22, ResNet18 cold
 """
 
 from __future__ import annotations
@@ -287,9 +288,33 @@ def bench_stop(models: int, starts: int, tol: float = 1e-2) -> dict:
     return {"runs": len(runs), "models": models, "starts": starts, "table": table}
 
 
+# ------------------------------------------------------------------------------------------
+# part decide (issue 22): a check whose value decides a growth, on ResNet18, cold starts
+
+def bench_decide(starts: int, ref_hvp: int, extend: int) -> list[dict]:
+    """ResNet18 (3x16x16, batch 32, width 64) at initialisation, cold starts: the default
+    solver (10 products, tol 1e-2) against the same with ``extend_hvp`` more products for a
+    deciding check (no threshold: the first check, or a drop), each against a long Lanczos
+    reference on the same batch."""
+    torch.manual_seed(0)
+    model = make_model("resnet18", (3, 16, 16), 10, activation="relu", width=None)
+    x, y = torch.rand(32, 3, 16, 16), torch.randint(10, (32,))
+    ref = top_eigenvalue(model, F.cross_entropy, [(x, y)], max_hvp=ref_hvp, tol=0.0, seed=999)
+    _log(f"decide: reference {ref.value:.6g}, residual {ref.residual:.1e}")
+    rows = []
+    for name, ext in (("default (10 products)", 0), (f"+ extend_hvp={extend}", extend)):
+        for s in range(starts):
+            r = top_eigenvalue(model, F.cross_entropy, [(x, y)], seed=s, extend_hvp=ext)
+            rows.append({"variant": name, "seed": s, "n_hvp": r.n_hvp, "status": r.status,
+                         "err": abs(r.value - ref.value) / ref.value, "ref": ref.value,
+                         "ref_residual": ref.residual})
+            _log(f"decide: {name} seed {s}: {r.n_hvp} HVPs, {r.status}, err {rows[-1]['err']:.1e}")
+    return rows
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--part", choices=("hvp", "eig", "stop", "all"), default="all",
+    p.add_argument("--part", choices=("hvp", "eig", "stop", "decide", "all"), default="all",
                    help="hvp: HVP cost; eig: accuracy vs pyhessian; stop: Lanczos stopping rule "
                         "over many small models (default %(default)s: all three)")
     p.add_argument("--models", type=int, default=60,
@@ -354,6 +379,20 @@ def main(argv=None) -> int:
               f"{r['close_within_tol'][0]}/{r['close_within_tol'][1]}", f"{r['max_err']:.1e}")
              for r in res["table"]]))
         print("spoiled: runs that the full budget gets within 1e-2 but the rule stops outside it")
+    if args.part == "decide":
+        rows = bench_decide(8, args.resnet_ref_hvp, 10)
+        out["decide"] = rows
+        print(f"\nResNet18 3x16x16, batch 32, cold starts: a deciding check (reference: "
+              f"{args.resnet_ref_hvp}-product Lanczos, {rows[0]['ref']:.6g}, residual "
+              f"{rows[0]['ref_residual']:.1e})")
+        table = []
+        for name in dict.fromkeys(r["variant"] for r in rows):
+            rs = [r for r in rows if r["variant"] == name]
+            table.append((name, len(rs), f"{statistics.mean(r['n_hvp'] for r in rs):.1f}",
+                          sum(r["status"] == "not_converged" for r in rs),
+                          sum(r["err"] > 1e-2 for r in rs), f"{max(r['err'] for r in rs):.1e}"))
+        print(format_table(("solver", "starts", "mean HVPs", "not converged", "> 1e-2 off",
+                            "max rel err"), table))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)

@@ -11,6 +11,17 @@ Run:  python benchmarks/bench_warm_start.py [--seeds 0] [--epochs 20] [--out run
 
 Prints a Markdown table (mean HVPs per check, error against the reference, time in the
 eigenvalues, final accuracy, updates) and writes one JSON file per run.
+
+Part ``replay`` (issue 22): the decision threshold and the warm-start guard on recorded checks.
+One ABS run per seed with the default trainer (cold starts, full rule) records, at each check,
+the model's weights, the Hessian batch, the solver seed and the scheduler's threshold
+``lam_ref / alpha`` (None at the first check); then every check is solved again, on the same
+weights and batch, by each variant (cold / warm chained from the previous check; with or without
+threshold; warm guard on or off) and by a reference (Lanczos, 40 products, no early stop). It
+prints HVPs per check and how many decisions ("value <= threshold") differ from the
+reference's. No training loop is changed: the runs are the default solver's.
+
+Run:  python benchmarks/bench_warm_start.py --part replay --seeds 0,1 --epochs 8
 """
 
 from __future__ import annotations
@@ -84,8 +95,113 @@ def summary(run: dict) -> dict:
             "updates": run["updates"], "final_batch": run["final_batch"]}
 
 
+class _Snapshot:
+    """The default eigenvalue function, recording what each check saw."""
+
+    def __init__(self, scheduler):
+        self.inner, self.scheduler, self.checks = WarmStartEigenvalue(warm_start=False), \
+            scheduler, []
+
+    def __call__(self, model, loss_fn, batches, *, seed):
+        st, cfg = self.scheduler.state, self.scheduler.config
+        thr = None if st.lam_ref is None else st.lam_ref / cfg.alpha
+        r = self.inner(model, loss_fn, batches, seed=seed)
+        self.checks.append({"state": {k: v.detach().clone() for k, v in
+                                      model.state_dict().items()},
+                            "batches": [(x.clone(), y.clone()) for x, y in batches],
+                            "seed": seed, "threshold": thr, "value": r.value,
+                            "n_hvp": r.n_hvp})
+        return r
+
+    def state_dict(self):
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state):
+        self.inner.load_state_dict(state)
+
+
+def record(seed: int, epochs: int):
+    torch.manual_seed(seed)
+    bundle = load_data("mnist5k", seed=seed, test_fraction=0.2, default_shape=(1, 28, 28))
+    torch.manual_seed(seed)
+    model = make_model("cnn", bundle.input_shape, bundle.num_classes, activation="relu",
+                       width=None)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    cfg = SchedulerConfig(method="abs", lr=0.05, batch_size=128, max_batch_size=2048,
+                          samples_per_epoch=len(bundle.train), epochs=epochs,
+                          lr_decay_epochs=tuple(e for e in (10, 15) if e < epochs),
+                          lr_decay_factor=0.2, check_every=2000)
+    sch = Scheduler(cfg)
+    snap = _Snapshot(sch)
+    tr = Trainer(model, opt, F.cross_entropy, bundle.train, sch, eigenvalue_fn=snap,
+                 hessian_batch_size=128, seed=seed)
+    tr.run()
+    return model, snap.checks
+
+
+VARIANTS = {  # name: (warm, threshold, confirm_warm)
+    "cold, full rule (before)": (False, False, True),
+    "cold + threshold": (False, True, True),
+    "warm + threshold, no guard": (True, True, False),
+    "warm + threshold + guard": (True, True, True),
+    "warm, full rule + guard": (True, False, True),
+}
+
+
+def replay(model, checks, ref_hvp: int) -> dict:
+    rows = {k: [] for k in VARIANTS}
+    vec = {k: None for k in VARIANTS}
+    for c in checks:
+        model.load_state_dict(c["state"])
+        ref = top_eigenvalue(model, F.cross_entropy, c["batches"], max_hvp=ref_hvp, tol=0.0,
+                             seed=c["seed"] + 1)
+        thr = c["threshold"]
+        for name, (warm, use_thr, guard) in VARIANTS.items():
+            r = top_eigenvalue(model, F.cross_entropy, c["batches"], seed=c["seed"],
+                               start=vec[name] if warm else None, confirm_warm=guard,
+                               threshold=thr if use_thr else None, extend_hvp=10)
+            vec[name] = r.vector
+            decision = None if thr is None else (r.value <= thr)
+            ref_decision = None if thr is None else (ref.value <= thr)
+            rows[name].append({"n_hvp": r.n_hvp, "status": r.status,
+                               "err": None if r.is_lower_bound else
+                               abs(r.value - ref.value) / abs(ref.value),
+                               "changed": decision != ref_decision,
+                               "drop": bool(ref_decision)})
+    return rows
+
+
+def main_replay(args) -> None:
+    print(f"machine: {platform.processor() or platform.machine()}, torch "
+          f"{torch.__version__}, 1 thread")
+    print(f"command: python benchmarks/bench_warm_start.py --part replay --seeds {args.seeds} "
+          f"--epochs {args.epochs} --ref-hvp {args.ref_hvp}")
+    allrows = {k: [] for k in VARIANTS}
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        t0 = time.perf_counter()
+        model, checks = record(seed, args.epochs)
+        rows = replay(model, checks, args.ref_hvp)
+        print(f"seed {seed}: {len(checks)} checks, recorded HVPs/check "
+              f"{statistics.mean(c['n_hvp'] for c in checks):.2f}, "
+              f"{sum(r['drop'] for r in rows['cold + threshold'])} drops by the reference, "
+              f"{time.perf_counter() - t0:.0f} s", flush=True)
+        for k in VARIANTS:
+            allrows[k] += rows[k]
+    print("| variant | checks | mean HVPs/check | HVPs/check on no-drop checks | "
+          "lower bounds | not converged | decisions changed | max rel. err (values) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for k, rows in allrows.items():
+        nd = [r["n_hvp"] for r in rows if not r["drop"]]
+        errs = [r["err"] for r in rows if r["err"] is not None]
+        print(f"| {k} | {len(rows)} | {statistics.mean(r['n_hvp'] for r in rows):.2f} | "
+              f"{statistics.mean(nd):.2f} | {sum(r['status'] == 'lower_bound' for r in rows)} | "
+              f"{sum(r['status'] == 'not_converged' for r in rows)} | "
+              f"{sum(r['changed'] for r in rows)} | {max(errs):.1e} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--part", choices=("runs", "replay"), default="runs")
     ap.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--ref-hvp", type=int, default=40)
@@ -93,6 +209,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("runs/warm_start"))
     args = ap.parse_args()
     torch.set_num_threads(1)
+    if args.part == "replay":
+        main_replay(args)
+        return
     args.out.mkdir(parents=True, exist_ok=True)
     modes = [True, False] if args.mode == "both" else [args.mode == "warm"]
     print(f"machine: {platform.processor() or platform.machine()}, torch "

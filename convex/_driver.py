@@ -166,7 +166,7 @@ def full_batch_config(n_samples: int, lr: float, updates: int) -> SchedulerConfi
 def make_eigenvalue_fn(model: LogisticRegression, *, hessian_batch: int | None = None,
                        method: str = "power", tol: float = 1e-3, max_iter: int = 100,
                        seed: int | np.random.SeedSequence = 0,
-                       warm_start: bool = False) -> EigenvalueFn:
+                       warm_start: bool = False, confirm_warm: bool = True) -> EigenvalueFn:
     """The default eigenvalue check: top eigenvalue of H(theta) on a Hessian batch, from HVPs.
 
     Args:
@@ -179,6 +179,8 @@ def make_eigenvalue_fn(model: LogisticRegression, *, hessian_batch: int | None =
         warm_start: start each check from the previous check's eigenvector mixed with the
             random start (the core's warm start, :func:`hessbatch._solver.start_vector`);
             off by default, as in the deep backend (docs/deep_curvature.md).
+        confirm_warm: the core's warm-start guard (a warm value that decides a growth is
+            confirmed by a cold solve; :func:`hessbatch._solver.solve`), default True.
 
     Returns:
         A callable ``theta -> EigenResult``.
@@ -203,7 +205,7 @@ def make_eigenvalue_fn(model: LogisticRegression, *, hessian_batch: int | None =
             idx = np.sort(batch_rng.choice(n, size=int(hessian_batch), replace=False))
         start = kept[-1] if (warm_start and kept) else None
         r = model.top_eigenvalue(theta, idx, method=method, tol=tol, max_iter=max_iter,
-                                 seed=start_rng, start=start)
+                                 seed=start_rng, start=start, confirm_warm=confirm_warm)
         if np.all(np.isfinite(r.vector)):
             kept[:] = [r.vector]
         return r

@@ -42,6 +42,12 @@ class EigenResult:
         rows_per_matvec: data rows each product read (a Hessian batch of that many rows), so
             that ``n_matvec * rows_per_matvec`` is the sample cost of the check; None when the
             operator is not a data Hessian (an explicit matrix or a plain matvec).
+        is_lower_bound: the solver stopped because an estimate was strictly above
+            ``threshold``: ``value`` is a certain lower bound of the top eigenvalue ("no drop"),
+            not the eigenvalue; ``converged`` is then False.
+        threshold: the decision threshold given, or None.
+        extended: products spent beyond ``max_iter`` (``extend``).
+        confirmed: a warm value that decides a growth was confirmed by a cold solve.
     """
 
     value: float
@@ -49,6 +55,22 @@ class EigenResult:
     n_matvec: int
     converged: bool
     rows_per_matvec: int | None = None
+    is_lower_bound: bool = False
+    threshold: float | None = None
+    extended: int = 0
+    confirmed: bool = False
+
+    @property
+    def n_hvps(self) -> int:
+        """Products spent (the same as ``n_matvec``)."""
+        return self.n_matvec
+
+    @property
+    def status(self) -> str:
+        """``"lower_bound"``, ``"converged"`` or ``"not_converged"``."""
+        if self.is_lower_bound:
+            return "lower_bound"
+        return "converged" if self.converged else "not_converged"
 
     @property
     def rows_read(self) -> int | None:
@@ -59,7 +81,8 @@ class EigenResult:
 def top_eigenvalue(matvec: Callable[[np.ndarray], np.ndarray] | np.ndarray, dim: int | None = None,
                    *, method: str = "power", tol: float = 1e-3, max_iter: int = 100,
                    seed: int | np.random.Generator = 0, start: np.ndarray | None = None,
-                   warm_mix: float = 0.1) -> EigenResult:
+                   warm_mix: float = 0.1, threshold: float | None = None, extend: int = 0,
+                   confirm_warm: bool = True) -> EigenResult:
     """Largest eigenvalue of a symmetric PSD operator by power iteration or Lanczos.
 
     Args:
@@ -72,6 +95,13 @@ def top_eigenvalue(matvec: Callable[[np.ndarray], np.ndarray] | np.ndarray, dim:
         start: a warm start (e.g. the previous ``EigenResult.vector``), mixed with the random
             vector as ``(u + warm_mix r) / |u + warm_mix r|``; None: a cold random start.
         warm_mix: weight of the random part of a warm start (>= 0).
+        threshold: the decision threshold ``lam_ref / alpha`` (None: none). The solver stops as
+            soon as an estimate is strictly above it (every estimate is at most the top
+            eigenvalue, so "no drop" is certain): ``is_lower_bound=True``.
+        extend: up to this many matvecs beyond ``max_iter`` when the value decides a growth
+            (at or below ``threshold``, or no threshold) and the rule has not passed.
+        confirm_warm: a warm-started value that decides a growth is confirmed by a cold solve
+            (the core's guard, :func:`hessbatch._solver.solve`); default True.
 
     Returns:
         An :class:`EigenResult`; ``converged`` is False when ``max_iter`` ran out first.
@@ -107,12 +137,18 @@ def top_eigenvalue(matvec: Callable[[np.ndarray], np.ndarray] | np.ndarray, dim:
             raise ValueError(f"start must be a vector of shape ({dim},), got {start.shape}")
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     ops = _NumpyOps(matvec, int(dim))
-    v = _solver.start_vector(ops, rng, warm=start, mix=warm_mix)
-    if method == "power":
-        r = _solver.power_iteration(ops, v, max_iter=int(max_iter), tol=float(tol))
-    else:
-        r = _solver.lanczos(ops, v, max_iter=int(max_iter), tol=float(tol), rule="linear")
-    return EigenResult(r.value, r.vector, r.n_matvec, r.converged)
+    r = _solver.solve(ops, rng, method=method, max_iter=int(max_iter), tol=float(tol),
+                      rule="linear", warm=start, mix=warm_mix,
+                      threshold=None if threshold is None else _threshold(threshold),
+                      extend=int(extend) if isinstance(extend, (int, np.integer)) and
+                      not isinstance(extend, bool) else extend, confirm_warm=confirm_warm)
+    return EigenResult(r.value, r.vector, r.n_matvec, r.converged, is_lower_bound=r.lower_bound,
+                       threshold=r.threshold, extended=r.extended, confirmed=r.confirmed)
+
+
+def _threshold(threshold: object) -> object:
+    """A NumPy scalar threshold as a Python float (the core checks the value)."""
+    return float(threshold) if isinstance(threshold, (np.floating, np.integer)) else threshold
 
 
 class _NumpyOps:

@@ -225,9 +225,12 @@ class LogisticRegression:
     def top_eigenvalue(self, theta: Any, idx: Any = None, *, method: str = "power",
                        tol: float = 1e-3, max_iter: int = 100,
                        seed: int | np.random.Generator = 0, start: Any = None,
-                       warm_mix: float = 0.1) -> EigenResult:
+                       warm_mix: float = 0.1, threshold: float | None = None, extend: int = 0,
+                       confirm_warm: bool = True) -> EigenResult:
         """Largest eigenvalue of H(theta) (on ``idx`` if given) from HVPs; see ``top_eigenvalue``
-        (``start``/``warm_mix``: a warm start from a previous eigenvector).
+        (``start``/``warm_mix``: a warm start from a previous eigenvector; ``threshold``,
+        ``extend``, ``confirm_warm``: the decision threshold, the extension of a deciding
+        check and the warm-start guard).
 
         The result's ``rows_per_matvec`` is ``len(idx)`` (n for the full data): each HVP reads
         every row of the batch once, so ``rows_read`` is the check's cost in samples.
@@ -245,7 +248,8 @@ class LogisticRegression:
         rows = self._idx(idx)
         res = top_eigenvalue(lambda v: self._k.hvp(self.X, self.y, rows, t, v, self.lam),
                              self.n_features, method=method, tol=tol, max_iter=max_iter,
-                             seed=seed, start=start, warm_mix=warm_mix)
+                             seed=seed, start=start, warm_mix=warm_mix, threshold=threshold,
+                             extend=extend, confirm_warm=confirm_warm)
         # each HVP reads every row of the batch once (a repeated index counts each time)
         return dataclasses.replace(res, rows_per_matvec=int(len(rows)))
 

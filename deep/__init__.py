@@ -10,7 +10,8 @@ from ._trainer import EpochMetrics, Trainer, checkpoint_digest, load_checkpoint
 
 # --- curvature and adversarial (owner: deep curvature) ---
 from ._adversarial import fgsm, random_sign
-from ._eigen import EigenResult, WarmStartEigenvalue, lanczos, power_iteration, top_eigenvalue
+from ._eigen import (EigenResult, NotConvergedWarning, WarmStartEigenvalue, lanczos,
+                     power_iteration, top_eigenvalue)
 from ._hvp import HessianOperator, hessian_vector_product
 from ._selftest import HVPCheck, HVPCheckError, HVPCheckWarning, check_hvp, check_mean_loss
 # --- end curvature block ---

@@ -31,6 +31,7 @@ operations on flat tensors and the results' layout (one tensor per parameter).
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -41,7 +42,8 @@ from hessbatch import _solver
 
 from ._hvp import Batch, HessianOperator, LossFn, check_vector, flatten, unflatten
 
-__all__ = ["EigenResult", "top_eigenvalue", "power_iteration", "lanczos"]
+__all__ = ["EigenResult", "NotConvergedWarning", "top_eigenvalue", "power_iteration",
+           "lanczos"]
 
 METHODS = ("power", "lanczos")
 
@@ -67,6 +69,15 @@ class EigenResult:
             first (the second one estimates ``lambda_2`` from below, for the gap); ``()`` for
             power iteration.
         warm: whether the solve started from a warm-start vector.
+        is_lower_bound: the solver stopped because an estimate was strictly above
+            ``threshold``: ``value`` is a certain lower bound of the top eigenvalue (every
+            Lanczos/power estimate is at most ``lambda_1``), enough for "no drop", not the
+            eigenvalue; ``converged`` is then False.
+        threshold: the decision threshold given (``lam_ref / alpha``), or None.
+        extended: products spent beyond ``max_hvp`` (``extend_hvp``), for a check whose value
+            decides a growth.
+        confirmed: a warm-started value that decides a growth was confirmed by the cold solve
+            of the same seed (``confirm_warm``); ``n_hvp`` and ``history`` then cover both.
     """
 
     value: float
@@ -79,9 +90,36 @@ class EigenResult:
     residuals: tuple = ()
     ritz_values: tuple = ()
     warm: bool = False
+    is_lower_bound: bool = False
+    threshold: float | None = None
+    extended: int = 0
+    confirmed: bool = False
 
     def __float__(self) -> float:
         return self.value
+
+    @property
+    def n_hvps(self) -> int:
+        """Hessian-vector products spent (the same as ``n_hvp``)."""
+        return self.n_hvp
+
+    @property
+    def status(self) -> str:
+        """``"lower_bound"``, ``"converged"`` or ``"not_converged"`` (what metrics record)."""
+        if self.is_lower_bound:
+            return "lower_bound"
+        return "converged" if self.converged else "not_converged"
+
+
+def _check_decision(threshold: object, extend_hvp: object) -> None:
+    if isinstance(extend_hvp, bool) or not isinstance(extend_hvp, int):
+        raise TypeError(f"extend_hvp must be an int, got {type(extend_hvp).__name__}")
+    if extend_hvp < 0:
+        raise ValueError(f"extend_hvp must be >= 0, got {extend_hvp}")
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(
+            threshold, (int, float)) or not math.isfinite(threshold)):
+        raise ValueError(f"threshold must be None or a finite number (the decision threshold "
+                         f"lam_ref / alpha), got {threshold!r}")
 
 
 def _check_options(method: object, max_hvp: object, tol: object, seed: object) -> None:
@@ -97,6 +135,10 @@ def _check_options(method: object, max_hvp: object, tol: object, seed: object) -
         raise ValueError(f"tol must be a finite number >= 0, got {tol}")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+
+
+class NotConvergedWarning(UserWarning):
+    """An eigenvalue check used a value whose solver had not converged (once per function)."""
 
 
 class _TorchOps:
@@ -150,24 +192,35 @@ def _warm_flat(start: object, op: HessianOperator) -> torch.Tensor | None:
 
 
 def _solve(op: HessianOperator, method: str, max_hvp: int, tol: float, seed: int,
-           start: object = None, warm_mix: float = 0.1) -> EigenResult:
+           start: object = None, warm_mix: float = 0.1, threshold: float | None = None,
+           extend_hvp: int = 0, confirm_warm: bool = True, progress=None) -> EigenResult:
+    _check_decision(threshold, extend_hvp)
+    if progress is not None and not callable(progress):
+        raise TypeError(f"progress must be None or callable as progress(k, estimate, "
+                        f"residual), got {type(progress).__name__}")
+    if not isinstance(confirm_warm, bool):
+        raise TypeError(f"confirm_warm must be a bool, got {type(confirm_warm).__name__}")
     ops = _TorchOps(op)
-    v0 = _solver.start_vector(ops, seed, warm=_warm_flat(start, op), mix=warm_mix)
-    if method == "power":
-        r = _solver.power_iteration(ops, v0, max_iter=max_hvp, tol=float(tol))
-    else:
-        r = _solver.lanczos(ops, v0, max_iter=max_hvp, tol=float(tol), rule="squared")
+    r = _solver.solve(ops, seed, method=method, max_iter=max_hvp, tol=float(tol),
+                      rule="squared", warm=_warm_flat(start, op), mix=warm_mix,
+                      threshold=threshold, extend=extend_hvp, confirm_warm=confirm_warm,
+                      callback=progress)
     return EigenResult(value=r.value, vector=[t.detach() for t in unflatten(r.vector, op.params)],
                        n_hvp=r.n_matvec, converged=r.converged, method=method,
                        residual=r.residual, history=r.history, residuals=r.residuals,
-                       ritz_values=r.ritz_values, warm=start is not None)
+                       ritz_values=r.ritz_values, warm=start is not None,
+                       is_lower_bound=r.lower_bound, threshold=r.threshold,
+                       extended=r.extended, confirmed=r.confirmed)
 
 
 def power_iteration(op: HessianOperator, *, max_hvp: int = 10, tol: float = 1e-2,
-                    seed: int = 0, start: object = None, warm_mix: float = 0.1) -> EigenResult:
+            seed: int = 0, start: object = None, warm_mix: float = 0.1,
+            threshold: float | None = None, extend_hvp: int = 0,
+            confirm_warm: bool = True) -> EigenResult:
     """Power iteration on ``op`` (see the module docstring); at most ``max_hvp`` products.
 
-    ``start``/``warm_mix``: a warm start, as for :func:`top_eigenvalue`.
+    ``start``/``warm_mix``/``confirm_warm``, ``threshold``/``extend_hvp``: as for
+    :func:`top_eigenvalue`.
 
     Example:
         >>> import torch
@@ -178,14 +231,18 @@ def power_iteration(op: HessianOperator, *, max_hvp: int = 10, tol: float = 1e-2
         4.0
     """
     _check_options("power", max_hvp, tol, seed)
-    return _solve(op, "power", max_hvp, tol, seed, start, warm_mix)
+    return _solve(op, "power", max_hvp, tol, seed, start, warm_mix, threshold, extend_hvp,
+                  confirm_warm)
 
 
 def lanczos(op: HessianOperator, *, max_hvp: int = 10, tol: float = 1e-2,
-            seed: int = 0, start: object = None, warm_mix: float = 0.1) -> EigenResult:
+            seed: int = 0, start: object = None, warm_mix: float = 0.1,
+            threshold: float | None = None, extend_hvp: int = 0,
+            confirm_warm: bool = True) -> EigenResult:
     """Lanczos with full re-orthogonalisation on ``op``; at most ``max_hvp`` products.
 
-    ``start``/``warm_mix``: a warm start, as for :func:`top_eigenvalue`.
+    ``start``/``warm_mix``/``confirm_warm``, ``threshold``/``extend_hvp``: as for
+    :func:`top_eigenvalue`.
 
     Example:
         >>> import torch
@@ -197,14 +254,17 @@ def lanczos(op: HessianOperator, *, max_hvp: int = 10, tol: float = 1e-2,
         (4.0, 2)
     """
     _check_options("lanczos", max_hvp, tol, seed)
-    return _solve(op, "lanczos", max_hvp, tol, seed, start, warm_mix)
+    return _solve(op, "lanczos", max_hvp, tol, seed, start, warm_mix, threshold, extend_hvp,
+                  confirm_warm)
 
 
 def top_eigenvalue(model: nn.Module, loss_fn: LossFn, batches: Sequence[Batch], *,
                    params: Sequence[torch.Tensor] | None = None, method: str = "lanczos",
                    max_hvp: int = 10, tol: float = 1e-2, seed: int = 0,
                    backend: str = "double_backprop", reuse_graph: bool = True,
-                   start: object = None, warm_mix: float = 0.1) -> EigenResult:
+                   start: object = None, warm_mix: float = 0.1,
+                   threshold: float | None = None, extend_hvp: int = 0,
+                   confirm_warm: bool = True, progress=None) -> EigenResult:
     """Top eigenvalue of the Hessian of the mean loss over ``batches``.
 
     ``H = d^2/dtheta^2 sum_b (n_b/N) loss_fn(model(x_b), y_b)``, ``theta`` = ``params``.
@@ -230,9 +290,24 @@ def top_eigenvalue(model: nn.Module, loss_fn: LossFn, batches: Sequence[Batch], 
             ``(u + warm_mix r) / |u + warm_mix r|``; None (default): a cold random start.
             :class:`WarmStartEigenvalue` keeps it between checks for a training loop.
         warm_mix: weight of the random part of a warm start (>= 0; default 0.1).
+        confirm_warm: the warm-start guard (default True): a warm-started value that decides a
+            growth (at or below ``threshold``, or no threshold) is confirmed by the cold solve
+            of the same seed, and the larger value is kept (a warm start can stop on
+            ``lambda_2``; a lower bound needs no confirmation). False: the warm solve alone.
+        threshold: the decision threshold of the check (``lam_ref / alpha``; None at the first
+            check). The solver stops as soon as an estimate is strictly above it: every
+            estimate is at most the top eigenvalue, so "no drop" is then certain and the result
+            says ``is_lower_bound=True`` (``value`` is a lower bound, not the eigenvalue).
+            Otherwise the normal rule runs.
+        extend_hvp: up to this many products beyond ``max_hvp`` when the rule has not passed
+            and the value decides a growth (at or below ``threshold``, or no threshold);
+            default 0 (at most ``max_hvp``).
+        progress: None, or called as ``progress(k, estimate, residual)`` after each product
+            (``hessbatch eig`` prints it, so a long computation is not silent).
 
     Returns:
-        :class:`EigenResult` with ``value``, ``vector``, ``n_hvp``, ``converged``, ``residual``.
+        :class:`EigenResult` with ``value``, ``vector``, ``n_hvp`` (also ``n_hvps``),
+        ``converged``, ``is_lower_bound``, ``residual``.
 
     Raises:
         TypeError, ValueError: bad arguments (each message names the parameter), or a
@@ -249,10 +324,12 @@ def top_eigenvalue(model: nn.Module, loss_fn: LossFn, batches: Sequence[Batch], 
         True
     """
     _check_options(method, max_hvp, tol, seed)
+    _check_decision(threshold, extend_hvp)
     op = HessianOperator(model, loss_fn, batches, params=params, backend=backend,
                          reuse_graph=reuse_graph)
     try:
-        return _solve(op, method, max_hvp, float(tol), seed, start, warm_mix)
+        return _solve(op, method, max_hvp, float(tol), seed, start, warm_mix, threshold,
+                      extend_hvp, confirm_warm, progress)
     finally:
         op.release()
 
@@ -282,6 +359,14 @@ class WarmStartEigenvalue:
             starts cold, from the random vector of its seed (the paper's solver).
         warm_mix: weight of the random part (>= 0, default 0.1).
         hvp_check: ``"error"`` (default), ``"warn"`` or ``"off"``.
+        extend_hvp: products added for a check whose value decides a growth when the rule has
+            not passed within ``max_hvp`` (default 10; 0: never).
+        confirm_warm: the warm-start guard of :func:`top_eigenvalue` (default True).
+
+    Each call takes an optional ``threshold`` (the check's ``lam_ref / alpha``): the solver
+    stops as soon as "no drop" is certain. Every check is recorded in :attr:`log`; the first
+    check whose value is used unconverged raises one :class:`NotConvergedWarning`, later ones
+    are counted (:attr:`n_not_converged`).
 
     A kept vector whose shapes do not match the parameters of the call (another model or
     block) is not used: that check starts cold.
@@ -298,10 +383,14 @@ class WarmStartEigenvalue:
 
     def __init__(self, *, params=None, method: str = "lanczos", max_hvp: int = 10,
                  tol: float = 1e-2, backend: str = "double_backprop", warm_start: bool = True,
-                 warm_mix: float = 0.1, hvp_check: str = "error") -> None:
+                 warm_mix: float = 0.1, hvp_check: str = "error", extend_hvp: int = 10,
+                 confirm_warm: bool = True) -> None:
         _check_options(method, max_hvp, tol, 0)
+        _check_decision(None, extend_hvp)
         if not isinstance(warm_start, bool):
             raise TypeError(f"warm_start must be a bool, got {type(warm_start).__name__}")
+        if not isinstance(confirm_warm, bool):
+            raise TypeError(f"confirm_warm must be a bool, got {type(confirm_warm).__name__}")
         if isinstance(warm_mix, bool) or not isinstance(warm_mix, (int, float)) or \
                 not math.isfinite(warm_mix) or warm_mix < 0:
             raise ValueError(f"warm_mix must be a finite number >= 0, got {warm_mix!r}")
@@ -309,15 +398,28 @@ class WarmStartEigenvalue:
             raise ValueError(f"hvp_check must be 'error', 'warn' or 'off', got {hvp_check!r}")
         self.params, self.method, self.max_hvp, self.tol = params, method, max_hvp, float(tol)
         self.backend, self.warm_start, self.warm_mix = backend, warm_start, float(warm_mix)
-        self.hvp_check = hvp_check
+        self.hvp_check, self.extend_hvp, self.confirm_warm = hvp_check, extend_hvp, confirm_warm
         self.vector: list | None = None
         self.checked = False
+        #: one record per check: ``value``, ``status`` (lower_bound / converged /
+        #: not_converged), ``n_hvp``, ``threshold``, ``extended``, ``warm``, ``confirmed``
+        self.log: list[dict] = []
+        self._warned = False
 
     def _params(self, model: nn.Module):
         return self.params(model) if callable(self.params) else self.params
 
+    @property
+    def n_not_converged(self) -> int:
+        """Checks whose value was used although the solver had not converged."""
+        return sum(r["status"] == "not_converged" for r in self.log)
+
     def __call__(self, model: nn.Module, loss_fn: LossFn, batches: Sequence[Batch], *,
-                 seed: int) -> EigenResult:
+                 seed: int, threshold: float | None = None) -> EigenResult:
+        """One check. ``threshold``: the check's decision threshold ``lam_ref / alpha`` (None
+        at the first check, or to get the value always): the solver stops as soon as the
+        answer "no drop" is certain (``is_lower_bound``)."""
+        _check_decision(threshold, self.extend_hvp)
         params = self._params(model)
         if not self.checked and self.hvp_check != "off":
             from ._selftest import check_hvp, check_mean_loss
@@ -334,20 +436,37 @@ class WarmStartEigenvalue:
                 start = None  # another model or block: nothing to warm-start from
         result = top_eigenvalue(model, loss_fn, batches, params=params, method=self.method,
                                 max_hvp=self.max_hvp, tol=self.tol, seed=seed,
-                                backend=self.backend, start=start, warm_mix=self.warm_mix)
+                                backend=self.backend, start=start, warm_mix=self.warm_mix,
+                                threshold=threshold, extend_hvp=self.extend_hvp,
+                                confirm_warm=self.confirm_warm)
         if math.isfinite(result.value) and all(bool(torch.isfinite(t).all())
                                                for t in result.vector):
             self.vector = result.vector
+        self.log.append({"value": result.value, "status": result.status,
+                         "n_hvp": result.n_hvp, "threshold": threshold,
+                         "extended": result.extended, "warm": result.warm,
+                         "confirmed": result.confirmed})
+        if result.status == "not_converged" and not self._warned:
+            self._warned = True
+            warnings.warn(
+                f"eigenvalue check {len(self.log)}: the solver did not converge within "
+                f"{result.n_hvp} Hessian-vector products (max_hvp={self.max_hvp} + extend_hvp="
+                f"{self.extend_hvp}; residual {result.residual:.2e}, value "
+                f"{result.value:.6g}); the value is used as it is. Further non-converged checks "
+                "are counted (n_not_converged, the log), not warned again; raise max_hvp or "
+                "extend_hvp for tighter values", NotConvergedWarning, stacklevel=2)
         return result
 
     def state_dict(self) -> dict:
-        """The kept eigenvector (CPU tensors) and whether the self-tests have run."""
-        return {"format": self.STATE_FORMAT, "version": 1, "checked": self.checked,
+        """The kept eigenvector (CPU tensors), whether the self-tests have run, the log."""
+        return {"format": self.STATE_FORMAT, "version": 2, "checked": self.checked,
                 "vector": None if self.vector is None else [t.detach().cpu().clone()
-                                                            for t in self.vector]}
+                                                            for t in self.vector],
+                "log": [dict(r) for r in self.log], "warned": self._warned}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore a :meth:`state_dict` (the vector goes to the device at the next call).
+        A version-1 state (no log) is accepted.
 
         Raises:
             ValueError: not a warm-start state.
@@ -356,3 +475,5 @@ class WarmStartEigenvalue:
             raise ValueError(f"not a warm-start state (expected format {self.STATE_FORMAT!r})")
         self.checked = bool(state["checked"])
         self.vector = None if state["vector"] is None else list(state["vector"])
+        self.log = [dict(r) for r in state.get("log", [])]
+        self._warned = bool(state.get("warned", False))

@@ -36,7 +36,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 from torch import nn
 
-__all__ = ["HessianOperator", "hessian_vector_product"]
+__all__ = ["HessianOperator", "hessian_vector_product", "ReducedPrecisionWarning"]
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Batch = tuple  # (x, y)
@@ -46,6 +46,95 @@ _BACKENDS = ("double_backprop", "forward_over_reverse", "finite_difference")
 
 # ------------------------------------------------------------------------------------------
 # validation helpers (shared with _eigen.py and _adversarial.py)
+
+
+class ReducedPrecisionWarning(UserWarning):
+    """Hessian-vector products are being computed in reduced precision (an active autocast)."""
+
+
+def active_autocast() -> list[str]:
+    """``["cpu:bfloat16", ...]``: the device types whose autocast is on here."""
+    out = []
+    for dev in ("cpu", "cuda"):
+        try:
+            if torch.is_autocast_enabled(dev):
+                out.append(f"{dev}:{str(torch.get_autocast_dtype(dev)).replace('torch.', '')}")
+        except (RuntimeError, TypeError):  # a device type this build does not know
+            continue
+    return out
+
+
+def warn_if_autocast(what: str) -> None:
+    """Warn when called under an active autocast: the products would run in reduced precision
+    (the top eigenvalue of a bfloat16 Hessian-vector product can be 10% or more off)."""
+    on = active_autocast()
+    if on:
+        import warnings
+        warnings.warn(
+            f"{what} was called under an active autocast ({', '.join(on)}): its forward passes "
+            "and Hessian-vector products run in reduced precision, so the eigenvalue can be "
+            "far off. Compute it outside the autocast block (with torch.autocast(..., "
+            "enabled=False): ...)", ReducedPrecisionWarning, stacklevel=3)
+
+
+def _first_float(out: object) -> torch.Tensor | None:
+    if isinstance(out, torch.Tensor):
+        return out if out.is_floating_point() else None
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, (list, tuple)):
+        for o in out:
+            t = _first_float(o)
+            if t is not None:
+                return t
+    return None
+
+
+def forward_dtypes(model: nn.Module, loss_fn: LossFn, batch: Batch) -> tuple[torch.dtype,
+                                                                             list[str]]:
+    """What precision the forward pass and the loss really run in, seen by forward hooks.
+
+    One forward pass on ``batch`` (eval mode, no grad). Returns the lowest-precision floating
+    dtype among every module's output and the loss (by machine epsilon), and the names of the
+    modules whose output has a larger epsilon than the parameters (e.g. ``"head:float32"``
+    for a ``.float()`` cast in a float64 model). A cast in the top module's ``forward`` shows
+    as the name ``"(model)"``; a cast in ``loss_fn`` as ``"(loss)"``. A TorchScript model
+    takes no hooks: only its output and the loss are seen.
+    """
+    params = [p for p in model.parameters() if p.is_floating_point()]
+    ref = params[0].dtype if params else torch.float32
+    seen: dict[str, torch.dtype] = {}
+    names = {m: (n or "(model)") for n, m in model.named_modules()}
+
+    def hook(module, _inp, out):
+        t = _first_float(out)
+        if t is not None:
+            seen.setdefault(names.get(module, type(module).__name__), t.dtype)
+
+    handles = []
+    for m in model.modules():
+        try:
+            handles.append(m.register_forward_hook(hook))
+        except RuntimeError:  # TorchScript modules take no hooks: their output is seen below
+            continue
+    try:
+        x, y = batch
+        with torch.no_grad(), eval_mode(model):
+            out = model(x)
+            loss = loss_fn(out, y)
+    finally:
+        for h in handles:
+            h.remove()
+    t = _first_float(out)
+    if t is not None:
+        seen.setdefault("(model)", t.dtype)
+    if isinstance(loss, torch.Tensor) and loss.is_floating_point():
+        seen["(loss)"] = loss.dtype
+    eps = torch.finfo(ref).eps
+    low = [f"{n}:{str(d).replace('torch.', '')}" for n, d in seen.items()
+           if torch.finfo(d).eps > eps]
+    worst = max([ref] + list(seen.values()), key=lambda d: torch.finfo(d).eps)
+    return worst, low
 
 @contextmanager
 def eval_mode(model: nn.Module) -> Iterator[None]:
@@ -223,9 +312,11 @@ class HessianOperator:
         backend: ``"double_backprop"``, ``"forward_over_reverse"`` (torch.func; no graph kept)
             or ``"finite_difference"`` (also spelt ``"finite-difference"``): ``(g(theta+hv) -
             g(theta-hv)) / 2h``, two gradients per product, for models without double
-            backward; computed on a float64 copy of the model with ``h = sqrt(eps) max(|theta|,
-            1) / |v|``: within 1e-6 relative of the exact product on the tests' models
-            (including ReLU and max-pooling), whatever the model's dtype.
+            backward; computed on a float64 copy of the model, the step ``h = c / |v|`` chosen
+            once, on the first product, from a ladder of steps around ``eps^(1/3) max(|theta|,
+            1)`` (:func:`adaptive_fd`; ``eps`` that of the precision the copy's forward really
+            runs in, seen by forward hooks): within 1e-6 relative of the exact product on the
+            tests' float64-clean models, 1e-4 on a model that casts its logits to float32.
         reuse_graph: keep the gradient graph between products (double backprop only).
 
     Raises:
@@ -246,6 +337,7 @@ class HessianOperator:
     def __init__(self, model: nn.Module, loss_fn: LossFn, batches: Sequence[Batch], *,
                  params: Sequence[torch.Tensor] | None = None, backend: str = "double_backprop",
                  reuse_graph: bool = True) -> None:
+        warn_if_autocast("HessianOperator (top_eigenvalue, check_hvp)")
         if torch.is_inference_mode_enabled():
             raise RuntimeError(
                 "HessianOperator (and top_eigenvalue) was called under torch.inference_mode(): "
@@ -275,6 +367,13 @@ class HessianOperator:
         self.device = self.params[0].device
         self._grad: list[torch.Tensor] | None = None
         self._fd_twin: HessianOperator | None = None
+        #: finite_difference backend: ``h |v|`` chosen on the first product (None before)
+        self.fd_step_scale: float | None = None
+        #: finite_difference backend: the step ladder's spread at the chosen step
+        self.fd_spread: float = math.nan
+        #: finite_difference backend: modules of the float64 copy that compute in lower
+        #: precision (see :func:`forward_dtypes`)
+        self.fd_low_precision: list[str] = []
         self.loss: float = math.nan
         if self.reuse_graph:
             self._grad = self._gradient(create_graph=True)
@@ -341,9 +440,12 @@ class HessianOperator:
     def _hvp_finite_difference(self, v: list[torch.Tensor]) -> list[torch.Tensor]:
         # In float64, on a copy of the model: in float32 a finite difference of a network with
         # ReLU or max-pooling is 1e-1 to 1 off whatever the step (kinks crossed by a large
-        # step, rounding for a small one); in float64 with h = sqrt(eps) max(|theta|, 1) / |v|
-        # it is about 1e-8 (docs/deep_curvature.md). The copy is private, so moving its
-        # parameters in place (finite_difference_hvp) cannot invalidate anyone's graph.
+        # step, rounding for a small one). The copy is private, so moving its parameters in
+        # place (finite_difference_hvp) cannot invalidate anyone's graph. The step is chosen
+        # once, on the first product, by adaptive_fd (a ladder of steps around
+        # eps^(1/3), eps that of the precision the copy's forward really runs in: a .float()
+        # cast in the forward makes it float32 whatever the copy's dtype), then reused as
+        # h = step_scale / |v|.
         if self._fd_twin is None:
             model, batches, params = float64_copy(self.model, self.batches, self.params)
             self._fd_twin = HessianOperator(model, self.loss_fn, batches, params=params,
@@ -353,8 +455,13 @@ class HessianOperator:
         norm = math.sqrt(sum(float(t.pow(2).sum()) for t in v64))
         if norm == 0.0:
             return [torch.zeros_like(p) for p in self.params]
-        h = math.sqrt(torch.finfo(torch.float64).eps) * max(_norm(twin.params), 1.0) / norm
-        hv = finite_difference_hvp(twin, v64, h)
+        if self.fd_step_scale is None:
+            dtype, self.fd_low_precision = forward_dtypes(twin.model, twin.loss_fn,
+                                                          twin.batches[0])
+            hv, h, self.fd_spread = adaptive_fd(twin, v64, torch.finfo(dtype).eps)
+            self.fd_step_scale = h * norm
+        else:
+            hv = finite_difference_hvp(twin, v64, self.fd_step_scale / norm)
         if not all(bool(torch.isfinite(t).all()) for t in hv):
             raise ValueError("the finite-difference Hessian-vector product is not finite "
                              "(non-finite loss?)")
@@ -444,6 +551,32 @@ def fd_step(params: Sequence[torch.Tensor], v_norm: float) -> float:
     eps = torch.finfo(params[0].dtype).eps
     theta = math.sqrt(sum(float(p.detach().double().pow(2).sum()) for p in params))
     return eps ** (1 / 3) * max(theta, 1.0) / max(v_norm, 1e-300)
+
+
+def adaptive_fd(op: HessianOperator, vector: Sequence[torch.Tensor], eps: float,
+                rungs: int = 4) -> tuple[list[torch.Tensor], float, float]:
+    """A central finite difference whose step is chosen from a ladder, not assumed.
+
+    Steps ``h_j = eps^(1/3) max(|theta|, 1) / |v| * 4^(1-j)``, ``j = 0..rungs-1`` (``eps`` the
+    machine epsilon of the precision the forward pass *really* runs in). The truncation error
+    falls as ``h^2`` and the rounding error grows as ``eps / h``; where two neighbouring
+    estimates agree best, both are near the balance. Returns the smaller step's estimate of the
+    best pair, that step, and the pair's relative disagreement (the *spread*, an estimate of
+    the estimate's own error). Costs ``2 rungs`` gradients.
+    """
+    v = [t.detach() for t in vector]
+    vn = math.sqrt(sum(float(t.double().pow(2).sum()) for t in v))
+    base = eps ** (1 / 3) * max(_norm(op.params), 1.0) / max(vn, 1e-300)
+    steps = [base * 4.0 ** (1 - j) for j in range(rungs)]
+    fds = [flatten(finite_difference_hvp(op, v, h)) for h in steps]
+    best, spread = 1, math.inf
+    for j in range(rungs - 1):
+        a, b = fds[j], fds[j + 1]
+        scale = max(float(a.norm()), float(b.norm()), 1e-300)
+        d = float((a - b).norm()) / scale
+        if d < spread:
+            best, spread = j + 1, d
+    return unflatten(fds[best], op.params), steps[best], spread
 
 
 def finite_difference_hvp(op: HessianOperator, vector: Sequence[torch.Tensor],

@@ -65,7 +65,10 @@ class NoiseAwareEigenvalue:
         self.log: list[dict] = []
 
     def __call__(self, model: nn.Module, loss_fn: LossFn, batches: Sequence[Batch], *,
-                 seed: int) -> EigenResult:
+                 seed: int, threshold: float | None = None) -> EigenResult:
+        """One screened check. ``threshold`` (a loop's ``lam_ref / alpha``) is accepted and not
+        used: the screen needs the value and its standard error, not a lower bound, so this
+        function never stops early."""
         full = self.inner(model, loss_fn, batches, seed=seed)
         hvps, se = full.n_hvp, 0.0
         x = torch.cat([b[0] for b in batches])

@@ -38,6 +38,19 @@ little between checks, so the solver starts close to the answer; the random part
 direction in the Krylov space, so a new top direction can still be found (a cold start has
 only ``1/sqrt(d)`` of it, the warm one ``mix/sqrt(d)`` plus what ``u`` carries).
 
+Decision threshold (``threshold=``, both solvers): ABS asks one question per check, is the top
+eigenvalue at or below ``lam_ref / alpha``? For a symmetric ``A`` every estimate either solver
+makes is a Rayleigh quotient or a Ritz value, so ``estimate <= lambda_1`` (Courant-Fischer:
+``theta_k = max_{v in K_k} v.Av / v.v``). Hence as soon as an estimate is *strictly above* the
+threshold the answer "no drop" is certain: the solver stops there and says so
+(``SolverResult.lower_bound``: ``value`` is then only a lower bound of ``lambda_1``, not the
+eigenvalue). Otherwise it runs its normal stopping rule, and a check whose value will decide a
+growth (at or below the threshold, or no threshold at all: the first check) may spend up to
+``extend`` more products before it is reported ``converged=False``. An estimate equal to the
+threshold is not above it and decides nothing early. Rounding: the products are computed in the
+backend's dtype, so "certain" holds up to the product's own rounding error (float32: about
+1e-7 |A|), far below any relative tolerance in use.
+
 Accuracy contract (deep backend, tested): with the defaults (Lanczos, 10 products, tol 1e-2)
 the value is within 1e-2 relative of the exact top eigenvalue on small models whose top two
 eigenvalues are within 10%, from any start, cold or warm. Non-finite products are detected
@@ -48,11 +61,11 @@ from __future__ import annotations
 
 import math
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol, Sequence
 
-__all__ = ["SolverResult", "VectorOps", "lanczos", "power_iteration", "start_vector",
-           "tridiagonal_eigenvalues", "tridiagonal_top", "LANCZOS_RULES"]
+__all__ = ["SolverResult", "VectorOps", "lanczos", "power_iteration", "solve", "start_vector",
+           "tridiagonal_eigenvalues", "tridiagonal_top", "LANCZOS_RULES", "STATUSES"]
 
 LANCZOS_RULES = ("squared", "linear")
 _EPS = sys.float_info.epsilon
@@ -85,6 +98,14 @@ class SolverResult:
         history: the estimate after each product.
         residuals: the residual after each product.
         ritz_values: Lanczos only: all eigenvalues of the final ``T_k``, largest first.
+        lower_bound: True when the solver stopped because an estimate was strictly above
+            ``threshold``: ``value`` is then a certain lower bound of ``lambda_1`` (not the
+            eigenvalue, and ``converged`` is False), enough to answer "no drop".
+        threshold: the decision threshold the solver was given (None: none).
+        extended: products spent beyond ``max_iter`` (the ``extend`` budget of a check whose
+            value decides a growth; 0 when none were needed).
+        confirmed: :func:`solve` only: a warm-started value that would decide a growth was
+            checked by the cold solve of the same seed (the products of both are counted).
     """
 
     value: float
@@ -95,6 +116,21 @@ class SolverResult:
     history: tuple = ()
     residuals: tuple = ()
     ritz_values: tuple = ()
+    lower_bound: bool = False
+    threshold: float | None = None
+    extended: int = 0
+    confirmed: bool = False
+
+    @property
+    def status(self) -> str:
+        """``"lower_bound"`` (stopped above the threshold), ``"converged"`` or
+        ``"not_converged"``: what a training loop records per check."""
+        if self.lower_bound:
+            return "lower_bound"
+        return "converged" if self.converged else "not_converged"
+
+
+STATUSES = ("lower_bound", "converged", "not_converged")
 
 
 def _check_budget(max_iter: object, tol: object) -> None:
@@ -103,6 +139,19 @@ def _check_budget(max_iter: object, tol: object) -> None:
     if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not math.isfinite(tol) \
             or tol < 0:
         raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
+
+
+def _check_decision(threshold: object, extend: object) -> float | None:
+    if isinstance(extend, bool) or not isinstance(extend, int) or extend < 0:
+        raise ValueError(f"extend must be an int >= 0 (products added for a check whose value "
+                         f"decides a growth), got {extend!r}")
+    if threshold is None:
+        return None
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or \
+            not math.isfinite(threshold):
+        raise ValueError(f"threshold must be None or a finite number (the decision threshold "
+                         f"lam_ref / alpha), got {threshold!r}")
+    return float(threshold)
 
 
 def _finite(x: float, what: str) -> float:
@@ -148,21 +197,35 @@ def start_vector(ops: VectorOps, seed: Any, warm: Any = None, mix: float = 0.1) 
 # ------------------------------------------------------------------------------------------
 # power iteration
 
-def power_iteration(ops: VectorOps, v0: Any, *, max_iter: int, tol: float) -> SolverResult:
+def power_iteration(ops: VectorOps, v0: Any, *, max_iter: int, tol: float,
+                    threshold: float | None = None, extend: int = 0,
+                    callback: Any = None) -> SolverResult:
     """Power iteration from the unit vector ``v0``; at most ``max_iter`` products.
+
+    Args:
+        ops, v0, max_iter, tol: as for :func:`lanczos`.
+        threshold: decision threshold: stop as soon as the Rayleigh quotient ``v.Av`` (a lower
+            bound of ``lambda_1`` for symmetric ``A``) is strictly above it
+            (``lower_bound=True``). None: the normal rule only.
+        extend: up to this many products beyond ``max_iter`` when the rule has not passed and
+            no estimate is above ``threshold`` (the value then decides a growth).
+        callback: called as ``callback(k, estimate, residual)`` after the k-th product (for
+            progress reports; None: nothing).
 
     Returns:
         A :class:`SolverResult` with ``ritz_values == ()``.
 
     Raises:
-        ValueError: bad budget, or a non-finite product.
+        ValueError: bad budget or threshold, or a non-finite product.
     """
     _check_budget(max_iter, tol)
+    threshold = _check_decision(threshold, extend)
     v = v0
     history: list[float] = []
     residuals: list[float] = []
-    lam, res, converged = 0.0, math.inf, False
-    for i in range(max_iter):
+    lam, res, converged, lower = 0.0, math.inf, False, False
+    steps = max_iter + extend
+    for i in range(steps):
         w = ops.matvec(v)
         lam = _finite(ops.dot(v, w), "v . Av")
         wn = _finite(ops.norm(w), "|Av|")
@@ -170,22 +233,30 @@ def power_iteration(ops: VectorOps, v0: Any, *, max_iter: int, tol: float) -> So
         prev = history[-1] if history else None
         history.append(lam)
         residuals.append(res)
+        if callback is not None:
+            callback(len(history), lam, res)
         if wn == 0.0:  # A v = 0: v is an exact eigenvector for 0
             converged = True
             break
         if prev is not None and abs(lam - prev) <= tol * abs(lam):
             converged = True
             break
-        if i < max_iter - 1:
+        if threshold is not None and lam > threshold:
+            lower = True   # v.Av <= lambda_1: "no drop" is certain
+            break
+        if i < steps - 1:
             v = ops.scale(1.0 / wn, w)
-    return SolverResult(lam, v, len(history), converged, res, tuple(history), tuple(residuals))
+    n = len(history)
+    return SolverResult(lam, v, n, converged, res, tuple(history), tuple(residuals),
+                        lower_bound=lower, threshold=threshold, extended=max(0, n - max_iter))
 
 
 # ------------------------------------------------------------------------------------------
 # Lanczos
 
 def lanczos(ops: VectorOps, v0: Any, *, max_iter: int, tol: float,
-            rule: str = "squared") -> SolverResult:
+            rule: str = "squared", threshold: float | None = None,
+            extend: int = 0, callback: Any = None) -> SolverResult:
     """Lanczos with full re-orthogonalisation from the unit vector ``v0``.
 
     Args:
@@ -197,6 +268,13 @@ def lanczos(ops: VectorOps, v0: Any, *, max_iter: int, tol: float,
             Why squared: a small residual only says theta is near *some* eigenvalue, and early
             on that can be the second one while the top direction has not entered the Krylov
             space (docs/deep_curvature.md measures both).
+        threshold: decision threshold: stop as soon as the Ritz value ``theta_k`` (a lower
+            bound of ``lambda_1``: Courant-Fischer) is strictly above it, with
+            ``lower_bound=True``. None: the normal rule only.
+        extend: up to this many products beyond ``max_iter`` when the rule has not passed and
+            no Ritz value is above ``threshold``, i.e. when the value decides a growth (the
+            Krylov space is extended, nothing is thrown away).
+        callback: called as ``callback(k, theta_k, residual_k)`` after the k-th product.
 
     Returns:
         A :class:`SolverResult`.
@@ -205,6 +283,7 @@ def lanczos(ops: VectorOps, v0: Any, *, max_iter: int, tol: float,
         ValueError: bad budget or rule, or a non-finite product.
     """
     _check_budget(max_iter, tol)
+    threshold = _check_decision(threshold, extend)
     if rule not in LANCZOS_RULES:
         raise ValueError(f"rule must be one of {LANCZOS_RULES}, got {rule!r}")
     bound = tol * tol if rule == "squared" else tol
@@ -214,8 +293,8 @@ def lanczos(ops: VectorOps, v0: Any, *, max_iter: int, tol: float,
     betas: list[float] = []          # betas[j] couples basis j and j+1
     history: list[float] = []
     residuals: list[float] = []
-    theta, res, s, converged = 0.0, math.inf, [1.0], False
-    steps = min(max_iter, dim)
+    theta, res, s, converged, lower = 0.0, math.inf, [1.0], False, False
+    steps = min(max_iter + extend, dim)
     for j in range(steps):
         w = ops.matvec(basis[j])
         alpha = _finite(ops.dot(basis[j], w), "alpha")
@@ -230,10 +309,15 @@ def lanczos(ops: VectorOps, v0: Any, *, max_iter: int, tol: float,
         res = beta * abs(s[-1])
         history.append(theta)
         residuals.append(res)
+        if callback is not None:
+            callback(len(history), theta, res)
         k = len(alphas)
         if (beta <= 1e-12 * max(abs(a) for a in alphas) or k == dim
                 or res <= bound * max(abs(theta), 1e-300)):
             converged = True
+            break
+        if threshold is not None and theta > threshold:
+            lower = True   # theta_k <= lambda_1: "no drop" is certain
             break
         if j + 1 < steps:
             betas.append(beta)
@@ -244,8 +328,70 @@ def lanczos(ops: VectorOps, v0: Any, *, max_iter: int, tol: float,
         y = ops.axpy(c, b, y)
     y = ops.scale(1.0 / ops.norm(y), y)
     ritz = tuple(sorted(tridiagonal_eigenvalues(alphas, betas), reverse=True))
-    return SolverResult(theta, y, len(history), converged, res, tuple(history),
-                        tuple(residuals), ritz)
+    n = len(history)
+    return SolverResult(theta, y, n, converged, res, tuple(history), tuple(residuals), ritz,
+                        lower_bound=lower, threshold=threshold, extended=max(0, n - max_iter))
+
+
+# ------------------------------------------------------------------------------------------
+# one eigenvalue check: start vector, solver, warm-start guard
+
+METHODS = ("lanczos", "power")
+
+
+def solve(ops: VectorOps, seed: Any, *, method: str = "lanczos", max_iter: int, tol: float,
+          rule: str = "squared", warm: Any = None, mix: float = 0.1,
+          threshold: float | None = None, extend: int = 0,
+          confirm_warm: bool = True, callback: Any = None) -> SolverResult:
+    """One eigenvalue check as both backends run it: the start vector of :func:`start_vector`,
+    :func:`lanczos` or :func:`power_iteration`, and the guard of a warm start.
+
+    The guard: a warm start can stop on ``lambda_2`` when the old top direction has become the
+    second one (the residual test passes on a true eigenpair; measured in
+    docs/deep_curvature.md, and a larger random part does not cure it). A lower bound above
+    ``threshold`` is certain whatever the start, so it needs nothing; but a warm value that
+    decides a growth (at or below ``threshold``, or no threshold) is confirmed by the cold solve
+    of the same ``seed`` (``confirm_warm``), with the same threshold: the result is the cold
+    one if it is a lower bound (no drop after all), else the larger of the two values (each is
+    at most ``lambda_1``). Both solves' products are counted; ``confirmed=True``.
+
+    Args:
+        ops: the backend's vector operations.
+        seed: passed to ``ops.random`` (the cold start, and the random part of a warm one).
+        method: ``"lanczos"`` or ``"power"``.
+        max_iter, tol, rule, threshold, extend: as for :func:`lanczos`
+            (``rule`` is Lanczos only).
+        warm, mix: as for :func:`start_vector` (``warm=None``: a cold start).
+        confirm_warm: run the guard (default True).
+        callback: as for :func:`lanczos` (the confirming solve counts its products from 1).
+
+    Returns:
+        A :class:`SolverResult`.
+
+    Raises:
+        ValueError: bad options (named), a non-finite product.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if not isinstance(confirm_warm, bool):
+        raise ValueError(f"confirm_warm must be a bool, got {confirm_warm!r}")
+
+    def run(v0: Any) -> SolverResult:
+        if method == "power":
+            return power_iteration(ops, v0, max_iter=max_iter, tol=tol, threshold=threshold,
+                                   extend=extend, callback=callback)
+        return lanczos(ops, v0, max_iter=max_iter, tol=tol, rule=rule, threshold=threshold,
+                       extend=extend, callback=callback)
+
+    first = run(start_vector(ops, seed, warm=warm, mix=mix))
+    if warm is None or not confirm_warm or first.lower_bound:
+        return first
+    cold = run(start_vector(ops, seed))
+    best = cold if (cold.lower_bound or cold.value >= first.value) else first
+    return replace(best, n_matvec=first.n_matvec + cold.n_matvec,
+                   history=first.history + cold.history,
+                   residuals=first.residuals + cold.residuals,
+                   extended=first.extended + cold.extended, confirmed=True)
 
 
 # ------------------------------------------------------------------------------------------

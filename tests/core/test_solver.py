@@ -176,3 +176,100 @@ def test_non_finite_product_is_an_error_naming_it():
     for solve in (_solver.lanczos, _solver.power_iteration):
         with pytest.raises(ValueError, match="non-finite"):
             solve(ops, [1.0, 0.0], max_iter=3, tol=0.1)
+
+
+# ------------------------------------------------------------------------------------------
+# the decision threshold (issue 22): stop as soon as "no drop" is certain
+
+def _random_spectrum(rng, d):
+    top = rng.uniform(1.0, 10.0)
+    return [top] + [top * rng.uniform(-0.5, 0.97) for _ in range(d - 1)]
+
+
+@pytest.mark.parametrize("solver", ["lanczos", "power"])
+def test_threshold_stops_only_when_no_drop_is_certain(solver):
+    """Over 60 random symmetric matrices and thresholds on both sides of lambda_1: a result
+    marked lower_bound is strictly above the threshold and at most lambda_1 (so the answer
+    "lambda_1 > threshold" is right every time); any other result is bit for bit the run
+    without a threshold (the normal rule ran)."""
+    rng = random.Random(22)
+    early = 0
+    for case in range(60):
+        d = rng.randint(3, 9)
+        eigs = _random_spectrum(rng, d)
+        lam1 = max(eigs)
+        a, _ = _matrix(eigs, seed=case)
+        thr = lam1 * rng.choice([0.2, 0.5, 0.9, 0.999, 1.0, 1.5])
+        solve = getattr(_solver, "lanczos" if solver == "lanczos" else "power_iteration")
+        kw = dict(max_iter=12, tol=1e-6)
+        plain_ops, ops = ListOps(a), ListOps(a)
+        plain = solve(plain_ops, _solver.start_vector(plain_ops, 1000 + case), **kw)
+        r = solve(ops, _solver.start_vector(ops, 1000 + case), threshold=thr, **kw)
+        assert r.threshold == thr and r.n_matvec == ops.n
+        if r.lower_bound:
+            early += 1
+            assert r.value > thr and r.value <= lam1 * (1 + 1e-12)
+            assert not r.converged and r.status == "lower_bound"
+            assert r.n_matvec <= plain.n_matvec
+            # it stopped at the first estimate above the threshold, not later
+            assert all(h <= thr for h in r.history[:-1])
+        else:
+            assert (r.value, r.n_matvec, r.history, r.converged) == \
+                (plain.value, plain.n_matvec, plain.history, plain.converged)
+            assert all(h <= thr for h in r.history) or r.converged
+        if thr >= lam1:      # nothing can be above a threshold at or above lambda_1
+            assert not r.lower_bound
+    assert early >= 15       # the early stop did happen, often
+
+
+def test_threshold_saves_products_on_a_no_drop_check():
+    eigs = [5.0, 4.8, 4.6, 2.0, 1.0, 0.5, 0.2, 0.1, 0.0, -1.0]
+    a, _ = _matrix(eigs, seed=1)
+    full_ops, ops = ListOps(a), ListOps(a)
+    full = _solver.lanczos(full_ops, _solver.start_vector(full_ops, 7), max_iter=10, tol=1e-2)
+    r = _solver.lanczos(ops, _solver.start_vector(ops, 7), max_iter=10, tol=1e-2, threshold=2.5)
+    assert r.lower_bound and r.n_matvec < full.n_matvec and 2.5 < r.value <= 5.0
+    # an estimate equal to the threshold is not above it: the full rule runs
+    eq_ops = ListOps(a)
+    r_eq = _solver.lanczos(eq_ops, _solver.start_vector(eq_ops, 7), max_iter=10, tol=1e-2,
+                           threshold=full.history[0])
+    assert r_eq.history[0] == full.history[0] and r_eq.n_matvec > 1
+
+
+@pytest.mark.parametrize("solver", ["lanczos", "power"])
+def test_extend_spends_more_products_only_when_the_value_decides(solver):
+    eigs = [5.0, 4.9, 4.8, 4.7, 1.0, 0.5, 0.2, 0.1, 0.05, 0.0, -0.1, -0.2]
+    a, _ = _matrix(eigs, seed=2)
+    solve = getattr(_solver, "lanczos" if solver == "lanczos" else "power_iteration")
+    tol = 1e-6 if solver == "lanczos" else 1e-4
+    short = solve(ListOps(a), _solver.start_vector(ListOps(a), 9), max_iter=3, tol=tol)
+    assert not short.converged and short.n_matvec == 3 and short.extended == 0
+    assert short.status == "not_converged"
+    ext = solve(ListOps(a), _solver.start_vector(ListOps(a), 9), max_iter=3, tol=tol,
+                extend=60)
+    assert ext.n_matvec > 3 and ext.extended == ext.n_matvec - 3
+    assert ext.history[:3] == short.history            # the same run, continued
+    if solver == "lanczos":
+        assert ext.converged and abs(ext.value - 5.0) <= 1e-6
+    # a threshold under the estimate: no drop is certain, the extension is never used
+    below = solve(ListOps(a), _solver.start_vector(ListOps(a), 9), max_iter=3, tol=tol,
+                  extend=60, threshold=0.5 * short.history[0])
+    assert below.lower_bound and below.n_matvec == 1 and below.extended == 0
+    # a threshold above lambda_1 (a drop): the value decides, the extension is used
+    above = solve(ListOps(a), _solver.start_vector(ListOps(a), 9), max_iter=3, tol=tol,
+                  extend=60, threshold=6.0)
+    assert not above.lower_bound and above.n_matvec == ext.n_matvec
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"threshold": math.nan}, "threshold must be None or a finite number"),
+    ({"threshold": "1.0"}, "threshold must be None or a finite number"),
+    ({"threshold": True}, "threshold must be None or a finite number"),
+    ({"extend": -1}, "extend must be an int >= 0"),
+    ({"extend": 2.0}, "extend must be an int >= 0"),
+])
+def test_threshold_and_extend_reject_bad_values(kwargs, match):
+    ops = ListOps([[1.0, 0.0], [0.0, 2.0]])
+    for solve in (_solver.lanczos, _solver.power_iteration):
+        with pytest.raises(ValueError, match=match):
+            solve(ops, [1.0, 0.0], max_iter=2, tol=0.1, **kwargs)

@@ -235,3 +235,70 @@ def test_top_eigenvalue_rejects_bad_options(kwargs, exc, match, ce):
     model, x, y = _tiny_mlp()
     with pytest.raises(exc, match=match):
         top_eigenvalue(model, ce, [(x, y)], **kwargs)
+
+
+# ------------------------------------------------------------------------------ issue 22
+# The decision threshold: stop as soon as "no drop" is certain; extend a deciding check.
+
+@pytest.mark.parametrize("method", ["lanczos", "power"])
+@pytest.mark.parametrize("kind,seed", [("mlp_softplus", 24), ("cnn_softplus", 7)])
+def test_threshold_gives_a_certain_lower_bound_or_the_plain_result(kind, seed, method,
+                                                                   exact_hessian, ce):
+    model, x, y = _case(kind, seed)
+    lam1 = torch.linalg.eigvalsh(exact_hessian(model, ce, x, y))[-1].item()
+    early = 0
+    for s in range(4):
+        plain = top_eigenvalue(model, ce, [(x, y)], seed=s, method=method)
+        for frac in (0.3, 0.7, 0.95, 1.0, 1.2):
+            thr = frac * lam1
+            r = top_eigenvalue(model, ce, [(x, y)], seed=s, method=method, threshold=thr)
+            assert r.threshold == thr and r.n_hvps == r.n_hvp
+            if r.is_lower_bound:
+                early += 1
+                assert thr < r.value <= lam1 * (1 + 1e-12) and r.status == "lower_bound"
+                assert not r.converged and r.n_hvp <= plain.n_hvp
+            else:
+                # the normal rule ran: bit for bit the run without a threshold
+                assert (r.value, r.n_hvp, r.history) == (plain.value, plain.n_hvp, plain.history)
+                assert r.status == ("converged" if r.converged else "not_converged")
+            if frac >= 1.0:
+                assert not r.is_lower_bound
+    assert early >= 8
+
+
+def test_extend_hvp_resolves_a_deciding_check_that_max_hvp_leaves_unconverged(exact_hessian,
+                                                                               ce):
+    model, x, y = _case("cnn_softplus", 16)
+    lam1 = torch.linalg.eigvalsh(exact_hessian(model, ce, x, y))[-1].item()
+    short = [top_eigenvalue(model, ce, [(x, y)], seed=s, max_hvp=3) for s in range(4)]
+    assert all(r.status == "not_converged" and r.n_hvp == 3 for r in short)
+    assert max(abs(r.value - lam1) / lam1 for r in short) > 1e-2     # silently off before
+    for s in range(4):
+        r = top_eigenvalue(model, ce, [(x, y)], seed=s, max_hvp=3, extend_hvp=20)
+        assert r.converged and r.extended == r.n_hvp - 3 > 0
+        assert abs(r.value - lam1) <= 1e-2 * lam1
+        # no drop certain at once: the extension is not spent
+        lb = top_eigenvalue(model, ce, [(x, y)], seed=s, max_hvp=3, extend_hvp=20,
+                            threshold=0.1 * lam1)
+        assert lb.is_lower_bound and lb.extended == 0 and lb.n_hvp <= 3
+
+
+def test_warm_start_function_counts_and_warns_once_on_unconverged_checks(ce):
+    from hessbatch.deep import NotConvergedWarning, WarmStartEigenvalue
+    model, x, y = _case("cnn_softplus", 16)
+    f = WarmStartEigenvalue(max_hvp=2, extend_hvp=0, hvp_check="off", warm_start=False)
+    with pytest.warns(NotConvergedWarning, match="did not converge within 2 .*counted") as rec:
+        for s in range(3):
+            f(model, ce, [(x, y)], seed=s)
+    assert len([w for w in rec if issubclass(w.category, NotConvergedWarning)]) == 1
+    assert f.n_not_converged == 3 and [e["status"] for e in f.log] == ["not_converged"] * 3
+    g = WarmStartEigenvalue(max_hvp=2, extend_hvp=0, hvp_check="off", warm_start=False)
+    g.load_state_dict(f.state_dict())
+    assert g.log == f.log and g.n_not_converged == 3
+    # a threshold far below: each check is a certain lower bound after one product
+    lb = f(model, ce, [(x, y)], seed=9, threshold=1e-9)
+    assert lb.is_lower_bound and lb.n_hvp == 1 and f.log[-1]["status"] == "lower_bound"
+    with pytest.raises(ValueError, match="threshold must be None or a finite number"):
+        f(model, ce, [(x, y)], seed=0, threshold=float("nan"))
+    with pytest.raises(ValueError, match="extend_hvp must be >= 0"):
+        WarmStartEigenvalue(extend_hvp=-1)

@@ -46,9 +46,9 @@ def _mlp(act, seed=0, dtype=torch.float32):
 @pytest.mark.parametrize("kind,seed", [("mlp_softplus", 24), ("cnn_softplus", 7),
                                        ("mlp_elu", 50)])
 def test_warm_start_keeps_the_accuracy_contract(kind, seed, exact_hessian, ce):
-    """Default budget, from warm starts that are right or random junk: within 1e-2 of
-    eigvalsh; from the right one, in fewer products than cold. (From the exact *second*
-    eigenvector it can stop at lambda_2: see the next test.)"""
+    """Default budget, from warm starts that are right or random junk, the warm solve alone
+    (confirm_warm=False): within 1e-2 of eigvalsh; from the right one, in fewer products than
+    cold. (From the exact *second* eigenvector it can stop at lambda_2: see the next test.)"""
     model, x, y = _case(kind, seed)
     H = exact_hessian(model, ce, x, y)
     ev, vecs = torch.linalg.eigh(H)
@@ -62,21 +62,28 @@ def test_warm_start_keeps_the_accuracy_contract(kind, seed, exact_hessian, ce):
         cold = top_eigenvalue(model, ce, [(x, y)], seed=s)
         cold_hvps.append(cold.n_hvp)
         for start in (top, junk):
-            r = top_eigenvalue(model, ce, [(x, y)], seed=s, start=start)
-            assert r.warm and r.n_hvp <= 10
+            r = top_eigenvalue(model, ce, [(x, y)], seed=s, start=start, confirm_warm=False)
+            assert r.warm and r.n_hvp <= 10 and not r.confirmed
             assert abs(r.value - lam1) <= 1e-2 * lam1, (s, r.value, lam1)
-        warm_hvps.append(top_eigenvalue(model, ce, [(x, y)], seed=s, start=top).n_hvp)
+        warm_hvps.append(top_eigenvalue(model, ce, [(x, y)], seed=s, start=top,
+                                        confirm_warm=False).n_hvp)
     assert sum(warm_hvps) < sum(cold_hvps)
 
 
 def test_warm_start_function_keeps_the_vector_and_checkpoints_it(ce):
     model, x, y = _mlp(nn.Softplus(), dtype=torch.float64)
-    f = WarmStartEigenvalue(max_hvp=10)
+    f = WarmStartEigenvalue(max_hvp=10, confirm_warm=False)
     r1 = f(model, ce, [(x, y)], seed=1)
     assert not r1.warm and f.checked and f.vector is r1.vector
     r2 = f(model, ce, [(x, y)], seed=2)
     assert r2.warm and r2.n_hvp <= r1.n_hvp
-    g = WarmStartEigenvalue(max_hvp=10)
+    # the default guard confirms a warm value given without a threshold (it decides)
+    guarded = WarmStartEigenvalue(max_hvp=10)
+    guarded(model, ce, [(x, y)], seed=1)
+    r3 = guarded(model, ce, [(x, y)], seed=2)
+    assert r3.warm and r3.confirmed and r3.value >= r2.value
+    assert [e["confirmed"] for e in guarded.log] == [False, True]
+    g = WarmStartEigenvalue(max_hvp=10, confirm_warm=False)
     g.load_state_dict(f.state_dict())
     a, b = f(model, ce, [(x, y)], seed=3), g(model, ce, [(x, y)], seed=3)
     assert a.value == b.value and a.history == b.history
@@ -111,7 +118,9 @@ def test_trainer_warm_start_option_resumes_bit_for_bit(tmp_path):
     assert isinstance(full.eigenvalue_fn, WarmStartEigenvalue)
     assert full.eigenvalue_fn.vector is not None
     h = full.history[-1].hvps_per_check
-    assert h is not None and 1 <= h <= 10
+    # no threshold from this loop: every warm value decides, so it is confirmed by a cold
+    # solve; each solve may be extended by extend_hvp=10: at most 2 x (10 + 10)
+    assert h is not None and 1 <= h <= 40
     part = build()
     part.run(epochs=1)
     path = part.save(tmp_path / "ck.pt")
@@ -125,18 +134,32 @@ def test_trainer_warm_start_option_resumes_bit_for_bit(tmp_path):
     assert cold.events != full.events   # the start vectors differ, so the values do
 
 
-def test_warm_start_from_the_second_eigenvector_can_stop_at_lambda_2(exact_hessian, ce):
-    """The known limitation (docs/deep_curvature.md): when the old top direction has become
-    exactly the second one, the tol^2 residual test can pass on lambda_2 before the random
-    part (mix 0.1) has brought the new top direction in. Why warm starts are not the default."""
+def test_warm_start_from_the_second_eigenvector_can_stop_at_lambda_2_and_the_guard_catches_it(
+        exact_hessian, ce):
+    """When the old top direction has become exactly the second one, the tol^2 residual test
+    can pass on lambda_2 before the random part has brought the new top direction in (the warm
+    solve alone, confirm_warm=False: 8 of 32 solves over the four accuracy models, more than
+    1e-2 off; a larger random part does not cure it: docs/deep_curvature.md). The guard
+    (default): a warm value that decides a growth is confirmed by the cold solve of the same
+    seed, and the larger value is kept: every solve within 1e-2. (Fails on the code before
+    issue 22, which had no guard.) A lower bound above a threshold needs no confirmation."""
     model, x, y = _case("mlp_softplus", 24)
     ev, vecs = torch.linalg.eigh(exact_hessian(model, ce, x, y))
+    lam1 = ev[-1].item()
     params = [p for p in model.parameters() if p.requires_grad]
     second = unflatten(vecs[:, -2], params)
-    errs = [abs(top_eigenvalue(model, ce, [(x, y)], seed=s, start=second).value - ev[-1].item())
-            / ev[-1].item() for s in range(8)]
-    assert max(errs) > 1e-2          # some starts stop on lambda_2 ...
-    assert min(errs) <= 1e-2         # ... not all
+    raw = [abs(top_eigenvalue(model, ce, [(x, y)], seed=s, start=second,
+                              confirm_warm=False).value - lam1) / lam1 for s in range(8)]
+    assert max(raw) > 1e-2          # some warm starts stop on lambda_2 ...
+    assert min(raw) <= 1e-2         # ... not all
+    for s in range(8):
+        r = top_eigenvalue(model, ce, [(x, y)], seed=s, start=second)
+        cold = top_eigenvalue(model, ce, [(x, y)], seed=s)
+        assert r.confirmed and abs(r.value - lam1) <= 1e-2 * lam1, (s, r.value, lam1)
+        assert r.value >= cold.value and r.n_hvp > cold.n_hvp   # both solves counted
+        # far below lambda_2: "no drop" is certain on the warm solve, no confirmation
+        lb = top_eigenvalue(model, ce, [(x, y)], seed=s, start=second, threshold=0.5 * lam1)
+        assert lb.is_lower_bound and not lb.confirmed and 0.5 * lam1 < lb.value <= lam1
 
 
 # ------------------------------------------------------------------------------ self-tests
@@ -348,3 +371,131 @@ def test_activation_checkpointing_reentrant_is_caught_non_reentrant_passes(ce):
     v = [torch.randn_like(p) for p in exact.params]
     a, b = flatten(exact.matvec(v)), flatten(fd.matvec(v))
     assert float((a - b).norm() / a.norm()) <= 1e-6
+
+
+# ------------------------------------------------------------------------------ issue 22, section 4
+# A self-test that cannot be fooled. Each test below fails on the code before issue 22.
+
+class _NoDoubleTanh(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return torch.tanh(x)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g * (1 - torch.tanh(x) ** 2)
+
+
+class _CastNet(nn.Module):
+    """A float32 model whose forward casts its logits with .float() (LLM style), optionally
+    with a non-differentiable backward, a bfloat16 autocast head, or a bf16 round trip."""
+
+    def __init__(self, nodouble=False, bf16_head=False, round_trip=False):
+        super().__init__()
+        self.a, self.b = nn.Linear(6, 10), nn.Linear(10, 4)
+        self.nodouble, self.bf16_head, self.round_trip = nodouble, bf16_head, round_trip
+
+    def forward(self, x):
+        h = self.a(x)
+        h = _NoDoubleTanh.apply(h) if self.nodouble else torch.tanh(h)
+        if self.round_trip:
+            h = h.bfloat16().to(x.dtype)
+        if self.bf16_head:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return self.b(h).float()
+        return self.b(h).float()
+
+
+def _cast_case(**kw):
+    torch.manual_seed(0)
+    return _CastNet(**kw), torch.randn(40, 6), torch.randint(4, (40,))
+
+
+def test_a_float_cast_is_reported_and_checked_at_its_real_precision(ce):
+    """Before: the float64 copy computed in float32 behind the cast, the step was float64's,
+    and the allowance widened to 1.4-2.0, so the check passed whatever the error. Now forward
+    hooks see the cast, the check runs at float32 precision with a float32 allowance (never
+    widened), and the correct model passes."""
+    m, x, y = _cast_case()
+    r = check_hvp(m, ce, [(x, y)], seed=0)
+    assert r.verdict == "pass" and r.dtype == "float32"
+    assert "(model):float32" in r.low_precision and r.allowed == pytest.approx(3.45e-3, rel=1e-2)
+    assert r.rel_error <= 1e-3 and "does not compute in float64" in r.message()
+
+
+def test_once_differentiable_behind_a_float_cast_is_caught_in_the_check_and_the_trainer(ce):
+    """Before: passed the check (allowance widened) and ran 12.6% low with no warning."""
+    m, x, y = _cast_case(nodouble=True)
+    r = check_hvp(m, ce, [(x, y)], seed=0, on_fail="ignore")
+    assert r.verdict == "fail" and r.rel_error > 100 * r.allowed and r.spread < r.allowed
+    with pytest.raises(HVPCheckError, match="FAILED.*once_differentiable"):
+        check_hvp(m, ce, [(x, y)], seed=0)
+    with pytest.raises(HVPCheckError):
+        WarmStartEigenvalue()(m, ce, [(x, y)], seed=0)
+
+
+def test_finite_difference_backend_on_a_float_cast_model(ce):
+    """Before: the step assumed float64, but the copy computed in float32: 59-105% off per
+    product. Now the step comes from a ladder around the precision the hooks see."""
+    m, x, y = _cast_case()
+    exact = HessianOperator(m, ce, [(x, y)])
+    fd = HessianOperator(m, ce, [(x, y)], backend="finite_difference")
+    g = torch.Generator().manual_seed(0)
+    worst = 0.0
+    for _ in range(5):
+        v = torch.randn(exact.dim, generator=g)
+        a = flatten(exact.matvec(unflatten(v, exact.params)))
+        b = flatten(fd.matvec(unflatten(v, fd.params)))
+        worst = max(worst, float((a - b).norm() / a.norm()))
+    assert worst <= 1e-3
+    assert "(model):float32" in fd.fd_low_precision and fd.fd_step_scale > 1e-4
+
+
+def test_bfloat16_autocast_in_the_forward_is_caught_by_the_native_comparison(ce):
+    """Before: the float64 copy is not touched by autocast (it only lowers float32), so the
+    check passed while every product of the float32 model ran in bfloat16."""
+    m, x, y = _cast_case(bf16_head=True)
+    r = check_hvp(m, ce, [(x, y)], seed=0, on_fail="ignore")
+    assert r.verdict == "fail" and r.native_rel_error > 1e-3
+    assert r.rel_error <= r.allowed            # the float64 product itself is right
+    with pytest.raises(HVPCheckError, match="reduced precision.*outside autocast"):
+        check_hvp(m, ce, [(x, y)], seed=0)
+    good, x, y = _cast_case()
+    assert check_hvp(good, ce, [(x, y)], seed=0).native_rel_error <= 1e-5
+
+
+def test_an_active_autocast_warns(ce):
+    from hessbatch.deep._hvp import ReducedPrecisionWarning
+    model, x, y = _mlp(nn.Softplus())
+    with pytest.warns(ReducedPrecisionWarning, match=r"active autocast \(cpu:bfloat16\)"):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            top_eigenvalue(model, ce, [(x, y)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ReducedPrecisionWarning)
+        top_eigenvalue(model, ce, [(x, y)])        # no autocast: no warning
+
+
+def test_an_unresolvable_finite_difference_is_inconclusive_not_a_pass(ce):
+    """A bfloat16 round trip hidden inside a module (no hook can see it): the finite
+    difference cannot resolve the product. Before, the allowance widened to 4 x the spread
+    and the check passed; now it is inconclusive, with a warning."""
+    m, x, y = _cast_case(round_trip=True)
+    with pytest.warns(HVPCheckWarning, match="INCONCLUSIVE"):
+        r = check_hvp(m, ce, [(x, y)], seed=0)
+    assert r.verdict == "inconclusive" and not r.ok
+    assert r.allowed <= 3.5e-3 < r.spread     # the allowance did not grow to fit the noise
+
+
+def test_batchnorm_without_running_stats_is_named(ce):
+    """Before: caught by the mean-loss check but blamed on a sum or class weights."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8, track_running_stats=False),
+                      nn.Tanh(), nn.Linear(8, 3))
+    x, y = torch.randn(32, 6), torch.randint(3, (32,))
+    with pytest.raises(ValueError, match=r"batch statistics.*'1'.*BatchNorm1d.*"
+                                         r"track_running_stats=False") as exc:
+        check_mean_loss(m, ce, (x, y))
+    assert "reduction='sum'" not in str(exc.value)
