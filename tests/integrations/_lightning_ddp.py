@@ -58,7 +58,7 @@ def run(folder: Path, cell: str) -> None:
     trainer = L.Trainer(max_epochs=config.epochs, accelerator="cpu", devices=2,
                         strategy="ddp", use_distributed_sampler=False, logger=False,
                         enable_progress_bar=False, enable_model_summary=False,
-                        enable_checkpointing=False, num_sanity_val_steps=0)
+                        enable_checkpointing=False, num_sanity_val_steps=0, callbacks=[cb])
     trainer.fit(Net())
     if trainer.global_rank == 0:
         torch.save({"weights": model.state_dict(), "world_size": trainer.world_size,

@@ -149,7 +149,7 @@ def _lightning_door(ref: dict):
 
     trainer = L.Trainer(max_epochs=config.epochs, accelerator="cpu", devices=1, logger=False,
                         enable_progress_bar=False, enable_model_summary=False,
-                        enable_checkpointing=False, num_sanity_val_steps=0)
+                        enable_checkpointing=False, num_sanity_val_steps=0, callbacks=[cb])
     trainer.fit(Net())
     return model, cb.events, cb.update_log
 
