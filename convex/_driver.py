@@ -163,6 +163,16 @@ def full_batch_config(n_samples: int, lr: float, updates: int) -> SchedulerConfi
                            samples_per_epoch=n_samples, epochs=updates)
 
 
+def _takes_threshold(fn: Callable[..., Any]) -> bool:
+    """Whether an eigenvalue function takes the decision threshold (a second argument)."""
+    import inspect
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    return len(params) >= 2 or any(p.kind is p.VAR_POSITIONAL for p in params)
+
+
 def make_eigenvalue_fn(model: LogisticRegression, *, hessian_batch: int | None = None,
                        method: str = "power", tol: float = 1e-3, max_iter: int = 100,
                        seed: int | np.random.SeedSequence = 0,
@@ -183,7 +193,9 @@ def make_eigenvalue_fn(model: LogisticRegression, *, hessian_batch: int | None =
             confirmed by a cold solve; :func:`hessbatch._solver.solve`), default True.
 
     Returns:
-        A callable ``theta -> EigenResult``.
+        A callable ``(theta, threshold=None) -> EigenResult`` (``threshold``: the check's
+        decision threshold ``lam_ref / alpha``; the solver stops once "no drop" is certain and
+        the result is then a lower bound, ``is_lower_bound``).
 
     Raises:
         ValueError: hessian_batch outside [1, n].
@@ -199,13 +211,14 @@ def make_eigenvalue_fn(model: LogisticRegression, *, hessian_batch: int | None =
         raise TypeError(f"warm_start must be a bool, got {type(warm_start).__name__}")
     kept: list[np.ndarray] = []
 
-    def eigenvalue(theta: np.ndarray) -> EigenResult:
+    def eigenvalue(theta: np.ndarray, threshold: float | None = None) -> EigenResult:
         idx = None
         if hessian_batch is not None:
             idx = np.sort(batch_rng.choice(n, size=int(hessian_batch), replace=False))
         start = kept[-1] if (warm_start and kept) else None
         r = model.top_eigenvalue(theta, idx, method=method, tol=tol, max_iter=max_iter,
-                                 seed=start_rng, start=start, confirm_warm=confirm_warm)
+                                 seed=start_rng, start=start, confirm_warm=confirm_warm,
+                                 threshold=threshold)
         if np.all(np.isfinite(r.vector)):
             kept[:] = [r.vector]
         return r
@@ -225,7 +238,8 @@ def train(model: LogisticRegression, config: SchedulerConfig, *, seed: int = 0,
           sampling: str = "iid", theta0: Any = None,
           eigenvalue_fn: EigenvalueFn | None = None, hessian_batch: int | None = None,
           eig_method: str = "power", eig_tol: float = 1e-3, eig_max_iter: int = 100,
-          label: str | None = None, progress: Any = None) -> RunResult:
+          label: str | None = None, progress: Any = None,
+          decision_stop: bool = True) -> RunResult:
     """Run one method end to end; every decision comes from ``hessbatch.Scheduler(config)``.
 
     Args:
@@ -240,6 +254,9 @@ def train(model: LogisticRegression, config: SchedulerConfig, *, seed: int = 0,
             eigenvalue; default :func:`make_eigenvalue_fn` with the ``hessian_batch``/``eig_*``
             arguments. A test can pass a scripted sequence here.
         label: a name for tables (default the method).
+        decision_stop: give the eigenvalue function the check's decision threshold
+            ``lam_ref / alpha`` (when it takes a second argument): its solver stops as soon as
+            "no drop" is certain and the core gets a lower bound (default True).
         progress: an object with ``update(n, info)`` (e.g. ``hessbatch._cli_common.Progress``),
             advanced by one at every epoch end.
 
@@ -332,13 +349,17 @@ def train(model: LogisticRegression, config: SchedulerConfig, *, seed: int = 0,
             if not math.isfinite(loss):
                 d = sch.skip_eigenvalue()
             else:
-                res = eigenvalue_fn(theta)
+                threshold = d.eigenvalue_threshold if decision_stop else None
+                res = eigenvalue_fn(theta, threshold) if threshold is not None and \
+                    _takes_threshold(eigenvalue_fn) else eigenvalue_fn(theta)
+                bound = False
                 if isinstance(res, EigenResult):
                     lam_k, hv = float(res.value), int(res.n_matvec)
                     hv_rows = int(res.rows_read or 0)
+                    bound = bool(res.is_lower_bound)
                 else:
                     lam_k = float(res)
-                d = sch.eigenvalue(lam_k)
+                d = sch.eigenvalue(lam_k, lower_bound=bound)
         if sampling == "iid":
             ended = d.samples_seen >= epoch_mark
         else:

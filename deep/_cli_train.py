@@ -98,6 +98,11 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
                    help="Hessian-vector products per eigenvalue at most (default %(default)s)")
     g.add_argument("--eig-tol", type=float, default=1e-2,
                    help="relative tolerance of the eigenvalue (default %(default)s)")
+    g.add_argument("--full-eigenvalue", action="store_true",
+                   help="solve every eigenvalue check to --eig-tol; default: a check's solver "
+                        "stops as soon as its estimate is above lam_ref / alpha (the answer "
+                        "'no drop' is then certain: every estimate is at most the top "
+                        "eigenvalue), which saves most of the HVPs (docs/deep_curvature.md)")
     g.add_argument("--warm-start", action="store_true",
                    help="start each check from the previous check's eigenvector (mixed with "
                         "10%% of a random one); off by default: measured on MNIST-5k it saves "
@@ -447,7 +452,8 @@ def _refuse_changed_options(args: argparse.Namespace, spec: dict[str, Any],
         [(dest, saved.get(field)) for dest, field in _CONFIG_FIELDS.items()] + \
         [("warm_start", spec.get("warm_start", False)),
          ("hvp_check", spec.get("hvp_check", "error")),
-         ("batchnorm", spec.get("batchnorm", False)), ("dropout", spec.get("dropout", 0.0))]
+         ("batchnorm", spec.get("batchnorm", False)), ("dropout", spec.get("dropout", 0.0)),
+         ("full_eigenvalue", not spec.get("decision_stop", True))]
     for dest, kept in pairs:
         given = getattr(args, dest)
         was_given = dest in typed if typed is not None else \
@@ -586,6 +592,7 @@ def run(args: argparse.Namespace) -> int:
         spec["batchnorm"], spec["dropout"] = bool(args.batchnorm), float(args.dropout)
         spec["dtype"] = args.dtype or "float32"
         spec["warm_start"], spec["hvp_check"] = bool(args.warm_start), args.hvp_check
+        spec["decision_stop"] = not args.full_eigenvalue
         config = None
     bundle, model = build_from_spec(spec, device)
     if config is None:
@@ -608,10 +615,11 @@ def run(args: argparse.Namespace) -> int:
     elif params is not None:
         from . import top_eigenvalue
 
-        def eig_fn(m, loss_fn, batches, *, seed):
+        def eig_fn(m, loss_fn, batches, *, seed, threshold=None):
             return top_eigenvalue(m, loss_fn, batches, params=params,
                                   method=spec["eig_method"], max_hvp=spec["max_hvp"],
-                                  tol=spec["eig_tol"], seed=seed)
+                                  tol=spec["eig_tol"], seed=seed, threshold=threshold,
+                                  extend_hvp=10)
     trainer = Trainer(model, optimizer, torch.nn.functional.cross_entropy, bundle.train,
                       Scheduler(config), test_data=bundle.test, eigenvalue_fn=eig_fn,
                       parallel=parallel,
@@ -619,7 +627,8 @@ def run(args: argparse.Namespace) -> int:
                       max_hvp=spec["max_hvp"], eig_tol=spec["eig_tol"],
                       adversary=spec["adversary"], last_batch=spec["last_batch"],
                       seed=spec["seed"], warm_start=spec.get("warm_start", False),
-                      hvp_check=spec.get("hvp_check", "error"))
+                      hvp_check=spec.get("hvp_check", "error"),
+                      decision_stop=spec.get("decision_stop", True))
     if state is not None:
         try:
             trainer.load_state_dict(state)

@@ -353,7 +353,8 @@ def distributed_top_eigenvalue(model: nn.Module, loss_fn: LossFn, batches: Seque
                                method: str = "lanczos", max_hvp: int = 10, tol: float = 1e-2,
                                seed: int = 0, backend: str = "double_backprop",
                                reuse_graph: bool = True, group: Any = None,
-                               stats: dict | None = None) -> EigenResult:
+                               stats: dict | None = None, threshold: float | None = None,
+                               extend_hvp: int = 0) -> EigenResult:
     """:func:`hessbatch.deep.top_eigenvalue` of the Hessian over every rank's ``batches``.
 
     The solver runs on every rank on the all-reduced operator
@@ -365,6 +366,10 @@ def distributed_top_eigenvalue(model: nn.Module, loss_fn: LossFn, batches: Seque
         batches: this rank's part of the Hessian batch.
         stats: if given, ``stats["comm_time"]`` is increased by the seconds spent in
             all-reduces.
+        threshold, extend_hvp: the check's decision threshold (the solver stops once "no drop"
+            is certain) and the products added for a deciding check, as for
+            :func:`hessbatch.deep.top_eigenvalue`; whether the value is a lower bound is
+            broadcast with it.
         others: as :func:`hessbatch.deep.top_eigenvalue`.
 
     Returns:
@@ -378,15 +383,18 @@ def distributed_top_eigenvalue(model: nn.Module, loss_fn: LossFn, batches: Seque
                                     reuse_graph=reuse_graph, group=group)
     try:
         solver = lanczos if method == "lanczos" else power_iteration
-        result = solver(op, max_hvp=max_hvp, tol=float(tol), seed=seed)
-        value = torch.tensor([result.value], dtype=torch.float64, device=op.device)
+        result = solver(op, max_hvp=max_hvp, tol=float(tol), seed=seed, threshold=threshold,
+                        extend_hvp=extend_hvp)
+        value = torch.tensor([result.value, float(result.is_lower_bound)],
+                             dtype=torch.float64, device=op.device)
         _sync(op.device)
         t0 = time.perf_counter()
         dist.broadcast(value, src=dist.get_global_rank(group, 0) if group is not None else 0,
                        group=group)
         _sync(op.device)
         op.comm_time += time.perf_counter() - t0
-        return dataclasses.replace(result, value=float(value.item()))
+        return dataclasses.replace(result, value=float(value[0].item()),
+                                   is_lower_bound=bool(value[1].item()))
     finally:
         op.release()
         if stats is not None:
@@ -601,11 +609,11 @@ class DataParallel:
             raise ValueError("warm_start=True is not supported with data parallelism (the "
                              "eigenvalue is a collective over every rank); leave it False")
 
-        def eigenvalue(model, loss_fn, batches, *, seed):
+        def eigenvalue(model, loss_fn, batches, *, seed, threshold=None):
             return distributed_top_eigenvalue(
                 model, loss_fn, batches, params=self.eig_params, method=adapter.eig_method,
                 max_hvp=adapter.max_hvp, tol=adapter.eig_tol, seed=seed, group=self.group,
-                stats=self._eig_stats)
+                stats=self._eig_stats, threshold=threshold, extend_hvp=10)
         return eigenvalue
 
     def wrap(self, model: nn.Module) -> nn.Module:

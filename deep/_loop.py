@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import inspect
 import math
 import time
 from typing import Any, Callable, Iterator, Mapping
@@ -113,19 +114,31 @@ def check_loop_arguments(model: Any, optimizer: Any, loss_fn: Any) -> None:
         raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
 
 
+def accepts_threshold(fn: Callable[..., Any]) -> bool:
+    """Whether ``fn`` takes a ``threshold`` keyword (or ``**kwargs``)."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "threshold" or p.kind is p.VAR_KEYWORD for p in params)
+
+
 def call_eigenvalue_fn(eigenvalue_fn: Callable[..., Any], model: nn.Module,
                        loss_fn: Callable[..., Any], batches: list[Any],
-                       generator: torch.Generator) -> Any:
+                       generator: torch.Generator, threshold: float | None = None) -> Any:
     """One eigenvalue check: a solver seed drawn from ``generator``, then
-    ``eigenvalue_fn(model, loss_fn, batches, seed=seed)``.
+    ``eigenvalue_fn(model, loss_fn, batches, seed=seed)``, with ``threshold=threshold`` (the
+    decision threshold ``lam_ref / alpha``) when it is not None and the function takes it.
 
     A diverged run (non-finite weights or loss) has no eigenvalue: its ``ValueError`` becomes
     NaN, which the core refuses, so the check is skipped like a non-finite value. Any other
     error is a real one and propagates.
     """
     seed = int(torch.randint(2 ** 31 - 1, (1,), generator=generator))
+    kw = {"threshold": threshold} if threshold is not None and \
+        accepts_threshold(eigenvalue_fn) else {}
     try:
-        return eigenvalue_fn(model, loss_fn, batches, seed=seed)
+        return eigenvalue_fn(model, loss_fn, batches, seed=seed, **kw)
     except ValueError as exc:
         diverged = any(not bool(torch.isfinite(p).all()) for p in model.parameters())
         if not (diverged or "finite" in str(exc)):
@@ -424,7 +437,8 @@ class _Stats:
         self.time_adversarial = 0.0
         self.time_eigenvalue = 0.0
         self.time_eigenvalue_comm = 0.0
-        self.checks: list[dict[str, Any]] = []
+        self.checks: list[dict[str, Any]] = []  # per check: hvps, status, threshold, value
+        self.not_converged = 0
 
 
 class LoopAdapter:
@@ -464,6 +478,11 @@ class LoopAdapter:
         parallel: a :class:`hessbatch.deep.DataParallel` to train on several ranks (the
             process group must be initialised; wrap the model in DDP for the forward/backward);
             None: one process.
+        decision_stop: give the eigenvalue function the check's decision threshold
+            (``decision.eigenvalue_threshold``, ``lam_ref / alpha``) so that its solver stops
+            as soon as "no drop" is certain, and report such a stop to the core as a lower bound
+            (default True; False: every check is solved to its tolerance). Functions without a
+            ``threshold`` keyword are called as before.
         config_extra: plain data (datasets are digested) added to the configuration hash that
             the ranks compare with ``parallel`` (the doors pass their own options).
         seed_micro_batches: seed torch's global RNG before each micro-batch (default True; see
@@ -489,7 +508,7 @@ class LoopAdapter:
                  compute_eigenvalues: bool = True,
                  sampler: AdaptiveBatchSampler | None = None,
                  parallel: Any = None, seed_micro_batches: bool = True,
-                 config_extra: Any = None):
+                 config_extra: Any = None, decision_stop: bool = True):
         check_loop_arguments(model, optimizer, loss_fn)
         if not callable(collate_fn):
             raise TypeError(f"collate_fn must be callable, got {type(collate_fn).__name__}")
@@ -544,6 +563,7 @@ class LoopAdapter:
         self.max_hvp, self.eig_tol = max_hvp, float(eig_tol)
         self.adversary, self.input_range = adversary, (low, high)
         self.seed_micro_batches = bool(seed_micro_batches)
+        self.decision_stop = bool(decision_stop)
         self.parallel = parallel
         if parallel is not None:
             parallel.place(self.sampler)  # this rank's micro-batches
@@ -802,21 +822,32 @@ class LoopAdapter:
             torch.cuda.synchronize(dev)
         t0 = time.perf_counter()
         batches = self.hessian_batches()
+        threshold = d.eigenvalue_threshold if self.decision_stop else None
         result = call_eigenvalue_fn(self.eigenvalue_fn, self.model, self.loss_fn, batches,
-                                    self.generator)
-        self.stats.hvps += int(getattr(result, "n_hvp", 0) or 0)
-        out = self.report_eigenvalue(getattr(result, "value", result))
+                                    self.generator, threshold)
+        hvps = int(getattr(result, "n_hvp", 0) or 0)
+        bound = bool(getattr(result, "is_lower_bound", False))
+        status = getattr(result, "status", None)
+        self.stats.hvps += hvps
+        value = getattr(result, "value", result)
+        self.stats.checks.append({"hvps": hvps, "status": status, "threshold": threshold,
+                                  "value": float(value) if isinstance(value, (int, float))
+                                  else None, "lower_bound": bound})
+        if status == "not_converged":
+            self.stats.not_converged += 1
+        out = self.report_eigenvalue(value, lower_bound=bound)
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         self.stats.time_eigenvalue += time.perf_counter() - t0
         return out
 
-    def report_eigenvalue(self, value: float) -> Decision:
-        """Report an eigenvalue computed by the loop; a refused value skips the check."""
+    def report_eigenvalue(self, value: float, *, lower_bound: bool = False) -> Decision:
+        """Report an eigenvalue computed by the loop (``lower_bound=True``: a lower bound above
+        the decision threshold, a certain "no drop"); a refused value skips the check."""
         try:
             value = float(value)
-            d = self.scheduler.eigenvalue(value)
-            self.events.append(("eigenvalue", value))
+            d = self.scheduler.eigenvalue(value, lower_bound=lower_bound)
+            self.events.append(("eigenvalue_bound" if lower_bound else "eigenvalue", value))
             self.stats.eigenvalues.append(value)
         except (TypeError, ValueError):
             d = self.scheduler.skip_eigenvalue()

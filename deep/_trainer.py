@@ -137,6 +137,11 @@ class EpochMetrics:
             in time_train.
         time_eigenvalue_comm: the part of time_eigenvalue spent in all-reduces of
             Hessian-vector products (data parallel; 0 in one process).
+        checks: one record per eigenvalue check: ``hvps``, ``status`` (``lower_bound``: the
+            solver stopped once "no drop" was certain, ``value`` is a lower bound;
+            ``converged``; ``not_converged``: the value was used unconverged), ``threshold``
+            (``lam_ref / alpha``, None at the first check), ``value``, ``lower_bound``.
+        eigenvalues_not_converged: checks of the epoch whose value was used unconverged.
     """
 
     epoch: int
@@ -159,6 +164,8 @@ class EpochMetrics:
     time_eval: float
     time_grad_comm: float = 0.0
     time_eigenvalue_comm: float = 0.0
+    checks: list = field(default_factory=list)
+    eigenvalues_not_converged: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict."""
@@ -210,6 +217,8 @@ class Trainer:
             and the micro-batch seeds of dropout.
         parallel: a :class:`hessbatch.deep.DataParallel` to train on all ranks of a process
             group (the model is then run through DDP); None: one process.
+        decision_stop: stop each check's solver as soon as its decision ("no drop") is certain
+            (default True; see :class:`hessbatch.deep.LoopAdapter`).
 
     Raises:
         TypeError, ValueError: naming the argument, e.g. a scheduler whose samples_per_epoch is
@@ -229,7 +238,8 @@ class Trainer:
                  eig_tol: float = 1e-2, warm_start: bool = False, hvp_check: str = "error",
                  adversary: str | Callable[..., torch.Tensor] = "fgsm",
                  input_range: tuple[float, float] = (0.0, 1.0), last_batch: str = "step",
-                 eval_batch_size: int = 1024, seed: int = 0, parallel: Any = None):
+                 eval_batch_size: int = 1024, seed: int = 0, parallel: Any = None,
+                 decision_stop: bool = True):
         check_loop_arguments(model, optimizer, loss_fn)
         if test_data is not None and len(test_data) < 1:  # type: ignore[arg-type]
             raise ValueError("test_data is empty (pass None for no evaluation)")
@@ -245,7 +255,7 @@ class Trainer:
             hessian_batch_size=hessian_batch_size, eigenvalue_fn=eigenvalue_fn,
             eig_method=eig_method, max_hvp=max_hvp, eig_tol=eig_tol, warm_start=warm_start,
             hvp_check=hvp_check, adversary=adversary, input_range=input_range,
-            parallel=parallel,
+            parallel=parallel, decision_stop=decision_stop,
             config_extra={"test": test_data, "last_batch": last_batch,
                           "eval_batch_size": eval_batch_size})
         hb = self.adapter
@@ -412,7 +422,8 @@ class Trainer:
             hvps=stats.hvps, batch_size=biggest, next_batch_size=d.batch_size, lr=lr,
             updates=d.updates, samples=d.samples_seen, adversarial_samples=stats.adversarial,
             time_train=times[0], time_eigenvalue=times[1], time_adversarial=times[2],
-            time_eval=time_eval, time_grad_comm=times[3], time_eigenvalue_comm=times[4])
+            time_eval=time_eval, time_grad_comm=times[3], time_eigenvalue_comm=times[4],
+            checks=list(stats.checks), eigenvalues_not_converged=stats.not_converged)
         self.history.append(metrics)
         return metrics
 

@@ -115,7 +115,7 @@ class HessbatchCallback(Callback):
                  loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], *,
                  seed: int = 0, log_metrics: bool = True, **adapter_options: Any):
         allowed = {"hessian_batch_size", "eigenvalue_fn", "eig_method", "max_hvp", "eig_tol",
-                   "adversary", "input_range"}
+                   "adversary", "input_range", "decision_stop", "seed_micro_batches"}
         unknown = sorted(set(adapter_options) - allowed)
         if unknown:
             raise TypeError(f"unknown option(s) {unknown}; allowed: {sorted(allowed)}")

@@ -271,23 +271,54 @@ def test_eigenvalue_function_gets_a_fresh_hessian_batch_and_training_stays_in_tr
     assert len(training_modes) == len(tr.update_log) and all(training_modes)
 
 
-def test_default_eigenvalue_is_the_curvature_modules_top_eigenvalue():
+@pytest.mark.parametrize("decision_stop", [False, True])
+def test_default_eigenvalue_is_the_curvature_modules_top_eigenvalue(decision_stop):
     from hessbatch.deep import top_eigenvalue
 
     data = _data(40)
     model = _model()
     tr = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), F.cross_entropy, data,
                  _config("abs", n=40, batch_size=8, max_batch_size=32, epochs=2),
-                 hessian_batch_size=40, max_hvp=30, eig_tol=1e-6)
+                 hessian_batch_size=40, max_hvp=30, eig_tol=1e-6, decision_stop=decision_stop)
     hist = tr.run()
     assert all(len(m.eigenvalues) == 1 and m.hvps > 0 for m in hist)
     assert all(m.time_eigenvalue > 0 for m in hist)
     # the last eigenvalue: same model, the whole training set as Hessian batch
     direct = top_eigenvalue(model, F.cross_entropy, [(data.tensors[0], data.tensors[1])],
                             max_hvp=30, tol=1e-6, seed=0)
-    # Lanczos at tol 1e-6 on both sides (other start vectors): the Ritz values agree to 2e-7
-    # (float32 HVPs, measured); 1e-6 is the solver's tolerance
-    assert math.isclose(hist[-1].eigenvalue, direct.value, rel_tol=1e-6)
+    last = hist[-1].checks[-1]
+    if not decision_stop:
+        # Lanczos at tol 1e-6 on both sides (other start vectors): the Ritz values agree to 2e-7
+        # (float32 HVPs, measured); 1e-6 is the solver's tolerance
+        assert last["status"] == "converged"
+        assert math.isclose(hist[-1].eigenvalue, direct.value, rel_tol=1e-6)
+    else:
+        # the second check has a threshold (lam_ref / alpha); the solver stopped above it with
+        # a lower bound of the same eigenvalue, in fewer products
+        assert last["status"] == "lower_bound" and last["lower_bound"]
+        assert last["threshold"] < hist[-1].eigenvalue <= direct.value * (1 + 1e-6)
+        assert last["hvps"] < hist[0].checks[0]["hvps"]
+        assert tr.events[-2][0] == "eigenvalue_bound"
+
+
+@pytest.mark.parametrize("method", ["abs", "absa"])
+def test_the_decision_stop_changes_no_decision_and_saves_products(method):
+    """The same run with the solver stopped at the decision and solved to its tolerance: every
+    batch size, lr and adversarial count equal; fewer HVPs with the stop."""
+    runs = {}
+    for stop in (True, False):
+        data = _data(64)
+        model = _model()
+        tr = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), F.cross_entropy, data,
+                     _config(method, n=64, batch_size=8, max_batch_size=64, epochs=4,
+                             check_every=16, patience=2),
+                     hessian_batch_size=32, max_hvp=20, eig_tol=1e-4, decision_stop=stop)
+        hist = tr.run()
+        runs[stop] = ([(n, b, k) for n, b, _, _, k in tr.update_log],
+                      sum(m.hvps for m in hist), [c for m in hist for c in m.checks])
+    assert runs[True][0] == runs[False][0]
+    assert any(c["status"] == "lower_bound" for c in runs[True][2])
+    assert runs[True][1] < runs[False][1]
 
 
 @pytest.mark.parametrize("adversary", ["fgsm", "random"])
