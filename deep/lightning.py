@@ -123,6 +123,7 @@ class HessbatchCallback(Callback):
             raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
         self.scheduler = _as_scheduler(scheduler)
         self.sampler = AdaptiveBatchSampler(self.scheduler, seed=seed)
+        self.seed = seed  # also the adapter's: the micro-batch seeds of dropout
         self.loss_fn = loss_fn
         if adapter_options.get("eigenvalue_fn") is None:
             # Kept here, not in the adapter (made at fit start), so that its warm-start vector
@@ -258,6 +259,7 @@ class HessbatchCallback(Callback):
         self.adapter = LoopAdapter(pl_module, trainer.optimizers[0], self.loss_fn,
                                    loader.dataset, self.scheduler, sampler=self.sampler,
                                    collate_fn=loader.collate_fn, parallel=parallel,
+                                   seed=self.seed,
                                    **self.adapter_options)
         self.adapter.events, self.adapter.update_log = self.events, self.update_log
 

@@ -202,9 +202,10 @@ def test_the_old_adapter_placement_fails_the_absa_blocks_cell(cli_runs, monkeypa
     logical batch (what LoopAdapter did before one executor) leaves the command line's run."""
     from hessbatch import Decision
     ref = cli_runs[("absa-blocks", 1)]
+    core_rule = Decision.adversarial_ranges
 
     def leading(self, n):
-        k = self.adversarial_count(n)
+        k = sum(b - a for a, b in core_rule(self, n))
         return [(0, k)] if k else []
 
     monkeypatch.setattr(Decision, "adversarial_ranges", leading)

@@ -1,0 +1,74 @@
+"""Every Python example in README.md and docs/*.md runs as printed.
+
+A block fenced ```python is executed; blocks of one page run in order in one namespace (so a
+page's visible setup block defines the names its later examples use), in a fresh temporary
+folder. A block fenced ```python fragment is a piece of a larger program and is not run; the
+test also checks that every page says so explicitly (no other info string starting with
+"python"), and that the runner itself fails on a broken block.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md")])
+FENCE = re.compile(r"^```(?P<info>[^\n`]*)\n(?P<body>.*?)^```\s*$", re.S | re.M)
+
+
+def blocks(text: str) -> list[tuple[str, str, int]]:
+    """``(info, code, line)`` of every fenced block of a Markdown text."""
+    out = []
+    for m in FENCE.finditer(text):
+        out.append((m.group("info").strip(), m.group("body"),
+                    text.count("\n", 0, m.start()) + 1))
+    return out
+
+
+def run_page(text: str, name: str, folder: Path) -> int:
+    """Run the page's ``python`` blocks in order in ``folder``; returns how many ran."""
+    namespace: dict = {"__name__": f"docs_{name}"}
+    ran = 0
+    old = Path.cwd()
+    os.chdir(folder)
+    try:
+        for info, code, line in blocks(text):
+            if info != "python":
+                continue
+            try:
+                exec(compile(code, f"{name}:{line}", "exec"), namespace)
+            except Exception as exc:  # name the page and the line of the failing block
+                raise AssertionError(f"{name}, the python block at line {line} fails: "
+                                     f"{type(exc).__name__}: {exc}") from exc
+            ran += 1
+    finally:
+        os.chdir(old)
+    return ran
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_python_blocks_run_or_are_marked_fragments(page, tmp_path):
+    import torch
+    torch.set_num_threads(1)
+    text = page.read_text()
+    infos = {info for info, _, _ in blocks(text) if info.startswith("python")}
+    assert infos <= {"python", "python fragment"}, \
+        f"{page.name}: use ```python (runs in the tests) or ```python fragment, got {infos}"
+    run_page(text, page.stem, tmp_path)
+
+
+def test_the_runner_fails_on_a_broken_block_and_skips_fragments(tmp_path):
+    page = "intro\n```python\nx = 1\n```\n```python fragment\nundefined_name\n```\n" \
+           "```python\nassert x == 2, 'x is 1'\n```\n"
+    with pytest.raises(AssertionError, match="line 7 fails: AssertionError: x is 1"):
+        run_page(page, "broken", tmp_path)
+    assert run_page(page.replace("x == 2", "x == 1"), "fixed", tmp_path) == 2
+
+
+def test_there_are_examples_to_run():
+    total = sum(1 for p in PAGES for info, _, _ in blocks(p.read_text()) if info == "python")
+    assert total >= 10
