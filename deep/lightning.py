@@ -71,13 +71,22 @@ class _SamplerLoader(DataLoader):
     def state_dict(self) -> dict[str, Any]:
         return {}
 
-    def __iter__(self):  # type: ignore[override]
+    def _check_registered(self) -> None:
         cb = getattr(self, "_hessbatch_callback", None)
         if cb is not None and not cb._registered:
             raise RuntimeError(
                 "this DataLoader was made by HessbatchCallback.dataloader(), but the callback "
                 "is not in Trainer(callbacks=[...]): without it training would run at a fixed "
                 "batch and lr; pass the callback to the Trainer")
+
+    def __len__(self) -> int:
+        # Lightning sizes the epoch before it iterates: refuse here, before its fit loop
+        # starts (an error raised inside the loop is masked by its teardown)
+        self._check_registered()
+        return super().__len__()
+
+    def __iter__(self):  # type: ignore[override]
+        self._check_registered()
         return super().__iter__()
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:

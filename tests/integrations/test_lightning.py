@@ -260,3 +260,103 @@ def test_core_and_deep_never_import_lightning_and_its_absence_is_explained():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert "pip install 'hessbatch[lightning]'" in out
+
+
+# ---- refusals that name the user's own setting, and what the callback shows (issue 18) ----
+
+def _bare_trainer(cb, **kw):
+    base = dict(max_epochs=1, accelerator="cpu", devices=1, logger=False,
+                enable_checkpointing=False, enable_progress_bar=False,
+                enable_model_summary=False, num_sanity_val_steps=0)
+    base.update(kw)
+    return L.Trainer(callbacks=[cb], **base)
+
+
+@pytest.mark.parametrize("setting, match", [
+    (dict(fast_dev_run=True), r"fast_dev_run=True"),
+    (dict(overfit_batches=2), r"overfit_batches=2"),
+    (dict(max_steps=4), r"max_steps=4\) could cut an epoch short"),
+])
+def test_lightning_settings_are_named_as_the_user_typed_them(setting, match):
+    cfg = _config()
+    cb = HessbatchCallback(cfg, F.cross_entropy)
+    module = Net(lambda: cb.dataloader(_data()))
+    with pytest.raises(ValueError, match=match):
+        _bare_trainer(cb, **setting).fit(module)
+
+
+def test_max_steps_that_cannot_cut_an_epoch_short_is_accepted():
+    cfg = _config(epochs=1, lr_decay_epochs=())
+    most = -(-N // cfg.batch_size)  # every update at B0
+    trainer, _, cb, _ = _fit(cfg, 1, max_steps=most)
+    assert cb.scheduler.decision.finished and trainer.global_step == len(cb.update_log)
+
+
+def test_mid_epoch_validation_with_checkpointing_is_refused_before_training(tmp_path):
+    class WithVal(Net):
+        def validation_step(self, batch, batch_idx):
+            x, y = batch
+            self.log("val", F.cross_entropy(self(x), y))
+
+        def val_dataloader(self):
+            return DataLoader(_data(), batch_size=25)
+
+    cb = HessbatchCallback(_config(), F.cross_entropy)
+    module = WithVal(lambda: cb.dataloader(_data()))
+    trainer = _bare_trainer(cb, val_check_interval=0.5, enable_checkpointing=True,
+                            default_root_dir=tmp_path)
+    with pytest.raises(ValueError, match="val_check_interval"):
+        trainer.fit(module)
+    assert cb.update_log == []  # refused before the first update
+    # validation at epoch ends is fine
+    cb = HessbatchCallback(_config(epochs=1, lr_decay_epochs=()), F.cross_entropy)
+    module = WithVal(lambda: cb.dataloader(_data()))
+    _bare_trainer(cb, enable_checkpointing=True, default_root_dir=tmp_path).fit(module)
+    assert cb.scheduler.decision.finished
+
+
+def test_resuming_a_checkpoint_made_without_the_callback_is_refused(tmp_path):
+    data = _data()
+    module = Net(lambda: DataLoader(data, batch_size=8))
+    plain = _bare_trainer(L.Callback(), default_root_dir=tmp_path)
+    plain.fit(module)
+    plain.save_checkpoint(tmp_path / "plain.ckpt")
+    cb = HessbatchCallback(_config(), F.cross_entropy)
+    module = Net(lambda: cb.dataloader(data))
+    with pytest.raises(ValueError, match="made without the callback"):
+        _bare_trainer(cb, max_epochs=2).fit(module, ckpt_path=tmp_path / "plain.ckpt")
+
+
+def test_a_callback_loader_without_the_callback_refuses_to_train():
+    cb = HessbatchCallback(_config(), F.cross_entropy)
+    module = Net(lambda: cb.dataloader(_data()))
+    with pytest.raises(RuntimeError, match="not in Trainer\\(callbacks"):
+        _bare_trainer(L.Callback()).fit(module)
+
+
+def test_the_callback_logs_b_lr_eigenvalue_hvps_and_adversarial_counts():
+    logged = []
+
+    class Recorder(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            logged.append(dict(trainer.callback_metrics))
+
+    cfg = _config()
+    trainer, _, cb, _ = _fit(cfg, cfg.epochs, extra=(Recorder(),))
+    keys = set().union(*logged)
+    assert {"hessbatch/B", "hessbatch/lr", "hessbatch/eigenvalue", "hessbatch/hvps",
+            "hessbatch/adversarial"} <= keys
+    # the logged B of the last update is the B it used
+    assert float(logged[-1]["hessbatch/B"]) == cb.update_log[-1][1]
+    assert max(float(m["hessbatch/B"]) for m in logged if "hessbatch/B" in m) == \
+        max(b for _, b, _, _, _ in cb.update_log)
+    # progress-bar entries
+    assert {"hessbatch/B", "hessbatch/lr"} <= set(trainer.progress_bar_metrics)
+
+
+def test_sampler_batch_size_is_what_it_yields():
+    cfg = _config()
+    cb = HessbatchCallback(cfg, F.cross_entropy)
+    assert cb.sampler.batch_size == cfg.micro_batch_size
+    assert max(len(b) for b in cb.sampler) == cb.sampler.batch_size
+    assert cb.sampler.logical_batch_size == cfg.batch_size
