@@ -64,7 +64,7 @@ def test_python_blocks_run_or_are_marked_fragments(page, tmp_path):
 def test_the_runner_fails_on_a_broken_block_and_skips_fragments(tmp_path):
     page = "intro\n```python\nx = 1\n```\n```python fragment\nundefined_name\n```\n" \
            "```python\nassert x == 2, 'x is 1'\n```\n"
-    with pytest.raises(AssertionError, match="line 7 fails: AssertionError: x is 1"):
+    with pytest.raises(AssertionError, match="line 8 fails: AssertionError: x is 1"):
         run_page(page, "broken", tmp_path)
     assert run_page(page.replace("x == 2", "x == 1"), "fixed", tmp_path) == 2
 
