@@ -39,7 +39,7 @@ EXPECTED_FILES = {
     "adv_stop_tolerance.json", "adv_stop_odd_epochs.json", "absa_at_max_from_start.json",
     "absa_tau_zero.json", "fb_order_of_operations.json", "fb_without_warmup.json",
     "negative_zero.json", "state_dicts.json", "lower_bound_checks.json",
-    "integer_range.json", "lr_range_boundaries.json", "lr_floor_sequential.json",
+    "integer_range.json", "lr_range_boundaries.json", "lr_without_growth.json", "lr_floor_sequential.json",
     "spec_corners.json", "adv_blocks_capped.json", "negative_zero_gamma.json"}
 TRACES = {p.name[:-5]: load_trace(p) for p in builtin_traces()}
 EVENT_TRACES = [t for t in TRACES.values() if t.kind == "events"]

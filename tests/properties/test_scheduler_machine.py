@@ -274,11 +274,12 @@ class SchedulerMachine(RuleBasedStateMachine):
 
     def step_of(self, n):
         """A step of ``n`` samples, whatever ``n`` is: refused out of order, TypeError for a
-        non-int, ValueError outside [1, B]; otherwise counted by the model."""
+        non-int, ValueError outside [1, B] or past samples_seen = 2**53 (the integer range);
+        otherwise counted by the model."""
         expect = self.refusal(needs_due=None)
         if expect is None and (not isinstance(n, int) or isinstance(n, bool)):
             expect = TypeError
-        elif expect is None and not 1 <= n <= self.model.B:
+        elif expect is None and (not 1 <= n <= self.model.B or self.model.s + n > 2 ** 53):
             expect = ValueError
         if self.apply("step", n, expect=expect):
             self.model.step(n)
