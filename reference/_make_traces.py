@@ -380,6 +380,7 @@ def config_errors() -> Trace:
         ({"lr": 1e308}, ("value", "lr")),
         ({"lr": 5.617791046444737e+304, "max_batch_size": 200}, ("value", "lr")),
         ({"lr": 1e306, "max_batch_size": 200}, ("value", "lr")),
+        ({"method": "fb", "lr": 1e306, "max_batch_size": 200}, ("value", "lr")),
         ({"lr": 2.7470047635891377e-306, "lr_decay_factor": 0.3,
           "lr_decay_epochs": [1, 2, 3, 4]}, ("value", "lr")),
         ({"micro_batch_size": 0}, ("value", "micro_batch_size")),
@@ -600,6 +601,19 @@ def lr_range_boundaries() -> Trace:
     _epoch(rec, [8.0], notes=["first: reference"])
     _epoch(rec, [2.0], notes=["drop: B = B_max = 200, lr = 1.1235582092889473e+305"],
            end_note="finished")
+    return rec.trace()
+
+
+def lr_without_growth() -> Trace:
+    rec = TraceRecorder(
+        "lr_without_growth",
+        "ABS with B0 = B_max = 100 never grows (no check at B_max), so it computes no product "
+        "lr * B' and the reachable-lr rule sets no upper bound: eta = 1.7976931348623157e+308, "
+        "the largest double, is accepted (as for bl; fb needs eta * B_max finite, and abs, "
+        "absa and gg with a decay epoch ((eta * B_max) / B0) * B_max <= DBL_MAX / 8).",
+        _config("abs", lr=1.7976931348623157e+308, max_batch_size=100, epochs=1),
+        covers=["reachable lr: no bound without growth"])
+    _epoch(rec, end_note="finished")
     return rec.trace()
 
 
@@ -913,7 +927,7 @@ SCRIPTS: tuple[Callable[[], Trace], ...] = (
     adv_blocks_rule, adv_rule_thresholds, adv_batch_threshold, adv_stop_tolerance,
     adv_stop_odd_epochs, absa_at_max_from_start, absa_tau_zero, fb_order_of_operations,
     fb_without_warmup, negative_zero, state_dicts, lower_bound_checks, integer_range,
-    lr_range_boundaries, lr_floor_sequential, spec_corners, adv_blocks_capped,
+    lr_range_boundaries, lr_without_growth, lr_floor_sequential, spec_corners, adv_blocks_capped,
     negative_zero_gamma)
 
 

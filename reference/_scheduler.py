@@ -51,7 +51,8 @@ Invariants (checked by :meth:`Scheduler.check_invariants` and by the property te
   eigenvalue when kappa = 1) and is 0 before the first eigenvalue (the complete list, as
   :meth:`Scheduler.load_state_dict` checks it, is in docs/porting.md section 7);
 * every lr the run can reach is a finite, normal double (the config checks
-  ``((eta * B_max) / B0) * B_max <= DBL_MAX / 8`` and ``eta * rho * rho ... >= DBL_MIN``),
+  ``((eta * B_max) / B0) * B_max <= DBL_MAX / 8`` for a method that grows the batch,
+  ``eta * B_max`` finite for fb, and ``eta * rho * rho ... >= DBL_MIN``),
   and every integer stays in [0, 2**53];
 * a negative, NaN or infinite eigenvalue is refused with ``ValueError`` and changes nothing:
   the check stays due, so the loop can recompute it on another batch or call
@@ -110,9 +111,10 @@ _ROUND_TOL = 1e-9
 # Integers (batch sizes, counts, samples) stay in [0, 2**53]: every double, and so every JSON
 # reader (JavaScript's included), holds them exactly (docs/porting.md, "Numerics").
 MAX_INT = 2 ** 53
-# The largest value of ((eta * B_max) / B0) * B_max a config may have: every product lr * B'
-# that a growth or the fb peak computes stays below it times e**2 (the rounding drift of at
-# most 2**53 growths), so 8 = 2**3 leaves every lr the run can reach finite (docs/porting.md).
+# The largest value of ((eta * B_max) / B0) * B_max a config of a growing method may have:
+# every product lr * B' that a growth computes stays below it times e**2 (the rounding drift
+# of at most 2**53 growths), so 8 = 2**3 leaves every lr the run can reach finite
+# (docs/porting.md section 1).
 LR_CEILING = sys.float_info.max / 8
 
 
@@ -169,15 +171,30 @@ def _need_real(name: str, value: Any, allowed: str, ok) -> None:
         raise _err(ValueError, name, f"{name} must be {allowed}, got {value!r}")
 
 
-def _reachable_lr(cfg: "SchedulerConfig") -> tuple[float, float]:
-    """(bound on every lr * B' the run computes, the lowest lr it reaches), in the spec's
-    order of operations: ((eta * B_max) / B0) * B_max, and eta * rho * rho ... (once per
-    epoch in A, left to right)."""
-    highest = ((cfg.lr * cfg.max_batch_size) / cfg.batch_size) * cfg.max_batch_size
+def _grows(cfg: "SchedulerConfig") -> bool:
+    # the methods that compute (lr * B') / B: abs and absa below B_max, gg at a decay epoch
+    if cfg.method == "gg":
+        return bool(cfg.lr_decay_epochs)
+    return cfg.uses_eigenvalues and cfg.batch_size < cfg.max_batch_size
+
+
+def _reachable_lr(cfg: "SchedulerConfig") -> tuple[float, float, float]:
+    """(the largest product the run computes, its limit, the lowest lr it reaches), in the
+    spec's order of operations: a growing method's products lr * B' are bounded by
+    ((eta * B_max) / B0) * B_max, limit DBL_MAX / 8; fb computes eta * B_max, limit DBL_MAX;
+    bl and the methods that never grow compute none (0.0). The lowest lr is eta * rho *
+    rho ... (once per epoch in A, left to right)."""
+    if _grows(cfg):
+        highest = ((cfg.lr * cfg.max_batch_size) / cfg.batch_size) * cfg.max_batch_size
+        limit = LR_CEILING
+    elif cfg.method == "fb":
+        highest, limit = cfg.lr * cfg.max_batch_size, sys.float_info.max
+    else:
+        highest, limit = 0.0, sys.float_info.max
     lowest = cfg.lr
     for _ in cfg.lr_decay_epochs:
         lowest = lowest * cfg.lr_decay_factor
-    return highest, lowest
+    return highest, limit, lowest
 
 
 def _round_up(x: float, multiple: int) -> int:
@@ -333,13 +350,15 @@ class SchedulerConfig:
         # peak is eta * B_max, smaller still. Decays only lower the lr, and the lowest one is
         # eta times rho once per epoch in A, multiplied in that order (as the run does: no pow,
         # whose last bit differs between languages).
-        highest, lowest = _reachable_lr(self)
-        if not highest <= LR_CEILING:
+        highest, limit, lowest = _reachable_lr(self)
+        if not highest <= limit:
+            formula = "lr * max_batch_size" if limit == sys.float_info.max else \
+                "((lr * max_batch_size) / batch_size) * max_batch_size"
             raise _err(
                 ValueError, "lr",
-                f"lr = {self.lr!r} is too large: ((lr * max_batch_size) / batch_size) * "
-                f"max_batch_size = {highest!r} must be <= {LR_CEILING!r} (the largest double "
-                "/ 8), so that every lr a growth computes stays finite; use a smaller lr")
+                f"lr = {self.lr!r} is too large: {formula} = {highest!r} must be <= "
+                f"{limit!r}, so that every lr the {self.method} schedule computes stays "
+                "finite; use a smaller lr")
         if lowest < sys.float_info.min:
             raise _err(ValueError, "lr",
                 f"lr = {self.lr!r} decayed by lr_decay_factor = {self.lr_decay_factor!r} at "

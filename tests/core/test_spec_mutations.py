@@ -14,6 +14,7 @@ import dataclasses
 import json
 import math
 import re
+import sys
 from fractions import Fraction
 from pathlib import Path
 
@@ -232,13 +233,20 @@ def _state_versions_without_v1(mp):
 
 def _reachable_lr_grouped(cfg):
     # the check before issue 20: lr * (B_max / B0), which a growth's lr * B' overflows first
-    _, lowest = ORIG["_reachable_lr"](cfg)
-    return cfg.lr * (cfg.max_batch_size / cfg.batch_size), lowest
+    _, _, lowest = ORIG["_reachable_lr"](cfg)
+    return cfg.lr * (cfg.max_batch_size / cfg.batch_size), sys.float_info.max, lowest
+
+
+def _reachable_lr_everywhere(cfg):
+    # the growth bound applied to every method, bl and fb too (too strict: refuses bl at 1e305)
+    _, _, lowest = ORIG["_reachable_lr"](cfg)
+    highest = ((cfg.lr * cfg.max_batch_size) / cfg.batch_size) * cfg.max_batch_size
+    return highest, _scheduler.LR_CEILING, lowest
 
 
 def _reachable_lr_pow(cfg):
-    highest, _ = ORIG["_reachable_lr"](cfg)
-    return highest, cfg.lr * cfg.lr_decay_factor ** len(cfg.lr_decay_epochs)
+    highest, limit, _ = ORIG["_reachable_lr"](cfg)
+    return highest, limit, cfg.lr * cfg.lr_decay_factor ** len(cfg.lr_decay_epochs)
 
 
 def _config_filter(change):
@@ -467,6 +475,10 @@ MUTATIONS = [
     # issue 20
     ("reachable lr: ((eta * B_max) / B0) * B_max <= DBL_MAX / 8", "config_errors",
      patch("_reachable_lr", _reachable_lr_grouped)),
+    ("reachable lr: no bound for a method that never grows", "lr_without_growth",
+     patch("_reachable_lr", _reachable_lr_everywhere)),
+    ("reachable lr: fb needs eta * B_max finite", "config_errors",
+     patch("_reachable_lr", lambda cfg: (0.0,) + ORIG["_reachable_lr"](cfg)[1:])),
     ("reachable lr: eta * rho * rho ..., in order, no pow", "lr_floor_sequential",
      patch("_reachable_lr", _reachable_lr_pow)),
     ("integers <= 2**53", "integer_range",

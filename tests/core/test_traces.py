@@ -39,7 +39,7 @@ EXPECTED_FILES = {
     "adv_stop_tolerance.json", "adv_stop_odd_epochs.json", "absa_at_max_from_start.json",
     "absa_tau_zero.json", "fb_order_of_operations.json", "fb_without_warmup.json",
     "negative_zero.json", "state_dicts.json", "lower_bound_checks.json",
-    "integer_range.json", "lr_range_boundaries.json", "lr_floor_sequential.json",
+    "integer_range.json", "lr_range_boundaries.json", "lr_without_growth.json", "lr_floor_sequential.json",
     "spec_corners.json", "adv_blocks_capped.json", "negative_zero_gamma.json"}
 TRACES = {p.name[:-5]: load_trace(p) for p in builtin_traces()}
 EVENT_TRACES = [t for t in TRACES.values() if t.kind == "events"]
@@ -1039,3 +1039,48 @@ def test_random_scenarios_are_seeded_replay_and_reach_every_kind_of_event(tmp_pa
     with pytest.raises(SystemExit):
         traces_main(["--random", "3"])               # no --out: an error naming it
     assert "--out" in capsys.readouterr().err
+
+
+def test_issue_20_traces_by_hand():
+    """The key decisions of the traces added for issue 20, recomputed here by hand."""
+    t = TRACES["lr_range_boundaries"]
+    eta = t.config["lr"]
+    assert ((eta * 200) / 100) * 200 <= sys.float_info.max / 8
+    nxt = math.nextafter(eta, math.inf)
+    assert not ((nxt * 200) / 100) * 200 <= sys.float_info.max / 8
+    refused = [c for c in TRACES["config_errors"].cases if c["config"].get("lr") == nxt]
+    assert len(refused) == 1 and refused[0]["config"]["max_batch_size"] == 200
+    assert refused[0]["error"] == {"kind": "value", "field": "lr"}
+    grown = after(t, "drop: B = B_max")["decision"]
+    assert grown["batch_size"] == 200 and grown["lr"] == (eta * 200) / 100
+    assert math.isfinite(grown["lr"])
+
+    t = TRACES["lr_floor_sequential"]
+    eta, rho = t.config["lr"], t.config["lr_decay_factor"]
+    assert (eta * rho) * rho >= sys.float_info.min > eta * rho ** 2   # pow would refuse it
+    assert t.events[-1]["decision"]["lr"] == (eta * rho) * rho
+    assert TRACES["lr_without_growth"].events[-1]["decision"]["lr"] == sys.float_info.max
+
+    t = TRACES["adv_blocks_capped"]
+    assert after(t, "k = 110")["adv_ranges"] == [[0, 29], [100, 110]]
+    assert after(t, "k = 20")["adv_ranges"] == [[0, 20]]
+    assert after(t, "B = 120: [0, 29)")["adv_ranges"] == [[0, 29], [100, 120]]
+
+    t = TRACES["spec_corners"]
+    first = after(t, "samples null")
+    assert first["samples"] is None and first["decision"]["samples_seen"] == 100
+    assert [after(t, n)["error"] for n in ("float above B", "float below 1")] == \
+        [{"kind": "type", "field": "samples"}] * 2
+    assert t.initial["decision"]["adv_fraction"] == 0.0          # tau = 0: no adversary
+    assert after(t, "lr * 1.0")["decision"]["lr"] == 0.1          # rho = 1
+
+    t = TRACES["negative_zero_gamma"]
+    stop = after(t, "no stop")
+    assert math.copysign(1, stop["state"]["adv_fraction"]) == -1
+    assert "adversary" not in stop["state"]["reason"]
+    assert after(t, "the loaded state is finished")["error"] == {"kind": "protocol",
+                                                                 "field": None}
+
+    t = TRACES["integer_range"]
+    assert after(t, "still in range")["decision"]["samples_seen"] == 2 ** 53
+    assert after(t, "out of range")["error"] == {"kind": "value", "field": "samples"}

@@ -274,14 +274,16 @@ class SchedulerMachine(RuleBasedStateMachine):
 
     def step_of(self, n):
         """A step of ``n`` samples, whatever ``n`` is: refused out of order, TypeError for a
-        non-int, ValueError outside [1, B]; otherwise counted by the model."""
+        non-int, ValueError outside [1, B] or past samples_seen = 2**53 (the integer range);
+        otherwise counted by the model."""
         expect = self.refusal(needs_due=None)
-        if expect is None and (not isinstance(n, int) or isinstance(n, bool)):
+        k = self.model.B if n is None else n        # no sample count: a full batch
+        if expect is None and (not isinstance(k, int) or isinstance(k, bool)):
             expect = TypeError
-        elif expect is None and not 1 <= n <= self.model.B:
+        elif expect is None and (not 1 <= k <= self.model.B or self.model.s + k > 2 ** 53):
             expect = ValueError
         if self.apply("step", n, expect=expect):
-            self.model.step(n)
+            self.model.step(k)
             self.reached.add("check due" if self.model.due else "step")
 
     def eigenvalue_of(self, lam, boundary=False, lower_bound=False):
