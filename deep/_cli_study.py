@@ -28,15 +28,22 @@ batch size, seed) with the options of `hessbatch train`, then measure at the end
 
   * the top-k eigenvalues of the Hessian of the mean loss over the whole training set (block
     Lanczos, products accumulated over micro-batches; residual tolerance --eig-rtol),
-  * its trace (Hutchinson, Rademacher probes) with the standard error,
+  * its most negative eigenvalue (Lanczos on -H: an upper bound, so a negative value proves a
+    saddle direction),
+  * its trace (Hutchinson deflated by the top-k Ritz vectors) with a 95% interval,
   * test accuracy under FGSM and under PGD (--pgd-steps) at each --eps,
   * the training loss along the top eigenvector and a random direction of the same norm,
   * the top and bottom eigenvalues of the input-space Hessian at clean and FGSM test points
-    (>= 0 up to rounding for ReLU nets: it is J^T (diag(p) - p p^T) J; not so for softplus),
+    (>= 0 up to rounding for ReLU nets by an identity, J^T (diag(p) - p p^T) J; a
+    measurement only for smooth activations such as softplus),
 
 and, per (activation, method, seed), the loss along the line from the smallest- to the
 largest-batch solution, lambda in --lambdas. For bl, B is the fixed batch; for abs/absa it is
 the initial batch B0 (the batch grows up to --max-batch).
+
+With --loss-targets (e.g. 0.3,0.1,0.03) every run is also measured where its training loss
+first reaches each target, and stops at the last: batch sizes compared at equal training loss,
+not only at equal epochs (at_loss.csv, vs_loss.png).
 
 Runs are checkpointed every epoch under DIR/runs/<run>; a run whose measure.json exists is
 skipped, so an interrupted study resumes where it stopped (with the same options; the lists of

@@ -684,8 +684,9 @@ def plot_files(doc: dict[str, Any]) -> dict[str, bytes] | None:
     pngs["spectrum.png"] = _png(plt, fig)
 
     # against the training loss: every measured model (end of training and each loss target)
+    # (a target reached at the last epoch trained is the final model: drawn once)
     points = [(r, r) for r in runs] + [(r, a) for r in runs for a in r.get("at_loss", [])
-                                       if a["reached"]]
+                                       if a["reached"] and a["epoch"] != r.get("epochs")]
     fig, ax = plt.subplots(1, 3, figsize=(13, 4))
     eps = doc["options"]["eps"][-1]
     for b in sorted({r["batch_size"] for r in runs}):
@@ -702,6 +703,7 @@ def plot_files(doc: dict[str, Any]) -> dict[str, bytes] | None:
     for a, title in zip(ax, ("top Hessian eigenvalue", "Hessian trace",
                              f"PGD accuracy at eps {eps:g} (%)")):
         a.set_xscale("log")
+        a.tick_params(axis="x", which="minor", labelbottom=False)
         a.set_xlabel("training loss (whole training set)")
         a.set_title(title)
         a.grid(alpha=0.3)

@@ -132,6 +132,8 @@ def test_paper_table3_command(capsys):
     rows = {r["method"]: r for r in json.loads(capsys.readouterr().out)["table3"]}
     assert set(rows) == {"bl", "gg", "abs", "absa"}
     assert all(abs(r["relative_error"]) < 1e-3 for r in rows.values())
+    assert main(["simulate", "--paper-table3"]) == 0   # the table says which rows are fitted
+    assert "Only the bl and gg rows are predictions" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("argv,message", [

@@ -329,3 +329,37 @@ def test_a_damaged_file_on_resume_is_named(tmp_path, capsys, name, text, message
     assert main(["study", *args, "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err and str(out) in err, err
+
+
+def test_an_interrupted_study_with_loss_targets_resumes_to_the_same_numbers(tmp_path,
+                                                                          monkeypatch):
+    args = [a for a in TARGETS]
+    args[args.index("16,64")] = "16"
+    ref = tmp_path / "ref"
+    assert main(["study", *args, "--out", str(ref)]) == 0
+    real_run = _study.Trainer.run
+    calls = {"n": 0}
+
+    def interrupted(self, epochs=None, **kw):
+        calls["n"] += 1
+        if calls["n"] == 4:               # after the 4th epoch's checkpoint
+            real_run(self, epochs, **kw)
+            raise KeyboardInterrupt
+        return real_run(self, epochs, **kw)
+
+    monkeypatch.setattr(_study.Trainer, "run", interrupted)
+    out = tmp_path / "cut"
+    assert main(["study", *args, "--out", str(out)]) == 130
+    assert not (out / "runs" / "relu-bl-b16-s0" / "measure.json").exists()
+    monkeypatch.setattr(_study.Trainer, "run", real_run)
+    assert main(["study", *args, "--out", str(out)]) == 0
+    a = json.loads((ref / "results.json").read_text())["runs"]
+    b = json.loads((out / "results.json").read_text())["runs"]
+    strip = ("times", "train_time", "measure_time")
+    assert a[0]["at_loss"][0]["reached"]
+    for ra, rb in zip(a, b):
+        assert {k: v for k, v in ra.items() if k not in strip + ("at_loss",)} == \
+               {k: v for k, v in rb.items() if k not in strip + ("at_loss",)}
+        for xa, xb in zip(ra["at_loss"], rb["at_loss"]):
+            assert {k: v for k, v in xa.items() if k != "times"} == \
+                   {k: v for k, v in xb.items() if k != "times"}

@@ -254,3 +254,11 @@ def test_bottom_eigenvalue_matches_eigvalsh(kind, seed):
     # a PSD operator: the smallest eigenvalue, not the largest in magnitude
     d = torch.diag(torch.tensor([4.0, 3.0, 0.5], dtype=torch.float64))
     assert bottom_eigenvalue(lambda v: d @ v, dim=3, max_hvp=9)["value"] == pytest.approx(0.5)
+
+
+def test_docstring_examples():
+    import doctest
+
+    import hessbatch.deep._spectrum as mod
+    result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted >= 3 and result.failed == 0
