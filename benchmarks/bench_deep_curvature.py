@@ -358,9 +358,12 @@ def bench_warmguard(starts: int) -> list[dict]:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--part", choices=("hvp", "eig", "stop", "decide", "warmguard", "all"), default="all",
+    p.add_argument("--part", choices=("hvp", "eig", "stop", "decide", "warmguard", "all"),
+                   default="all",
                    help="hvp: HVP cost; eig: accuracy vs pyhessian; stop: Lanczos stopping rule "
-                        "over many small models (default %(default)s: all three)")
+                        "over many small models; decide, warmguard: issue 22 (ResNet18 "
+                        "deciding checks; the warm-start guard) (default %(default)s: the "
+                        "first three)")
     p.add_argument("--models", type=int, default=60,
                    help="small models in the stopping-rule study (default %(default)s)")
     p.add_argument("--repeats", type=int, default=5,
