@@ -22,6 +22,7 @@ Usage::
     python benchmarks/bench_deep_curvature.py --part eig --seeds 5 --json out.json
     python benchmarks/bench_deep_curvature.py --part stop --models 60
     python benchmarks/bench_deep_curvature.py --part decide     # issue 22, ResNet18 cold
+    python benchmarks/bench_deep_curvature.py --part warmguard  # issue 22, warm-start guard
 """
 
 from __future__ import annotations
@@ -312,11 +313,57 @@ def bench_decide(starts: int, ref_hvp: int, extend: int) -> list[dict]:
     return rows
 
 
+# ------------------------------------------------------------------------------------------
+# part warmguard (issue 22): warm starts on the second eigenvector, random part vs guard
+
+def _guard_case(kind: str, seed: int):
+    """The four models of the accuracy test (tests/deep_curvature/test_eigen.py), float64."""
+    torch.manual_seed(seed)
+    if kind == "mlp_softplus":
+        m = MLP((6,), 4, hidden=(10,), activation="softplus").double()
+        return m, torch.randn(64, 6, dtype=torch.float64), torch.randint(4, (64,))
+    if kind == "cnn_softplus":
+        m = SmallCNN((1, 8, 8), 3, width=2, hidden=8, activation="softplus").double()
+        return m, torch.rand(32, 1, 8, 8, dtype=torch.float64), torch.randint(3, (32,))
+    m = MLP((8,), 3, hidden=(12, 6), activation="elu").double()
+    return m, torch.randn(48, 8, dtype=torch.float64), torch.randint(3, (48,))
+
+
+def bench_warmguard(starts: int) -> list[dict]:
+    from hessbatch.deep._hvp import unflatten
+    rows: dict = {}
+    for kind, seed in (("mlp_softplus", 24), ("cnn_softplus", 7), ("cnn_softplus", 16),
+                       ("mlp_elu", 50)):
+        model, x, y = _guard_case(kind, seed)
+        op = HessianOperator(model, F.cross_entropy, [(x, y)])
+        ev, vecs = torch.linalg.eigh(op.dense())
+        lam1 = ev[-1].item()
+        u1, u2 = unflatten(vecs[:, -1], op.params), unflatten(vecs[:, -2], op.params)
+        for s in range(starts):
+            def add(name, r):
+                rows.setdefault(name, []).append((abs(r.value - lam1) / lam1, r.n_hvp))
+            add("cold", top_eigenvalue(model, F.cross_entropy, [(x, y)], seed=s))
+            for mix in (0.1, 0.3, 1.0, 3.0):
+                for which, u in (("top", u1), ("second", u2)):
+                    add(f"warm from the {which} eigenvector, mix {mix}, no guard",
+                        top_eigenvalue(model, F.cross_entropy, [(x, y)], seed=s, start=u,
+                                       warm_mix=mix, confirm_warm=False))
+            for which, u in (("top", u1), ("second", u2)):
+                add(f"warm from the {which} eigenvector, mix 0.1, guard",
+                    top_eigenvalue(model, F.cross_entropy, [(x, y)], seed=s, start=u))
+    return [{"start": k, "solves": len(v), "off_1e-2": sum(e > 1e-2 for e, _ in v),
+             "mean_hvp": statistics.mean(n for _, n in v), "max_err": max(e for e, _ in v)}
+            for k, v in rows.items()]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--part", choices=("hvp", "eig", "stop", "decide", "all"), default="all",
+    p.add_argument("--part", choices=("hvp", "eig", "stop", "decide", "warmguard", "all"),
+                   default="all",
                    help="hvp: HVP cost; eig: accuracy vs pyhessian; stop: Lanczos stopping rule "
-                        "over many small models (default %(default)s: all three)")
+                        "over many small models; decide, warmguard: issue 22 (ResNet18 "
+                        "deciding checks; the warm-start guard) (default %(default)s: the "
+                        "first three)")
     p.add_argument("--models", type=int, default=60,
                    help="small models in the stopping-rule study (default %(default)s)")
     p.add_argument("--repeats", type=int, default=5,
@@ -393,6 +440,14 @@ def main(argv=None) -> int:
                           sum(r["err"] > 1e-2 for r in rs), f"{max(r['err'] for r in rs):.1e}"))
         print(format_table(("solver", "starts", "mean HVPs", "not converged", "> 1e-2 off",
                             "max rel err"), table))
+    if args.part == "warmguard":
+        rows = bench_warmguard(8)
+        out["warmguard"] = rows
+        print("\nWarm starts on the four accuracy-test models x 8 seeds, no threshold (every "
+              "value decides), against eigvalsh")
+        print(format_table(("start", "solves", "> 1e-2 off", "mean HVPs", "max rel err"),
+                           [(r["start"], r["solves"], r["off_1e-2"], f"{r['mean_hvp']:.2f}",
+                             f"{r['max_err']:.1e}") for r in rows]))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)

@@ -198,8 +198,9 @@ def run(args: argparse.Namespace) -> int:
     size = min(args.hessian_batch or defaults["hessian_batch"], n_train)
     gen = torch.Generator().manual_seed(args.seed)
     idx = torch.randperm(n_train, generator=gen)[:size]
-    batches = [(x[idx[i:i + args.micro_batch]].to(device), y[idx[i:i + args.micro_batch]].to(device))
-               for i in range(0, size, args.micro_batch)]
+    mb = args.micro_batch
+    batches = [(x[idx[i:i + mb]].to(device), y[idx[i:i + mb]].to(device))
+               for i in range(0, size, mb)]
     method = args.method or defaults["eig_method"]
     params = block_parameters(model, args.block)
     loss_fn = torch.nn.functional.cross_entropy

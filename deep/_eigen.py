@@ -23,6 +23,12 @@ gradient graph built once, reused by every product) and spend at most ``max_hvp`
 The start vector is Gaussian, drawn on the CPU from ``seed`` (so a seed gives the same start on
 every device), normalised; or, for a warm start, the previous eigenvector mixed with it.
 
+With ``threshold=`` (a check's ``lam_ref / alpha``) the solver stops as soon as an estimate is
+strictly above it: every estimate is at most the top eigenvalue, so "no drop" is then certain
+and the result is a lower bound (``is_lower_bound``); a value that decides a growth runs the
+full rule, ``extend_hvp`` more products if needed, and a warm start's such value is confirmed
+by a cold solve (``confirm_warm``).
+
 The loops, the stopping rules and the warm start are the core's (:mod:`hessbatch._solver`,
 standard library, shared with ``hessbatch.convex``); this module supplies the torch vector
 operations on flat tensors and the results' layout (one tensor per parameter).

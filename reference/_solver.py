@@ -36,7 +36,10 @@ Warm start (:func:`start_vector`): from the previous check's top eigenvector ``u
 random unit vector ``r``, ``v0 = (u + mix r) / |u + mix r|``. The eigenvector of a Hessian moves
 little between checks, so the solver starts close to the answer; the random part keeps every
 direction in the Krylov space, so a new top direction can still be found (a cold start has
-only ``1/sqrt(d)`` of it, the warm one ``mix/sqrt(d)`` plus what ``u`` carries).
+only ``1/sqrt(d)`` of it, the warm one ``mix/sqrt(d)`` plus what ``u`` carries). That is not
+enough when ``u`` has become the *second* eigenvector: the residual test can pass on
+``lambda_2``. :func:`solve` guards it: a warm value that decides a growth is confirmed by the
+cold solve of the same seed.
 
 Decision threshold (``threshold=``, both solvers): ABS asks one question per check, is the top
 eigenvalue at or below ``lam_ref / alpha``? For a symmetric ``A`` every estimate either solver
