@@ -176,7 +176,8 @@ def test_paper_and_variance_conditions_differ_by_the_named_constant():
 
 
 def test_require_sharp_exit_codes(capsys):
-    assert main(["theory", "--problem", "least-squares", "--quiet", "--require-sharp"]) == 0
+    assert main(["theory", "--problem", "least-squares", "--quiet", "--require-sharp",
+                 "--runs", "0"]) == 0
     out = capsys.readouterr().out
     assert "CONTROLS: all 4 bound controls FAIL" in out
     assert main(["theory", "--problem", "least-squares", "--quiet", "--epochs", "2",
