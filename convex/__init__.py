@@ -33,11 +33,16 @@ __all__ = [
 # Theorem 1 checks (theory engineer): exact least squares, many SGD runs in parallel, and the
 # checks behind `hessbatch theory` (docs/theory.md).
 from ._leastsq import LeastSquares, make_least_squares
-from ._montecarlo import MonteCarloResult, confidence_band, one_sided_limits, sgd_runs
-from ._theory_check import TheoryReport, least_squares_check, mushroom_check
+from ._montecarlo import (MonteCarloResult, confidence_band, one_sided_limits, sgd_runs,
+                          skewed_limits)
+from ._sharp_logistic import BalancedRow
+from ._theory_check import (TheoryReport, least_squares_check, mushroom_check,
+                            second_order_prediction, sharp_logistic_check)
 
 __all__ += [
     "LeastSquares", "make_least_squares",
-    "MonteCarloResult", "confidence_band", "one_sided_limits", "sgd_runs",
-    "TheoryReport", "least_squares_check", "mushroom_check",
+    "MonteCarloResult", "confidence_band", "one_sided_limits", "sgd_runs", "skewed_limits",
+    "BalancedRow",
+    "TheoryReport", "least_squares_check", "mushroom_check", "second_order_prediction",
+    "sharp_logistic_check",
 ]
