@@ -45,12 +45,19 @@ stationarity.
                            data per regime and schedule; an update fails when the one-sided
                            lower confidence limit of the mean gap exceeds the bound.
 
-Every run also checks itself with wrong constants (M=0, M/2, c*2, L/2; M_V/2 and M_V=0 on
-least squares): a control must FAIL, and the report says, per constant, the smallest error the
-check detects. A control that passes is printed as "not sensitive", never hidden.
+Every run also checks itself with wrong constants (M=0, M/2, c*2; on least squares L/2 through
+the condition, eta0 from the wrong L and the run repeated exactly, and M_V/2, M_V=0): a control
+must FAIL, and the report says, per constant, the smallest error the check detects. A control
+that passes is printed as "not sensitive", never hidden.
 
-Exit code: 0 when every true-constant check passes, 1 when one fails, 2 on bad options,
-3 with --require-sharp when the true checks pass but a control passes too.
+--problem mushroom also runs, by default: the sharp logistic regime (200 copies of one mushroom
+row with balanced labels: theta* = 0 and every constant exact, the bound tight at update 1, the
+gaps exact; its true bound must hold, every wrong constant must FAIL and the Monte-Carlo kernel
+must agree with the exact gaps), and a second-order model check of the runs from theta* (a
+check of the implementation, not of the theorem). Both enter the verdict.
+
+Exit code: 0 when every true-constant check (and self-check) passes, 1 when one fails, 2 on
+bad options, 3 with --require-sharp when the true checks pass but a control passes too.
 
 examples:
   hessbatch theory --problem least-squares --out runs/theory-lsq
