@@ -507,8 +507,15 @@ def least_squares_check(*, n_samples: int = 200, dim: int = 2, cond: float = 2.0
                         runs: int = 2000, confidence: float = 0.999,
                         checkpoints_per_epoch: int = 2,
                         controls: bool = True, threads: int | None = None,
-                        progress: bool = False) -> TheoryReport:
+                        progress: bool = False, sharp: bool = True,
+                        sharp_runs: int = 0) -> TheoryReport:
     """Theorem 1 on a random least-squares problem, with exact expectations at every update.
+
+    ``sharp`` (default) also runs :func:`sharp_logistic_check` with ``sharp_runs`` Monte-Carlo
+    runs (default 0: exact only, about a second): a self-test of the bound's arithmetic, the
+    step-size condition and the constants' code on an instance where the theorem is tight,
+    whose verdict enters ``passed``. (The least-squares problem itself is sharp only for the
+    default shapes; for others the report says what it can tell.)
 
     The problem is :func:`make_least_squares(n_samples, dim, cond, noise, lam, seed)` with the
     constants of :meth:`LeastSquares.constants` (exact; ``M_V`` twice its critical value and
@@ -544,6 +551,10 @@ def least_squares_check(*, n_samples: int = 200, dim: int = 2, cond: float = 2.0
     if runs == 1:
         raise ValueError("runs must be 0 (exact values only) or >= 2 (a confidence band), "
                          "got 1")
+    if isinstance(sharp_runs, bool) or not isinstance(sharp_runs, (int, np.integer)) or \
+            sharp_runs == 1 or sharp_runs < 0:
+        raise ValueError(f"sharp_runs (--sharp-runs) must be 0 (exact values only) or an int "
+                         f">= 2, got {sharp_runs!r}")
     for name, v in (("n_samples", n_samples), ("dim", dim)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
             raise ValueError(f"{name} (--{name.replace('_', '-')}) must be an int >= 1, "
@@ -665,6 +676,10 @@ def least_squares_check(*, n_samples: int = 200, dim: int = 2, cond: float = 2.0
     if controls:
         report.controls, report.sensitivity = _controls_and_sensitivity(
             k, regimes_out, eta, observe=observe, eta0_for=_eta0_for_control(s, eta, limit))
+    if sharp:
+        report.sharp_check = sharp_logistic_check(seed=0, runs=sharp_runs,
+                                                  confidence=confidence, condition=condition,
+                                                  threads=threads)
     return report
 
 
