@@ -184,7 +184,8 @@ def format_report(rep: TheoryReport) -> str:
     extra = [name for name, part in (("the sharp regime", rep.sharp_check),
                                      ("the model check", rep.second_order)) if part is not None]
     lines.append("RESULT: " + ("PASS (every compared update within the bound"
-                               + (f"; {' and '.join(extra)} pass" if extra else "") + ")"
+                               + (f"; {' and '.join(extra)} pass" + ("es" if len(extra) == 1 else "")
+                                  if extra else "") + ")"
                                if rep.passed else "FAIL (see the rows and lines marked FAIL)"))
     if rep.controls:
         bound = [c for c in rep.controls if c["kind"] == "bound"]
