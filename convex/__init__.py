@@ -38,8 +38,10 @@ from ._leastsq import LeastSquares, make_least_squares
 # `hessbatch mushroom --backend numpy` never imports numba.
 _LAZY = {"MonteCarloResult": "_montecarlo", "confidence_band": "_montecarlo",
          "one_sided_limits": "_montecarlo", "sgd_runs": "_montecarlo",
+         "skewed_limits": "_montecarlo", "BalancedRow": "_sharp_logistic",
          "TheoryReport": "_theory_check", "least_squares_check": "_theory_check",
-         "mushroom_check": "_theory_check"}
+         "mushroom_check": "_theory_check", "second_order_prediction": "_theory_check",
+         "sharp_logistic_check": "_theory_check"}
 
 __all__ += ["LeastSquares", "make_least_squares", *_LAZY]
 

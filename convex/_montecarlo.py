@@ -540,7 +540,7 @@ def one_sided_limits(values, level: float = 0.999):
     Example:
         >>> mean, lo, hi, sd = one_sided_limits(np.array([[0.0], [2.0]]), 0.95)
         >>> float(mean[0]), round(float(hi[0] - mean[0]), 4)    # t(0.95, 1) = 6.3138
-        (1.0, 4.4645)
+        (1.0, 6.3138)
     """
     from hessbatch.theory import t_quantile
 

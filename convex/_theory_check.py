@@ -392,7 +392,54 @@ def _comparison(reg: dict[str, ScheduleCheck],
 # validation
 
 
+# least squares holds about 20 float64 arrays of N x d at its peak (measured with tracemalloc:
+# 19.6 at N = 200000, d = 2 and 19.3 at N = 50000, d = 8: the problem's A, the QR factors, the
+# per-sample gradients and their centred copy, the variance quadratic's temporaries, the
+# kernel's packed rows); the stationary regime adds its d^2 x d^2 linear system
+_LSQ_ARRAYS = 24
+
+
+def least_squares_bytes(n_samples: int, dim: int, regimes: Sequence[str] = ()) -> int:
+    """An upper estimate of the memory ``least_squares_check`` allocates, in bytes."""
+    n, d = int(n_samples), int(dim)
+    total = 8 * _LSQ_ARRAYS * n * d + 8 * 16 * d * d
+    if "stationary" in regimes:
+        total += 8 * 3 * d ** 4
+    return total
+
+
+def _memory_limit() -> int:
+    """Half the machine's physical memory (2 GiB when it cannot be read)."""
+    import os
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")) // 2
+    except (AttributeError, ValueError, OSError):
+        return 2 ** 31
+
+
+def _check_memory(n_samples: int, dim: int, regimes: Sequence[str]) -> None:
+    need = least_squares_bytes(n_samples, dim, regimes)
+    limit = _memory_limit()
+    if need <= limit:
+        return
+    fixed = need - 8 * _LSQ_ARRAYS * n_samples * dim            # the d^2 and d^4 parts
+    head = (f"n_samples (--n-samples {n_samples}) with dim (--dim {dim}) needs about "
+            f"{need / 2 ** 30:.3g} GiB of memory, more than half this machine's memory "
+            f"({limit / 2 ** 30:.3g} GiB): ")
+    if fixed > limit:
+        raise ValueError(head + f"the stationary regime's d^2 x d^2 system alone takes "
+                         f"{fixed / 2 ** 30:.3g} GiB; use a smaller --dim or leave out the "
+                         "stationary regime (--regimes zero,optimum,flattest)")
+    most = (limit - fixed) // (8 * _LSQ_ARRAYS * dim)
+    raise ValueError(head + f"about {_LSQ_ARRAYS} float64 arrays of N x d; use --n-samples "
+                     f"<= {int(most)}")
+
+
 def _validate_common(s: dict[str, Any]) -> None:
+    v = s["seed"]
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 <= v < 2 ** 63:
+        raise ValueError(f"seed (--seed) must be an int in [0, 2^63), got {v!r}; seeds are "
+                         "non-negative (e.g. --seed 0)")
     for name in ("epochs", "batch_size", "max_batch_size", "checks_per_epoch", "patience",
                  "checkpoints_per_epoch"):
         v = s[name]
@@ -460,8 +507,15 @@ def least_squares_check(*, n_samples: int = 200, dim: int = 2, cond: float = 2.0
                         runs: int = 2000, confidence: float = 0.999,
                         checkpoints_per_epoch: int = 2,
                         controls: bool = True, threads: int | None = None,
-                        progress: bool = False) -> TheoryReport:
+                        progress: bool = False, sharp: bool = True,
+                        sharp_runs: int = 0) -> TheoryReport:
     """Theorem 1 on a random least-squares problem, with exact expectations at every update.
+
+    ``sharp`` (default) also runs :func:`sharp_logistic_check` with ``sharp_runs`` Monte-Carlo
+    runs (default 0: exact only, about a second): a self-test of the bound's arithmetic, the
+    step-size condition and the constants' code on an instance where the theorem is tight,
+    whose verdict enters ``passed``. (The least-squares problem itself is sharp only for the
+    default shapes; for others the report says what it can tell.)
 
     The problem is :func:`make_least_squares(n_samples, dim, cond, noise, lam, seed)` with the
     constants of :meth:`LeastSquares.constants` (exact; ``M_V`` twice its critical value and
@@ -497,6 +551,15 @@ def least_squares_check(*, n_samples: int = 200, dim: int = 2, cond: float = 2.0
     if runs == 1:
         raise ValueError("runs must be 0 (exact values only) or >= 2 (a confidence band), "
                          "got 1")
+    if isinstance(sharp_runs, bool) or not isinstance(sharp_runs, (int, np.integer)) or \
+            sharp_runs == 1 or sharp_runs < 0:
+        raise ValueError(f"sharp_runs (--sharp-runs) must be 0 (exact values only) or an int "
+                         f">= 2, got {sharp_runs!r}")
+    for name, v in (("n_samples", n_samples), ("dim", dim)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"{name} (--{name.replace('_', '-')}) must be an int >= 1, "
+                             f"got {v!r}")
+    _check_memory(n_samples, dim, s["regimes"])     # before anything is allocated
     prob = make_least_squares(n_samples, dim, cond, noise, lam, seed)
     k = prob.constants()
     eta, limit, holds = _eta0(k, s)
@@ -613,6 +676,10 @@ def least_squares_check(*, n_samples: int = 200, dim: int = 2, cond: float = 2.0
     if controls:
         report.controls, report.sensitivity = _controls_and_sensitivity(
             k, regimes_out, eta, observe=observe, eta0_for=_eta0_for_control(s, eta, limit))
+    if sharp:
+        report.sharp_check = sharp_logistic_check(seed=0, runs=sharp_runs,
+                                                  confidence=confidence, condition=condition,
+                                                  threads=threads)
     return report
 
 

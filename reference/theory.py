@@ -504,8 +504,10 @@ class Control:
             cannot tell right from wrong passes it.
         L, c, M, M_V: the wrong constants themselves.
         rerun: ``True`` when the control changes the run, not just the bound: a smaller
-            ``M_V`` lets the condition allow a larger ``eta0``, so the gaps must be recomputed
-            at that ``eta0`` (possible exactly on least squares, and only there).
+            ``M_V`` or ``L`` lets the condition allow a larger ``eta0``, so the gaps must be
+            recomputed at that ``eta0`` (possible exactly on least squares and on the sharp
+            logistic instance, not on a Monte-Carlo check). ``M_V`` controls always rerun;
+            ``L`` controls do when asked (``wrong_constants(..., rerun=True)``).
     """
 
     name: str

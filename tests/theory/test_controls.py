@@ -127,7 +127,7 @@ def test_default_least_squares_check_is_sharp_and_reports_where():
 @given(n=st.integers(20, 80), dim=st.integers(1, 2), cond=st.floats(1.0, 1.5),
        noise=st.floats(0.2, 1.0), seed=st.integers(0, 10 ** 6))
 def test_least_squares_controls_fail_on_random_problems(n, dim, cond, noise, seed):
-    rep = least_squares_check(n_samples=n, dim=dim, cond=cond, noise=noise, seed=seed,
+    rep = least_squares_check(n_samples=n, dim=dim, cond=cond, noise=noise, seed=seed, runs=0,
                               epochs=3, regimes=("zero", "optimum", "flattest"))
     _check_sharp(rep)
 
@@ -135,14 +135,14 @@ def test_least_squares_controls_fail_on_random_problems(n, dim, cond, noise, see
 def test_the_start_at_zero_alone_cannot_tell_wrong_constants_and_says_so():
     # The check as it was before the regimes: from theta = 0 only. Every control passes, and
     # the report says so instead of hiding it.
-    rep = least_squares_check(epochs=2, regimes=("zero",))
+    rep = least_squares_check(epochs=2, regimes=("zero",), runs=0)
     assert rep.passed and not rep.sharp
     assert all(c["verdict"] == "PASS" and c["first_violation"] is None for c in rep.controls)
     assert rep.sensitivity["M"]["factor"] is None
     assert rep.sensitivity["M"]["text"].startswith("not sensitive to M on this problem")
     # a worse-conditioned problem (the old default: d = 10, condition 10, lam 0.1): from theta*
     # the noise floor still catches M = 0, but M / 2 only from a factor of about 2.05
-    rep = least_squares_check(dim=10, cond=10.0, lam=0.1, epochs=2,
+    rep = least_squares_check(dim=10, cond=10.0, lam=0.1, epochs=2, runs=0,
                               regimes=("zero", "optimum"))
     ctl = {c["name"]: c for c in rep.controls}
     assert ctl["M=0"]["verdict"] == "FAIL" and ctl["M/2"]["verdict"] == "PASS"
@@ -167,8 +167,9 @@ def test_stationary_gap_is_the_limit_of_the_recursion():
 
 
 def test_paper_and_variance_conditions_differ_by_the_named_constant():
-    paper = least_squares_check(epochs=1, regimes=("zero",), controls=False)
-    var = least_squares_check(epochs=1, regimes=("zero",), controls=False, condition="variance")
+    paper = least_squares_check(epochs=1, regimes=("zero",), controls=False, runs=0)
+    var = least_squares_check(epochs=1, regimes=("zero",), controls=False, runs=0,
+                              condition="variance")
     k = paper.constants
     assert paper.eta0 == pytest.approx(1 / (k.L * (k.M_V + 1 + 64)), rel=1e-12)
     assert var.eta0 == pytest.approx(1 / (k.L * (k.M_V + 64)), rel=1e-12)
@@ -176,16 +177,17 @@ def test_paper_and_variance_conditions_differ_by_the_named_constant():
 
 
 def test_require_sharp_exit_codes(capsys):
-    assert main(["theory", "--problem", "least-squares", "--quiet", "--require-sharp"]) == 0
+    assert main(["theory", "--problem", "least-squares", "--quiet", "--require-sharp",
+                 "--runs", "0"]) == 0
     out = capsys.readouterr().out
     assert "CONTROLS: all 4 bound controls FAIL" in out
     assert main(["theory", "--problem", "least-squares", "--quiet", "--epochs", "2",
-                 "--regimes", "zero", "--require-sharp"]) == 3
+                 "--regimes", "zero", "--require-sharp", "--runs", "0"]) == 3
     out = capsys.readouterr().out
     assert "not sensitive" in out and "RESULT: PASS" in out
     # without --require-sharp the exit code depends on the true-constant checks only
     assert main(["theory", "--problem", "least-squares", "--quiet", "--epochs", "2",
-                 "--regimes", "zero"]) == 0
+                 "--regimes", "zero", "--runs", "0"]) == 0
     capsys.readouterr()
     assert main(["theory", "--problem", "least-squares", "--quiet", "--check-every", "0"]) == 2
     assert "check_every must be an int >= 1" in capsys.readouterr().err

@@ -193,3 +193,27 @@ def test_least_squares_default_fails_a_wrong_kernel(monkeypatch, mutation):
     assert rep.settings["runs"] == 2000
     assert not rep.passed
     assert any(not r["mc_agrees"] for sc in rep.schedules.values() for r in sc.rows)
+
+
+@pytest.mark.parametrize("mutation", [
+    "exponent 2", "exponent 1/2", "condition x2", "M/4.7", "L/10"])
+def test_least_squares_default_fails_every_bug_of_the_bound(monkeypatch, mutation):
+    # the least-squares command runs the sharp regime exactly by default: a self-test of the
+    # bound's arithmetic, the condition and the constants' code
+    {"exponent 2": lambda: _exponent(monkeypatch, 2.0),
+     "exponent 1/2": lambda: _exponent(monkeypatch, 0.5),
+     "condition x2": lambda: _condition(monkeypatch, 2.0),
+     "M/4.7": lambda: _constant(monkeypatch, "M", 4.7),
+     "L/10": lambda: _constant(monkeypatch, "L", 10.0)}[mutation]()
+    if mutation == "L/10":
+        # on the default problem L / 10 = 0.1 < c = 0.5: the constants contradict each other,
+        # which Constants refuses before any check (the command: exit 2, naming it)
+        with pytest.raises(ValueError, match="c must be <= L"):
+            least_squares_check(epochs=2, regimes=("zero",), controls=False, runs=0)
+        return
+    rep = least_squares_check(epochs=2, regimes=("zero",), controls=False, runs=0)
+    assert not rep.passed and not rep.sharp_check["passed"]
+    # and without the self-test, exponent 2 (a looser bound) is only a loss of sharpness here
+    if mutation == "exponent 2":
+        assert least_squares_check(epochs=2, regimes=("zero",), controls=False, runs=0,
+                                   sharp=False).passed
