@@ -322,6 +322,8 @@ def run(args: argparse.Namespace) -> int:
         if hb is not None and not 1 <= hb <= n:
             raise ValueError(f"--hessian-batch (hessian_batch) must be 'full' or in [1, {n}] "
                              f"(the training rows), got {hb}")
+    for m in {"bl" if m in ("sgd", "sgd-limit") else m for m in args.methods} - {"gd"}:
+        _config(args, m, n, 1.0)  # the scheduler options, checked before L and Newton's method
     consts = model.constants()
     opt = model.solve()
     f_star = opt.f_star

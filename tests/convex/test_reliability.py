@@ -178,7 +178,10 @@ def test_a_negative_lr_is_reported_as_typed_before_any_work(monkeypatch, capsys)
         assert f"--lr must be finite and > 0, got {float(lr):g}" in err and "eta0" not in err
 
 
-def test_a_bad_scheduler_option_is_named_as_typed(capsys):
+def test_a_bad_scheduler_option_is_named_as_typed_before_newton(monkeypatch, capsys):
+    from hessbatch.convex import LogisticRegression
+    monkeypatch.setattr(LogisticRegression, "solve",
+                        lambda self, **k: pytest.fail("Newton ran before the options were checked"))
     assert main(["mushroom", *QUICK, "--alpha", "0.5", "--methods", "abs"]) == 2
     assert "--alpha must be" in capsys.readouterr().err
 
