@@ -47,7 +47,7 @@ CELLS = {
     "gg": ["--method", "gg", "--decay-epochs", "1,2", "--decay-factor", "0.5"],
     "abs": ["--method", "abs"],
     # gamma kept through the growths (decay 1) for the whole run (tau = 1): adversarial rows at
-    # B = 8 > B0, where the two rules (and a wrong placement) differ: adversarial rows at B > B0,
+    # B = 8 > B0, where the two rules (and a wrong placement) differ
     "absa-blocks": ["--method", "absa", "--adv-fraction", "0.5", "--adv-rule", "blocks",
                     "--adv-decay", "1", "--adv-stop", "1"],
     "absa-batch": ["--method", "absa", "--adv-fraction", "0.5", "--adv-rule", "batch",
