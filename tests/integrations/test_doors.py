@@ -46,8 +46,12 @@ CELLS = {
     "fb": ["--method", "fb", "--warmup-epochs", "1"],
     "gg": ["--method", "gg", "--decay-epochs", "1,2", "--decay-factor", "0.5"],
     "abs": ["--method", "abs"],
-    "absa-blocks": ["--method", "absa", "--adv-fraction", "0.5", "--adv-rule", "blocks"],
-    "absa-batch": ["--method", "absa", "--adv-fraction", "0.5", "--adv-rule", "batch"],
+    # gamma kept through the growths (decay 1) for the whole run (tau = 1): adversarial rows at
+    # B = 8 > B0, where the two rules (and a wrong placement) differ
+    "absa-blocks": ["--method", "absa", "--adv-fraction", "0.5", "--adv-rule", "blocks",
+                    "--adv-decay", "1", "--adv-stop", "1"],
+    "absa-batch": ["--method", "absa", "--adv-fraction", "0.5", "--adv-rule", "batch",
+                   "--adv-decay", "1", "--adv-stop", "1"],
 }
 
 
@@ -189,6 +193,9 @@ def test_every_door_gives_the_same_run(cell, cli_runs):
     assert sum(updates) == 3 * 50 and updates[-1] < max(updates)  # short last batch
     if cell in ("abs", "absa-blocks", "absa-batch"):
         assert max(u[1] for u in first[2]) == 16  # grew past several B0 blocks
+    if cell.startswith("absa"):  # adversarial rows in batches of several B0 blocks (the core
+        # stops the adversary at B_max = 16, so at B = 8: two blocks of 4, 2 rows each)
+        assert any(b == 8 and k == 4 for _, b, _, _, k in first[2])
     for name, (model, events, log) in doors.items():
         _close(model.state_dict(), ref["weights"])
         assert events == first[1], name
