@@ -27,6 +27,6 @@ from ._distributed import (DataParallel, DistributedConfigError, DistributedHess
 
 # --- the precursor study: spectrum, trace, robustness (owner: study, issue 13) ---
 from ._robustness import attack_accuracy, interpolate, loss_along, pgd
-from ._spectrum import (DatasetHessian, SpectrumResult, TraceResult, hutchinson_trace,
-                        input_hessian_extremes, top_k_eigenvalues)
+from ._spectrum import (DatasetHessian, SpectrumResult, TraceResult, bottom_eigenvalue,
+                        hutchinson_trace, input_hessian_extremes, top_k_eigenvalues)
 # --- end study block ---
