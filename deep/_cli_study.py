@@ -210,13 +210,21 @@ def _check(args: argparse.Namespace) -> None:
                          f"({args.top_k})")
 
 
+#: every file name at the top of a study folder (for --overwrite: an old set's files that the
+#: new study does not write are removed)
+STUDY_OUTPUTS = ("study.json", "results.json", "runs.csv", "at_loss.csv", "spectrum.csv",
+                 "robustness.csv", "landscape.csv", "input_hessian.csv", "interpolation.csv",
+                 "spectrum.png", "vs_loss.png", "robustness.png", "landscape.png",
+                 "interpolation.png")
+
+
 def check_study_out(text: str, overwrite: bool) -> Path:
     """The study folder, checked before any work by the one output module's rules: a new or
     empty folder, the folder of an earlier study (it resumes: its study.json is the run's own),
     or, with --overwrite, any folder; never ``''`` (the current folder)."""
     study = Path(text) / "study.json" if str(text).strip() else None
     resume = study if study is not None and study.is_file() else None
-    out = check_out_dir(text, overwrite=overwrite, resume_from=resume)
+    out = check_out_dir(text, overwrite=overwrite, resume_from=resume, outputs=STUDY_OUTPUTS)
     assert out is not None
     return out
 

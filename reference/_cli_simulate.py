@@ -719,7 +719,8 @@ def run(args: argparse.Namespace) -> int:
             _print_table3(rows, args.last_batch)
         return 0
     # the output folder first: a bad --out is reported before any work (docs/reliability.md)
-    out = check_out_dir(args.out, overwrite=args.overwrite)
+    out = check_out_dir(args.out, overwrite=args.overwrite,
+                        outputs=("simulate.json", "scaling.png", "profile.json"))
     if args.trace is not None and args.demo:
         raise ValueError("give either --trace FILE or --demo, not both")
     if any(p < 1 for p in args.scaling) or not args.scaling:
