@@ -103,8 +103,8 @@ class _Snapshot:
     """The default eigenvalue function, recording what each check saw."""
 
     def __init__(self, scheduler):
-        self.inner, self.scheduler, self.checks = WarmStartEigenvalue(warm_start=False), \
-            scheduler, []
+        self.inner, self.scheduler, self.checks = WarmStartEigenvalue(
+            warm_start=False, extend_hvp=10), scheduler, []
 
     def __call__(self, model, loss_fn, batches, *, seed):
         st, cfg = self.scheduler.state, self.scheduler.config

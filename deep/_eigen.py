@@ -366,7 +366,9 @@ class WarmStartEigenvalue:
         warm_mix: weight of the random part (>= 0, default 0.1).
         hvp_check: ``"error"`` (default), ``"warn"`` or ``"off"``.
         extend_hvp: products added for a check whose value decides a growth when the rule has
-            not passed within ``max_hvp`` (default 10; 0: never).
+            not passed within ``max_hvp`` (default 0, as before issue 22, so that every training
+            door computes the same values until all of them pass it; 10 is what issue 22
+            measures: docs/performance.md).
         confirm_warm: the warm-start guard of :func:`top_eigenvalue` (default True).
 
     Each call takes an optional ``threshold`` (the check's ``lam_ref / alpha``): the solver
@@ -389,7 +391,7 @@ class WarmStartEigenvalue:
 
     def __init__(self, *, params=None, method: str = "lanczos", max_hvp: int = 10,
                  tol: float = 1e-2, backend: str = "double_backprop", warm_start: bool = True,
-                 warm_mix: float = 0.1, hvp_check: str = "error", extend_hvp: int = 10,
+                 warm_mix: float = 0.1, hvp_check: str = "error", extend_hvp: int = 0,
                  confirm_warm: bool = True) -> None:
         _check_options(method, max_hvp, tol, 0)
         _check_decision(None, extend_hvp)
