@@ -50,7 +50,11 @@ The conventions (docs/deep.md, "one executor"):
   ``loss_j * m_j / n``: the gradient of the mean over the ``n`` samples. With several ranks the
   gradient is averaged by DDP, so the weight is ``world_size * m_j / n``;
 * the adversarial rows are the positions ``decision.adversarial_ranges(n)`` of the logical batch
-  (numbered in the epoch's permutation order), replaced by FGSM computed in eval mode;
+  (numbered in the epoch's permutation order), replaced by FGSM computed in eval mode with the
+  model as it is at the start of the update (the weights do not move inside an update, and
+  BatchNorm's running statistics are put back to their start-of-update values while the
+  adversary runs), so no adversarial row depends on which micro-batches ran before it: the
+  same rows on one rank or many;
 * before handing out micro-batch ``k`` of epoch ``e``, torch's global RNG is seeded with a hash
   of ``(seed, e, k)``, so dropout masks belong to the micro-batch, not to the process or the
   order of work: 1 and N ranks draw the same masks;
@@ -597,6 +601,11 @@ class LoopAdapter:
         self._eps = 0.0
         self._noise: torch.Tensor | None = None
         self._padding_modes: list[tuple[nn.Module, bool]] | None = None
+        # BatchNorm layers with running statistics, and their values at the update's start
+        self._bn_layers = [m for m in model.modules()
+                           if isinstance(m, nn.modules.batchnorm._BatchNorm)
+                           and m.track_running_stats and m.running_mean is not None]
+        self._bn_start: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         self.padding = False  # the last micro-batch handed out is a padding one (weight 0)
         self._set_lr()
 
@@ -665,6 +674,8 @@ class LoopAdapter:
         # the core's positions in the logical batch, sorted
         self._adv_at = [i for a, b in d.adversarial_ranges(self._n) for i in range(a, b)]
         self._eps, self._noise = d.adv_eps, None
+        self._bn_start = [(m.running_mean.clone(), m.running_var.clone())
+                          for m in self._bn_layers] if self._adv_at else None
         if self.parallel is not None:
             self.parallel.open_batch(self)
 
@@ -763,7 +774,7 @@ class LoopAdapter:
                                 math.ceil(n / self.sampler.micro_batch_size), len(self._adv_at)))
         self.stats.adversarial += len(self._adv_at)
         self._n = self._got = 0
-        self._noise = None
+        self._noise = self._bn_start = None
         d = self.scheduler.step(n)
         self.sampler.consume(n)
         self.sampler.commit()
@@ -878,6 +889,12 @@ class LoopAdapter:
             torch.cuda.synchronize(dev)
         t0 = time.perf_counter()
         modes = [(m, m.training) for m in self.model.modules()]
+        # the adversary sees BatchNorm's running statistics as they were at the update's start
+        now = [(m.running_mean.clone(), m.running_var.clone()) for m in self._bn_layers] \
+            if self._bn_start else []
+        for m, (mean, var) in zip(self._bn_layers, self._bn_start or []):
+            m.running_mean.copy_(mean)
+            m.running_var.copy_(var)
         try:
             if callable(self.adversary):
                 # A custom adversary may call loss.backward(): its parameter gradients must not
@@ -898,6 +915,9 @@ class LoopAdapter:
             low, high = self.input_range
             return (x.detach() + eps * s).clamp(low, high)
         finally:
+            for m, (mean, var) in zip(self._bn_layers, now):
+                m.running_mean.copy_(mean)
+                m.running_var.copy_(var)
             restore_modes(modes)  # whatever mode the adversary left, the user's flags
             if dev.type == "cuda":
                 torch.cuda.synchronize(dev)
