@@ -33,6 +33,7 @@ from hessbatch._outputs import check_out_dir, write_file, write_files
 
 from . import _cli_distributed
 from ._data import data_shape, load_data
+from ._loop import EXTEND_HVP
 from ._models import ACTIVATIONS, MODELS, make_model, parameter_count
 from ._trainer import EpochMetrics, Trainer, TrainingDiverged, load_checkpoint
 
@@ -619,7 +620,7 @@ def run(args: argparse.Namespace) -> int:
             return top_eigenvalue(m, loss_fn, batches, params=params,
                                   method=spec["eig_method"], max_hvp=spec["max_hvp"],
                                   tol=spec["eig_tol"], seed=seed, threshold=threshold,
-                                  extend_hvp=10)
+                                  extend_hvp=EXTEND_HVP)
     trainer = Trainer(model, optimizer, torch.nn.functional.cross_entropy, bundle.train,
                       Scheduler(config), test_data=bundle.test, eigenvalue_fn=eig_fn,
                       parallel=parallel,

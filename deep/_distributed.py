@@ -68,6 +68,7 @@ from hessbatch import SchedulerConfig
 
 from ._eigen import EigenResult, _check_options, lanczos, power_iteration
 from ._hvp import Batch, HessianOperator, LossFn, flatten, unflatten
+from ._loop import EXTEND_HVP
 
 __all__ = ["DataParallel", "DistributedConfigError", "DistributedHessianOperator", "DistributedTrainer",
            "check_batch_layout", "distributed_top_eigenvalue", "reachable_batch_sizes",
@@ -613,7 +614,7 @@ class DataParallel:
             return distributed_top_eigenvalue(
                 model, loss_fn, batches, params=self.eig_params, method=adapter.eig_method,
                 max_hvp=adapter.max_hvp, tol=adapter.eig_tol, seed=seed, group=self.group,
-                stats=self._eig_stats, threshold=threshold, extend_hvp=10)
+                stats=self._eig_stats, threshold=threshold, extend_hvp=EXTEND_HVP)
         return eigenvalue
 
     def wrap(self, model: nn.Module) -> nn.Module:

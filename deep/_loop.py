@@ -80,6 +80,10 @@ __all__ = ["AdaptiveBatchSampler", "LoopAdapter", "LOOP_STATE_FORMAT", "LOOP_STA
            "TrainingDiverged", "call_eigenvalue_fn", "check_loop_arguments", "fetch",
            "micro_batch_seed"]
 
+#: products added to a check whose value decides a growth and whose solver has not converged
+#: within max_hvp (every door, one process or many; docs/deep_curvature.md)
+EXTEND_HVP = 10
+
 LOOP_STATE_FORMAT = "hessbatch.deep.loop"
 LOOP_STATE_VERSION = 1
 _SAMPLER_FORMAT = "hessbatch.deep.sampler"
@@ -578,7 +582,7 @@ class LoopAdapter:
                 from ._eigen import WarmStartEigenvalue
                 eigenvalue_fn = WarmStartEigenvalue(method=eig_method, max_hvp=max_hvp,
                                                     tol=float(eig_tol), warm_start=warm_start,
-                                                    hvp_check=hvp_check)
+                                                    hvp_check=hvp_check, extend_hvp=EXTEND_HVP)
         self.eigenvalue_fn = eigenvalue_fn
         self.compute_eigenvalues = bool(compute_eigenvalues)
         if parallel is not None:

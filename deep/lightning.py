@@ -57,8 +57,8 @@ except ImportError as exc:  # the optional extra is missing: say how to get it
 
 from hessbatch import Decision, Scheduler, SchedulerConfig
 
-from ._loop import (LOOP_STATE_FORMAT, LOOP_STATE_VERSION, AdaptiveBatchSampler, LoopAdapter,
-                    _as_scheduler)
+from ._loop import (EXTEND_HVP, LOOP_STATE_FORMAT, LOOP_STATE_VERSION, AdaptiveBatchSampler,
+                    LoopAdapter, _as_scheduler)
 
 __all__ = ["HessbatchCallback"]
 
@@ -141,7 +141,8 @@ class HessbatchCallback(Callback):
             adapter_options["eigenvalue_fn"] = WarmStartEigenvalue(
                 method=adapter_options.get("eig_method", "lanczos"),
                 max_hvp=adapter_options.get("max_hvp", 10),
-                tol=float(adapter_options.get("eig_tol", 1e-2)), warm_start=False)
+                tol=float(adapter_options.get("eig_tol", 1e-2)), warm_start=False,
+                extend_hvp=EXTEND_HVP)
         self.adapter_options = adapter_options
         self.adapter: LoopAdapter | None = None
         self.events: list[tuple[str, Any]] = []

@@ -1082,7 +1082,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.random < 1 or args.out is None:
             parser.error("--random N needs N >= 1 and --out DIR (the folder to write the "
                          "scenarios to)")
-        from ._outputs import check_out_dir, write_files
+        from ._outputs import check_out_dir, release_locks, write_files
         try:
             out = check_out_dir(args.out, option="--out", overwrite=True)
             write_files(out, {f"random_{args.seed + i}.json":
@@ -1091,6 +1091,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (OSError, ValueError) as exc:
             print(f"python -m hessbatch.traces: error: {exc}", file=sys.stderr)
             return 2
+        finally:
+            release_locks()  # the folder's lock (hessbatch._outputs), taken by the check
         print(f"wrote {args.random} random scenarios (seeds {args.seed} to "
               f"{args.seed + args.random - 1}) to {args.out}")
         return 0

@@ -96,8 +96,8 @@ def test_b_and_lr_follow_the_core_event_for_event_and_match_the_trainer():
             expected.append((value, d.lr))
             left -= value
             sch.step(value)
-        elif kind == "eigenvalue":
-            sch.eigenvalue(value)
+        elif kind in ("eigenvalue", "eigenvalue_bound"):
+            sch.eigenvalue(value, lower_bound=kind == "eigenvalue_bound")
         elif kind == "end_epoch":
             assert left == 0
             sch.end_epoch()
@@ -109,10 +109,11 @@ def test_b_and_lr_follow_the_core_event_for_event_and_match_the_trainer():
     assert sch.decision.finished
     # and it is the hessbatch Trainer's trajectory, up to rounding (loss / K * K m / n)
     ref_model, ref = _trainer_run(cfg)
-    assert [e for e in cb.events if e[0] != "eigenvalue"] == \
-        [e for e in ref.events if e[0] != "eigenvalue"]
-    lam = [v for k, v in cb.events if k == "eigenvalue"]
-    lam_ref = [v for k, v in ref.events if k == "eigenvalue"]
+    eig = ("eigenvalue", "eigenvalue_bound")
+    assert [e if e[0] not in eig else e[0] for e in cb.events] == \
+        [e if e[0] not in eig else e[0] for e in ref.events]
+    lam = [v for k, v in cb.events if k in eig]
+    lam_ref = [v for k, v in ref.events if k in eig]
     assert lam == pytest.approx(lam_ref, rel=1e-9)
     for a, b in zip(module.net.state_dict().values(), ref_model.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)

@@ -152,28 +152,6 @@ def test_help_explains_the_measurements(capsys):
     assert "--checkpoint-every" not in text and "--resume" not in text
 
 
-def test_the_python_example_of_docs_study_runs():
-    import re
-    from pathlib import Path
-
-    import torch
-
-    from hessbatch.deep import MLP
-
-    text = (Path(__file__).resolve().parents[2] / "docs" / "study.md").read_text()
-    code = re.search(r"## From Python\n\n```python\n(.*?)```", text, re.S).group(1)
-    torch.manual_seed(0)
-    ns = {"model": MLP((1, 4, 4), 3, hidden=(6,)).double(),
-          "x_train": torch.rand(50, 1, 4, 4, dtype=torch.float64),
-          "y_train": torch.randint(3, (50,)),
-          "x_test": torch.rand(40, 1, 4, 4, dtype=torch.float64),
-          "y_test": torch.randint(3, (40,))}
-    exec(compile(code, "docs/study.md", "exec"), ns)
-    assert len(ns["spec"].values) == 5 and ns["spec"].converged
-    assert ns["tr"].stderr > 0 and ns["top"].shape == (32,)
-    assert (ns["bottom"] >= -1e-8 * ns["top"].abs()).all()     # ReLU: PSD
-
-
 def test_measure_in_float32_still_takes_the_input_hessian_in_float64():
     import torch
 
