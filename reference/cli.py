@@ -27,7 +27,7 @@ COMMANDS: dict[str, tuple[str, str | None, str]] = {
     "train": ("hessbatch.deep._cli_train", "deep",
               "train a PyTorch model with BL, FB, GG, ABS or ABSA"),
     "eig": ("hessbatch.deep._cli_eig", "deep",
-            "top Hessian eigenvalue of a model saved by `hessbatch train`"),
+            "top Hessian eigenvalue of a `hessbatch train` checkpoint or of your own model"),
     "schedule": ("hessbatch._cli_schedule", None,
                  "replay an eigenvalue trace through a method and print its schedule"),
     "simulate": ("hessbatch._cli_simulate", None,
