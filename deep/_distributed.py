@@ -560,8 +560,22 @@ class DataParallel:
 
     # -- set-up ------------------------------------------------------------------------------
     def prepare_model(self, model: nn.Module) -> nn.Module:
-        """SyncBatchNorm layers when asked (the parameters stay the same objects)."""
+        """SyncBatchNorm layers when asked (the parameters stay the same objects).
+
+        Raises:
+            DistributedConfigError: SyncBatchNorm asked for a model with BatchNorm on a device
+                that PyTorch's SyncBatchNorm refuses (the CPU: its kernels are CUDA's).
+        """
         if self.sync_batchnorm:
+            dev = _first_device(model)
+            has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+            if has_bn and dev.type == "cpu":
+                raise DistributedConfigError(
+                    f"--sync-batchnorm (sync_batchnorm=True): PyTorch {torch.__version__} runs "
+                    "SyncBatchNorm on CUDA devices only (it refuses CPU tensors, and its "
+                    "statistics kernels have no CPU version); use --device cuda, or leave "
+                    "--sync-batchnorm out (each micro-batch is then normalised on its own, as "
+                    "in one process, and the running statistics are replayed on every rank)")
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model, process_group=self.group)
         return model
 
