@@ -770,6 +770,8 @@ class LoopAdapter:
             # 0; in eval mode, so that it moves no BatchNorm statistics and draws no dropout
             self._padding_modes = [(mod, mod.training) for mod in self.model.modules()]
             self.model.eval()
+            if self.parallel is not None:
+                self.parallel.before_forward(k, padding=True)  # SyncBatchNorm joins its round
         else:
             if self.seed_micro_batches:
                 torch.manual_seed(micro_batch_seed(self.seed, self.decision.epoch, k))
