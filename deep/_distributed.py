@@ -577,7 +577,31 @@ class DataParallel:
                     "--sync-batchnorm out (each micro-batch is then normalised on its own, as "
                     "in one process, and the running statistics are replayed on every rank)")
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model, process_group=self.group)
+            for m in model.modules():
+                if isinstance(m, nn.SyncBatchNorm):
+                    m.register_forward_hook(self._join_sync_batchnorm)
         return model
+
+    def _join_sync_batchnorm(self, layer: nn.Module, inputs: tuple, output: torch.Tensor):
+        """During a padding micro-batch (eval mode, where SyncBatchNorm makes no collective)
+        join the round's SyncBatchNorm collectives as a training-mode forward on *zero*
+        samples: the other ranks' statistics are unchanged (count 0), the running statistics
+        move as theirs do, and the backward joins their all-reduces (the empty output is tied
+        into the graph with weight 0). So every rank runs the same collectives per update."""
+        if not self._padding:
+            return None
+        from torch.nn.modules import _functions
+
+        factor = 0.0
+        if layer.track_running_stats:  # as SyncBatchNorm.forward does in training mode
+            layer.num_batches_tracked.add_(1)
+            factor = layer.momentum if layer.momentum is not None \
+                else 1.0 / float(layer.num_batches_tracked.item())
+        group = layer.process_group or dist.group.WORLD
+        empty = _functions.SyncBatchNorm.apply(
+            inputs[0][:0], layer.weight, layer.bias, layer.running_mean, layer.running_var,
+            layer.eps, factor, group, dist.get_world_size(group))
+        return output + empty.sum() * 0
 
     def place(self, sampler: Any) -> None:
         sampler.set_rank(self.rank, self.world_size)
