@@ -655,3 +655,25 @@ def test_a_padding_micro_batch_joins_the_sync_batchnorm_collectives_with_zero_sa
     dp.close_batch(None)
     model(x)
     assert len(calls) == 2                               # over after the update
+
+
+def test_sigterm_to_the_launcher_is_one_line_and_128_plus_the_signal(tmp_path):
+    import time
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "hessbatch.cli", "train", *TINY, "--epochs",
+                             "500", "--nproc", "2", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=_env(), start_new_session=True)
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while not (out / "metrics.json").exists():   # training is under way (epoch 1 written)
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "hessbatch train: stopped by SIGTERM" in err
+    assert "Traceback" not in err, err
