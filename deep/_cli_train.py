@@ -441,7 +441,9 @@ def _refuse_foreign_folder(args: argparse.Namespace) -> None:
     if args.resume is None or args.out is None or args.overwrite:
         return
     out, res = Path(args.out), Path(args.resume)
-    mine = run_id_of(res)
+    state = load_checkpoint(res)  # its own errors first (corrupt, another version)
+    spec = (state.get("extra") or {}).get("spec")
+    mine = spec.get("run_id") if isinstance(spec, dict) else None
     for name in ("checkpoint.pt", "metrics.json"):
         f = out / name
         if not f.is_file() or f.resolve() == res.resolve():

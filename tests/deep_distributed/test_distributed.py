@@ -677,3 +677,11 @@ def test_sigterm_to_the_launcher_is_one_line_and_128_plus_the_signal(tmp_path):
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert "hessbatch train: stopped by SIGTERM" in err
     assert "Traceback" not in err, err
+
+
+def test_worker_threads_count_the_affinity_mask_not_the_machine(monkeypatch):
+    # a container limited to 3 cores (cpuset) on a 64-core machine: os.cpu_count() says 64
+    from hessbatch.deep import _cli_distributed
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 3, 5}, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    assert _cli_distributed._cpu_count() == 3
