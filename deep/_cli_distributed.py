@@ -21,7 +21,10 @@ from __future__ import annotations
 import argparse
 import atexit
 import os
+import signal
+import socket
 import sys
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
@@ -43,6 +46,7 @@ class WorkerContext:
     device: torch.device
     backend: str
     restart: int          # torchelastic's restart count (0: first attempt)
+    run_id: str = ""      # the same on every rank and every restart of one launch
 
     @property
     def is_main(self) -> bool:
@@ -78,11 +82,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "fails (default %(default)s)")
 
 
+#: The variables torch.distributed's env:// rendezvous reads (what torchrun sets for a worker).
+DIST_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
+                  "MASTER_PORT")
+
+#: Exit codes of ``hessbatch train`` (docs/distributed.md has the table): 2 and 3 are final,
+#: a restart cannot change them, so they are not retried.
+EXIT_CONFIG, EXIT_DIVERGED, EXIT_FAILED = 2, 3, 1
+
+_AGENT = {"store": None}  # the elastic agent's store (outlives restarts), when there is one
+
+
+def elastic_worker() -> bool:
+    """Whether torchrun / the elastic agent started this process (it sets
+    ``TORCHELASTIC_RUN_ID``)."""
+    return "TORCHELASTIC_RUN_ID" in os.environ
+
+
 def launched() -> bool:
-    """Whether this process is a worker started by torchrun / the elastic agent."""
-    return "TORCHELASTIC_RUN_ID" in os.environ or (
+    """Whether this process is a worker: started by torchrun / the elastic agent, or given a
+    complete env:// rendezvous (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``) by other means."""
+    return elastic_worker() or (
         "RANK" in os.environ and "WORLD_SIZE" in os.environ
         and "MASTER_ADDR" in os.environ)
+
+
+def found_variables() -> str:
+    """``NAME=value`` of the distributed variables in the environment ('' when none)."""
+    return " ".join(f"{k}={os.environ[k]}" for k in DIST_VARIABLES if k in os.environ)
 
 
 def check_arguments(args: argparse.Namespace) -> None:
@@ -106,9 +133,22 @@ def check_arguments(args: argparse.Namespace) -> None:
 
 
 def wants_launch(args: argparse.Namespace) -> bool:
-    """``--nproc N > 1`` outside torchrun: this process becomes the launcher."""
+    """``--nproc N > 1`` outside torchrun: this process becomes the launcher (distributed
+    variables left in the environment are ignored, with a note: the launcher gives its
+    workers their own). Without ``--nproc``, an incomplete set of them is reported and
+    ignored (one process)."""
     check_arguments(args)
-    return args.nproc > 1 and not launched()
+    found = found_variables()
+    if args.nproc > 1 and not elastic_worker():
+        if found:
+            print(f"hessbatch train: note: ignoring {found} found in the environment: --nproc "
+                  f"{args.nproc} starts its own workers and gives them their own", file=sys.stderr)
+        return True
+    if found and not launched():
+        print(f"hessbatch train: note: ignoring {found} found in the environment (not a "
+              "complete torch.distributed rendezvous: RANK, WORLD_SIZE and MASTER_ADDR): "
+              "training in one process", file=sys.stderr)
+    return False
 
 
 def launch(args: argparse.Namespace, entry: Any) -> int:
@@ -131,12 +171,23 @@ def launch(args: argparse.Namespace, entry: Any) -> int:
         run_id=f"hessbatch-{uuid.uuid4().hex[:12]}", rdzv_backend="c10d",
         rdzv_endpoint="localhost:0",  # the agent picks a free port (torchrun --standalone)
         max_restarts=args.max_restarts, monitor_interval=0.1, start_method="spawn")
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+
     try:
         results = elastic_launch(config, entry)(args)
     except ChildFailedError as exc:
+        codes = {int(f.exitcode) for f in exc.failures.values()}
+        final = sorted(codes & {EXIT_CONFIG, EXIT_DIVERGED})
+        if final:  # a configuration error or a divergence: reported by the worker, not retried
+            return final[-1]
         print(f"hessbatch train: a worker failed after {args.max_restarts} restart(s):\n{exc}",
               file=sys.stderr)
-        return 1
+        return EXIT_FAILED
+    except (KeyboardInterrupt, SignalException) as exc:
+        sig = getattr(exc, "sigval", signal.SIGINT)
+        print(f"hessbatch train: stopped by {signal.Signals(sig).name}; the workers were ended "
+              "(the last checkpoint in --out is kept)", file=sys.stderr)
+        return 128 + int(sig)
     codes = [int(rc or 0) for rc in results.values()]
     return max(codes) if codes else 0
 
@@ -149,17 +200,74 @@ def worker_exit(run: Any, args: argparse.Namespace) -> int:
     from . import _distributed
 
     try:
-        return int(run(args) or 0)
+        code = int(run(args) or 0)
     except (ValueError, TypeError, OSError, SchedulerError) as exc:
-        if not _distributed.training_started():
-            # Found before training (every rank finds it): report once, do not restart.
-            if int(os.environ.get("RANK", "0")) == 0:
-                print(f"hessbatch train: error: {exc}", file=sys.stderr)
-            return 2
-        raise
+        if _distributed.training_started():
+            raise
+        # Found before training (every rank finds it): report once, do not restart. A
+        # rendezvous error is this rank's own: every rank reports it.
+        if int(os.environ.get("RANK", "0")) == 0 or isinstance(exc, RendezvousError):
+            print(f"hessbatch train: error: {exc}", file=sys.stderr)
+        code = EXIT_CONFIG
     finally:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+    if code in (EXIT_CONFIG, EXIT_DIVERGED):
+        mark_final(code)
+    return code
+
+
+_FINAL_KEY = "hessbatch/final_exit"
+
+
+def mark_final(code: int) -> None:
+    """Record in the elastic agent's store (it outlives restarts) that this run ended with a
+    code no restart can change: the workers of a restart read it and exit at once."""
+    store = _AGENT["store"]
+    if store is not None:
+        try:
+            store.set(_FINAL_KEY, str(code))
+        except Exception:  # noqa: BLE001 - the agent may be gone; the exit code still says it
+            pass
+
+
+def _final_code(store: Any) -> int | None:
+    try:
+        if store.check([_FINAL_KEY]):
+            return int(store.get(_FINAL_KEY).decode())
+    except Exception:  # noqa: BLE001 - no such key or no store: not final
+        return None
+    return None
+
+
+def _cpu_count() -> int:
+    """The cores this process may use (the affinity mask: container CPU limits by cpuset)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def _wait_for_rendezvous(addr: str, port: int, timeout: float) -> None:
+    """A rank other than 0 connects to rank 0's store: wait (at most ``timeout`` seconds) until
+    ``addr:port`` accepts connections, so that an absent rendezvous is one clear error."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((addr, port), timeout=min(2.0, timeout)):
+                return
+        except OSError as exc:
+            if time.monotonic() >= deadline:
+                raise RendezvousError(
+                    f"no rendezvous at MASTER_ADDR:MASTER_PORT = {addr}:{port} within "
+                    f"--dist-timeout {timeout:g} s ({exc.strerror or exc}); the environment "
+                    f"has {found_variables()}. Start rank 0 there, or unset these variables "
+                    "to train in one process") from None
+            time.sleep(0.2)
+
+
+class RendezvousError(ValueError):
+    """The process group could not be formed from the environment (found before training)."""
 
 
 def setup(args: argparse.Namespace, device: torch.device) -> WorkerContext | None:
@@ -190,14 +298,28 @@ def setup(args: argparse.Namespace, device: torch.device) -> WorkerContext | Non
                          "GPU, which nccl refuses; use --device cuda (worker LOCAL_RANK gets "
                          "cuda:LOCAL_RANK)")
     if not args.threads:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(local_world, 1)))
+        torch.set_num_threads(max(1, _cpu_count() // max(local_world, 1)))
     restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
-    if restart and args.out is not None and (args.out / "checkpoint.pt").is_file():
-        args.resume = args.out / "checkpoint.pt"
-        print(f"[rank {rank}] restart {restart}: resuming from {args.resume}", file=sys.stderr)
+    run_id = None
     if not torch.distributed.is_initialized():
         timeout = timedelta(seconds=args.dist_timeout)
         kw: dict = {}
+        if not elastic_worker():
+            # RANK, WORLD_SIZE and MASTER_ADDR without torchrun: a hand-made launch, or
+            # variables left over in a shell. Say what was found; never wait unannounced.
+            if rank == 0:
+                print(f"hessbatch train: joining a process group of {world} ranks from the "
+                      f"environment ({found_variables()}); waiting at most --dist-timeout "
+                      f"{args.dist_timeout:g} s for the other ranks (unset these variables to "
+                      "train in one process)", file=sys.stderr)
+            if "MASTER_PORT" not in os.environ:
+                raise RendezvousError(
+                    f"the environment has {found_variables()} but no MASTER_PORT: set it (the "
+                    "port of rank 0's rendezvous), or unset these variables to train in one "
+                    "process")
+            if rank != 0:
+                _wait_for_rendezvous(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+                                     args.dist_timeout)
         if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == str(True):
             # The agent's store outlives a restart, and the keys of the failed attempt (rank
             # 0's old gloo address) are still in it: a restarted rank could read them and fail
@@ -205,12 +327,34 @@ def setup(args: argparse.Namespace, device: torch.device) -> WorkerContext | Non
             base = torch.distributed.TCPStore(
                 os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size=world,
                 is_master=False, timeout=timeout)
+            _AGENT["store"] = base
+            final = _final_code(base)
+            if final is not None:  # an earlier attempt ended with a code a retry cannot change
+                if rank == 0:
+                    print(f"hessbatch train: not retried: an earlier attempt of this run exited "
+                          f"{final} ({'configuration error' if final == EXIT_CONFIG else 'diverged'})",
+                          file=sys.stderr)
+                raise SystemExit(final)
+            # one run id for every rank and every attempt of this launch (the store's first)
+            mine = uuid.uuid4().hex[:16]
+            run_id = base.compare_set("hessbatch/run_id", "", mine).decode() or mine
             kw = dict(store=torch.distributed.PrefixStore(f"hessbatch/attempt_{restart}", base),
                       rank=rank, world_size=world)
-        torch.distributed.init_process_group(
-            backend, timeout=timeout, device_id=device if backend == "nccl" else None, **kw)
+        try:
+            torch.distributed.init_process_group(
+                backend, timeout=timeout, device_id=device if backend == "nccl" else None, **kw)
+        except torch.distributed.DistError as exc:
+            raise RendezvousError(
+                f"the process group of {world} ranks did not form within --dist-timeout "
+                f"{args.dist_timeout:g} s ({str(exc).splitlines()[0]}); the environment has "
+                f"{found_variables()}. Start every rank, or unset these variables to train in "
+                "one process") from None
         atexit.register(_destroy)
-    return WorkerContext(rank, world, local_rank, device, backend, restart)
+    if run_id is None:  # rank 0's, sent to every rank
+        box = [uuid.uuid4().hex[:16] if rank == 0 else None]
+        torch.distributed.broadcast_object_list(box, src=0)
+        run_id = box[0]
+    return WorkerContext(rank, world, local_rank, device, backend, restart, run_id)
 
 
 def _destroy() -> None:

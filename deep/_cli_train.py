@@ -12,13 +12,16 @@ writes ``runs/abs/metrics.json`` (every epoch's metrics and the configuration),
 from __future__ import annotations
 
 import argparse
+import atexit
 import dataclasses
+import hashlib
 import io
 import json
 import math
 import os
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -414,8 +417,137 @@ def _output_folder(args: argparse.Namespace) -> Path | None:
         args.out = str(args.resume.parent)
         print(f"writing to {args.out} (the checkpoint's folder; --out to write elsewhere)",
               file=sys.stderr)
+    _refuse_foreign_folder(args)
     return check_out_dir(args.out, overwrite=args.overwrite, resume_from=args.resume,
                          outputs=("checkpoint.pt", "metrics.json", "curves.png"))
+
+
+def run_id_of(path: Path) -> str | None:
+    """The run id recorded in a checkpoint or a metrics.json of `hessbatch train` (None: a
+    file from before run ids, or not one of ours)."""
+    try:
+        if path.suffix == ".json":
+            spec = json.loads(path.read_text()).get("spec") or {}
+        else:
+            spec = (load_checkpoint(path).get("extra") or {}).get("spec") or {}
+    except (OSError, ValueError, AttributeError):
+        return None
+    rid = spec.get("run_id") if isinstance(spec, dict) else None
+    return rid if isinstance(rid, str) and rid else None
+
+
+def _refuse_foreign_folder(args: argparse.Namespace) -> None:
+    """``--resume FILE`` into a folder that holds another run's files is refused (it would
+    replace them with FILE's continuation), unless --overwrite says to replace them."""
+    if args.resume is None or args.out is None or args.overwrite:
+        return
+    out, res = Path(args.out), Path(args.resume)
+    state = load_checkpoint(res)  # its own errors first (corrupt, another version)
+    spec = (state.get("extra") or {}).get("spec")
+    mine = spec.get("run_id") if isinstance(spec, dict) else None
+    for name in ("checkpoint.pt", "metrics.json"):
+        f = out / name
+        if not f.is_file() or f.resolve() == res.resolve():
+            continue
+        theirs = run_id_of(f)
+        same = theirs is not None and theirs == mine
+        if not same and name == "checkpoint.pt":
+            same = f.read_bytes() == res.read_bytes()
+        if not same and theirs is None and mine is None and name == "metrics.json" \
+                and (out / "checkpoint.pt").resolve() == res.resolve():
+            same = True  # the folder's own checkpoint, from before run ids
+        if not same:
+            raise ValueError(
+                f"--resume {res}: --out {out} holds {name} of another run (run id "
+                f"{theirs or 'unknown'}; the checkpoint's is {mine or 'unknown'}), which the "
+                f"resumed run would replace; pass --out with a new folder for the continuation "
+                "(or --overwrite to replace that run's files)")
+
+
+def _agree_on_resume(args: argparse.Namespace, ctx: Any) -> Path | None:
+    """Every rank resumes from the same checkpoint, or every rank starts fresh.
+
+    Rank 0 decides: ``--resume``, or after a restart ``--out/checkpoint.pt`` when it belongs
+    to this run (its run id; a stale checkpoint of another run is not resumed). It sends the
+    file's bytes to every rank (so ``--out`` need not be shared), and every rank checks the
+    others were started the same way (``--resume`` or not); a disagreement or an error on any
+    rank is one error on every rank, before training.
+    """
+    import tempfile
+
+    import torch.distributed as dist
+
+    from ._distributed import DistributedConfigError
+
+    error, blob, source = None, None, None
+    if ctx.is_main:
+        try:
+            source = Path(args.resume) if args.resume is not None else None
+            if ctx.restart and args.out is not None:
+                own = run_id_of(source) if source is not None else ctx.run_id
+                ck = Path(args.out) / "checkpoint.pt"
+                if ck.is_file() and run_id_of(ck) == own and own is not None:
+                    source = ck
+                elif ck.is_file():
+                    print(f"[rank 0] restart {ctx.restart}: {ck} belongs to another run (run id "
+                          f"{run_id_of(ck)}, this run's is {own}): not resumed", file=sys.stderr)
+            if source is not None:
+                blob = source.read_bytes()
+                if ctx.restart and source != args.resume:
+                    print(f"[rank 0] restart {ctx.restart}: resuming from {source}",
+                          file=sys.stderr)
+        except OSError as exc:
+            error = f"rank 0 cannot read the checkpoint: {exc}"
+    digest = hashlib.sha256(blob).hexdigest()[:16] if blob is not None else None
+    mine = {"rank": ctx.rank, "resume_given": args.resume is not None, "error": error}
+    every: list[Any] = [None] * ctx.world_size
+    dist.all_gather_object(every, mine)
+    box = [blob, digest, None if source is None else str(source)]
+    dist.broadcast_object_list(box, src=0)
+    blob, digest, shown = box
+    errors = [f"rank {e['rank']}: {e['error']}" for e in every if e["error"]]
+    if errors:
+        raise DistributedConfigError("; ".join(errors))
+    given = sorted({e["resume_given"] for e in every})
+    if len(given) > 1 and not ctx.restart:
+        with_r = [e["rank"] for e in every if e["resume_given"]]
+        without = [e["rank"] for e in every if not e["resume_given"]]
+        raise DistributedConfigError(
+            f"ranks {with_r} were started with --resume and ranks {without} without: every "
+            "rank must get the same command line (rank 0 reads the checkpoint and sends it to "
+            "the others, so --out need not be a shared folder)")
+    if blob is None:
+        return None
+    args._resume_shown = shown
+    if ctx.is_main and shown is not None:
+        return Path(shown)
+    fd, tmp = tempfile.mkstemp(prefix=f"hessbatch-rank{ctx.rank}-", suffix=".pt")
+    with os.fdopen(fd, "wb") as f:
+        f.write(blob)
+    atexit.register(lambda: Path(tmp).unlink(missing_ok=True))
+    if hashlib.sha256(Path(tmp).read_bytes()).hexdigest()[:16] != digest:
+        raise DistributedConfigError(f"rank {ctx.rank} received a checkpoint whose digest "
+                                     "differs from rank 0's")
+    return Path(tmp)
+
+
+def _check_resume_layout(args: argparse.Namespace, config: SchedulerConfig,
+                         world: int) -> None:
+    """A resumed run keeps its micro-batch: name the process counts that fit it instead of
+    suggesting --micro-batch (which resume refuses)."""
+    from ._distributed import DistributedConfigError, reachable_batch_sizes
+
+    sizes = reachable_batch_sizes(config)
+    m = config.micro_batch_size
+    if all(b % (world * m) == 0 for b in sizes):
+        return
+    fit = [w for w in range(1, max(sizes) // m + 1) if all(b % (w * m) == 0 for b in sizes)]
+    raise DistributedConfigError(
+        f"--resume {getattr(args, '_resume_shown', args.resume)}: the checkpoint's schedule "
+        f"reaches B = {sizes} with micro-batches of {m}, and on {world} processes every B must "
+        f"be a multiple of {world} x {m} = {world * m}; a resumed run keeps its micro-batch, so "
+        f"resume on {' or '.join(str(w) for w in fit)} process(es) (--nproc), or start a fresh "
+        "run")
 
 
 def _parser_defaults() -> dict[str, Any]:
@@ -550,9 +682,9 @@ def _report_divergence(exc: TrainingDiverged, args: argparse.Namespace, trainer:
 
 
 def worker(args: argparse.Namespace) -> int:
-    """The entry point of each ``--nproc`` worker (a spawned process): :func:`run` with the
+    """The entry point of each ``--nproc`` worker (a spawned process): :func:`_train` with the
     data-parallel exit rules (:func:`hessbatch.deep._cli_distributed.worker_exit`)."""
-    return _cli_distributed.worker_exit(run, args)
+    return _cli_distributed.worker_exit(_train, args)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -561,8 +693,18 @@ def run(args: argparse.Namespace) -> int:
     if _cli_distributed.wants_launch(args):
         args.out = _output_folder(args)  # checked once, before any worker starts
         return _cli_distributed.launch(args, worker)  # --nproc N: N workers, each runs worker
-    if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:
-        # a restarted worker: the first attempt checked --out and wrote into it
+    if _cli_distributed.launched():
+        return worker(args)  # a torchrun worker: the same exit rules as --nproc's
+    return _train(args)
+
+
+def _train(args: argparse.Namespace) -> int:
+    """One process's training (a worker's, under torch.distributed)."""
+    worker_rank = int(os.environ.get("RANK", "0")) if _cli_distributed.launched() else 0
+    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+    if restarted or worker_rank != 0:
+        # a restarted worker: the first attempt checked --out (and rank 0 alone writes there;
+        # the other ranks need not see the folder, nor the checkpoint: rank 0 sends it)
         args.out = None if args.out is None else Path(args.out)
     else:
         args.out = _output_folder(args)
@@ -572,10 +714,14 @@ def run(args: argparse.Namespace) -> int:
     is_main = ctx is None or ctx.is_main
     if args.threads:
         torch.set_num_threads(args.threads)
+    run_id = ctx.run_id if ctx is not None else uuid.uuid4().hex[:16]
+    if ctx is not None:
+        args.resume = _agree_on_resume(args, ctx)  # every rank: the same file, or none
     state = None
     if args.resume is not None:
         state = load_checkpoint(args.resume)
         spec = spec_of(state, args.resume)
+        spec.setdefault("run_id", run_id)  # a checkpoint from before run ids: this run's
         saved = dict(state["scheduler"]["config"])
         _refuse_changed_options(args, spec, saved)
         if args.epochs is not None and args.epochs != saved["epochs"]:
@@ -584,9 +730,11 @@ def run(args: argparse.Namespace) -> int:
         if args.dtype is not None and args.dtype != spec.get("dtype", "float32"):
             raise ValueError(f"--dtype {args.dtype}: the checkpoint was trained in "
                              f"{spec.get('dtype', 'float32')}; leave --dtype out to resume")
+        if ctx is not None:
+            _check_resume_layout(args, config, ctx.world_size)
         if is_main:
-            print(f"resuming {args.resume}: the model, data, optimizer and schedule options "
-                  "come from the checkpoint", file=sys.stderr)
+            print(f"resuming {getattr(args, '_resume_shown', args.resume)}: the model, data, "
+                  "optimizer and schedule options come from the checkpoint", file=sys.stderr)
     else:
         spec = {k: getattr(args, k) for k in _SPEC_KEYS}
         spec["method"] = args.method
@@ -594,6 +742,7 @@ def run(args: argparse.Namespace) -> int:
         spec["dtype"] = args.dtype or "float32"
         spec["warm_start"], spec["hvp_check"] = bool(args.warm_start), args.hvp_check
         spec["decision_stop"] = not args.full_eigenvalue
+        spec["run_id"] = run_id
         config = None
     bundle, model = build_from_spec(spec, device)
     if config is None:

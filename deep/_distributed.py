@@ -2,47 +2,46 @@
 
 Every rank runs the same core (:class:`hessbatch.Scheduler`) and reports the same events, so
 ``B``, the lr, the adversarial fraction and the eigenvalue timing are decided once, globally.
-What each rank does with a decision (``W`` ranks, rank ``r``)::
+What each rank does with a decision (``W`` ranks, rank ``r``; :class:`DataParallel` given to
+the one executor, :class:`hessbatch.deep.LoopAdapter`)::
 
-    perm = randperm(N)                   # the trainer's generator: the same on every rank
-    logical batch = perm[pos:pos + n]    # n = min(B, samples left): n global indices
-    shard r = the r-th of W contiguous, near-equal parts of it (sizes differ by <= 1)
-    for each micro-batch j of the shard (m_j samples):
-        with DDP.no_sync() unless j is the shard's last:
-            (loss_fn(model(x_j), y_j) * m_j / n).backward()
-    the last backward all-reduces (sums) the gradients:  g = sum_r sum_j (m_j / n) grad_j
-                                                           = gradient of the mean over all n
+    perm = randperm(N)                   # the executor's generator: the same on every rank
+    micro-batch k = perm[k m:(k+1) m]    # cut exactly as in one process
+    rank r runs micro-batches k = r, r + W, ...; where the epoch's last round is short, a rank
+        without one runs a padding micro-batch (1 sample, eval mode, weight 0)
+    (loss_fn(model(x_k), y_k) * W m_k / n).backward()   # no_sync except on the last one
+    DDP averages: g = (1/W) sum_r sum_k (W m_k / n) grad_k = gradient of the mean over all n
 
 so the update is the single-process update on the same ``n`` samples, up to floating-point
-summation order, also for a short last batch that does not split evenly (a rank whose shard is
-empty runs one forward/backward scaled by 0 so that every rank joins the all-reduce). The
-gradients go through :class:`torch.nn.parallel.DistributedDataParallel` with a communication
-hook that *sums* each bucket (DDP's default hook averages; here the ``m_j / n`` scaling with the
-global ``n`` already gives the mean) and times the all-reduce.
+summation order. The gradients go through :class:`torch.nn.parallel.DistributedDataParallel`
+with a communication hook (:func:`_mean_hook`) that is DDP's own averaging all-reduce, left
+asynchronous (it overlaps the backward pass; ``benchmarks/bench_overlap.py`` measures it) and
+timed by a completion callback.
 
 Curvature: :func:`torch.autograd.grad` does not go through DDP's hooks, so the Hessian of the
-mean loss over a Hessian batch of ``N_H`` samples sharded ``N_H = sum_r N_r`` is assembled by
-hand: ``H v = sum_r (N_r / N_H) H_r v`` with ``H_r`` the Hessian of rank ``r``'s mean loss, one
+mean loss over a Hessian batch of ``N_H`` samples sharded ``N_H = sum_r N_r`` (contiguous
+shards, :func:`shard_bounds`) is assembled by hand: ``H v = sum_r (N_r / N_H) H_r v``, one
 all-reduce per product (:class:`DistributedHessianOperator`). Every rank then holds the same
 Lanczos / power-iteration state and the same eigenvalue (rank 0's value is broadcast at the
-end, so the decisions cannot drift apart), equal to the single-process eigenvalue on the same
-Hessian batch up to rounding. FGSM runs on each rank's part of the adversarial samples (the
-first ``adversarial_count(n)`` samples of the logical batch, as in one process); random-sign
-noise is drawn for all of them on every rank, so the generator stays in step everywhere.
+end), equal to the single-process eigenvalue on the same Hessian batch up to rounding.
 
-BatchNorm: statistics are per rank (per micro-batch) by default, and running statistics are not
-broadcast (``broadcast_buffers=False``: ranks may run different numbers of forward passes on a
-short last batch); checkpoints hold rank 0's. ``sync_batchnorm=True`` converts BatchNorm layers
-to :class:`torch.nn.SyncBatchNorm` (CUDA only, a PyTorch restriction). Dropout masks are drawn
-per rank, so a run with dropout is not the single-process run sample for sample.
+BatchNorm: each micro-batch is normalised over its own samples, as in one process, and the
+running statistics are replayed on every rank in micro-batch order after each update
+(:class:`_BatchNormStats`), so eval-mode forwards (eigenvalue, test metrics, checkpoints) see
+the single-process statistics. ``sync_batchnorm=True`` converts BatchNorm layers to
+:class:`torch.nn.SyncBatchNorm` (CUDA only in PyTorch; refused on the CPU before training); a
+padding micro-batch then joins its round's SyncBatchNorm collectives with zero samples, so every
+rank runs the same collectives. Dropout masks are seeded per micro-batch
+(:func:`hessbatch.deep._loop.micro_batch_seed`), the same on any rank as in one process.
 
 Constraints, checked before training with an error that names the fix: ``B`` must be a multiple
-of ``world_size * micro_batch_size`` for every ``B`` the schedule can reach (the shards are whole
-micro-batches, the work is balanced), and the Hessian batch must give every rank a sample. All
-ranks must be started with the same options: a hash of the configuration (schedule, trainer
-options, model shapes, data length and a digest of the data) is compared across ranks.
+of ``world_size * micro_batch_size`` for every ``B`` the schedule can reach (the work is
+balanced), and the Hessian batch must give every rank a sample. All ranks must be started with
+the same options: a hash of the configuration (schedule, trainer options, model shapes, data
+length and a digest of the data) is compared across ranks.
 
-docs/distributed.md is the user guide (launching, what is global and what is per rank, restarts).
+docs/distributed.md is the user guide (launching, what is global and what is per rank, running
+on a cluster, exit codes).
 """
 
 from __future__ import annotations
@@ -557,14 +556,53 @@ class DataParallel:
         self._bn: _BatchNormStats | None = None
         self._eig_stats: dict[str, float] = {}
         self._updates = 0
+        self._padding = False  # the current micro-batch is a padding one (SyncBatchNorm joins)
         self.grad_comm_time = 0.0  # seconds the gradient all-reduces were in flight
 
     # -- set-up ------------------------------------------------------------------------------
     def prepare_model(self, model: nn.Module) -> nn.Module:
-        """SyncBatchNorm layers when asked (the parameters stay the same objects)."""
+        """SyncBatchNorm layers when asked (the parameters stay the same objects).
+
+        Raises:
+            DistributedConfigError: SyncBatchNorm asked for a model with BatchNorm on a device
+                that PyTorch's SyncBatchNorm refuses (the CPU: its kernels are CUDA's).
+        """
         if self.sync_batchnorm:
+            dev = _first_device(model)
+            has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+            if has_bn and dev.type == "cpu":
+                raise DistributedConfigError(
+                    f"--sync-batchnorm (sync_batchnorm=True): PyTorch {torch.__version__} runs "
+                    "SyncBatchNorm on CUDA devices only (it refuses CPU tensors, and its "
+                    "statistics kernels have no CPU version); use --device cuda, or leave "
+                    "--sync-batchnorm out (each micro-batch is then normalised on its own, as "
+                    "in one process, and the running statistics are replayed on every rank)")
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model, process_group=self.group)
+            for m in model.modules():
+                if isinstance(m, nn.SyncBatchNorm):
+                    m.register_forward_hook(self._join_sync_batchnorm)
         return model
+
+    def _join_sync_batchnorm(self, layer: nn.Module, inputs: tuple, output: torch.Tensor):
+        """During a padding micro-batch (eval mode, where SyncBatchNorm makes no collective)
+        join the round's SyncBatchNorm collectives as a training-mode forward on *zero*
+        samples: the other ranks' statistics are unchanged (count 0), the running statistics
+        move as theirs do, and the backward joins their all-reduces (the empty output is tied
+        into the graph with weight 0). So every rank runs the same collectives per update."""
+        if not self._padding:
+            return None
+        from torch.nn.modules import _functions
+
+        factor = 0.0
+        if layer.track_running_stats:  # as SyncBatchNorm.forward does in training mode
+            layer.num_batches_tracked.add_(1)
+            factor = layer.momentum if layer.momentum is not None \
+                else 1.0 / float(layer.num_batches_tracked.item())
+        group = layer.process_group or dist.group.WORLD
+        empty = _functions.SyncBatchNorm.apply(
+            inputs[0][:0], layer.weight, layer.bias, layer.running_mean, layer.running_var,
+            layer.eps, factor, group, dist.get_world_size(group))
+        return output + empty.sum() * 0
 
     def place(self, sampler: Any) -> None:
         sampler.set_rank(self.rank, self.world_size)
@@ -638,11 +676,14 @@ class DataParallel:
         if self._bn is not None:
             self._bn.open()
 
-    def before_forward(self, k: int) -> None:
-        if self._bn is not None:
+    def before_forward(self, k: int, padding: bool = False) -> None:
+        """Micro-batch ``k`` is about to run (``padding``: a padding micro-batch, eval mode)."""
+        self._padding = padding
+        if self._bn is not None and not padding:
             self._bn.begin(k)
 
     def close_batch(self, adapter: Any) -> None:
+        self._padding = False
         if self._bn is not None:
             self._bn.close(self.group, self.world_size)
 

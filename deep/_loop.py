@@ -170,6 +170,50 @@ def fetch(dataset: Dataset, idx: Any, device: torch.device,
     return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
 
+def check_one_sample_batchnorm(model: nn.Module, dataset: Dataset, samples_per_epoch: int,
+                               micro_batch_size: int, *, option: str = "last_batch") -> None:
+    """Refuse, before training, an epoch whose last micro-batch is a single sample that a
+    BatchNorm layer in training mode would normalise over one value per channel (PyTorch
+    raises "Expected more than 1 value per channel" there, mid-epoch).
+
+    The epoch's last micro-batch has ``samples_per_epoch mod micro_batch_size`` samples; when
+    that is 1, the model runs once in eval mode on one sample (no statistics move, no
+    randomness is drawn) to see the values per channel each training-mode BatchNorm layer
+    would get.
+
+    Raises:
+        ValueError: naming the layer and the two fixes.
+    """
+    if samples_per_epoch % micro_batch_size != 1:
+        return
+    layers = {m: name for name, m in model.named_modules()
+              if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training}
+    if not layers:
+        return
+    seen: list[tuple[str, int]] = []
+    hooks = [m.register_forward_pre_hook(
+        lambda mod, inp: seen.append((layers[mod], inp[0].numel() // max(inp[0].shape[1], 1))))
+        for m in layers]
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        x, _ = fetch(dataset, [0], _model_device(model))
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+        restore_modes(modes)
+    bad = [name for name, values in seen if values <= 1]
+    if bad:
+        raise ValueError(
+            f"each epoch of {samples_per_epoch} samples ends with a micro-batch of 1 sample "
+            f"({samples_per_epoch} mod micro-batch {micro_batch_size} = 1), on which BatchNorm "
+            f"layer {bad[0]!r} has 1 value per channel and cannot train; choose a micro-batch "
+            f"size m with {samples_per_epoch} mod m != 1 (--micro-batch), or drop the short "
+            f"last batch (--last-batch drop, {option}=\"drop\")")
+
+
 def micro_batch_seed(seed: int, epoch: int, index: int) -> int:
     """The seed of torch's global RNG for micro-batch ``index`` (0-based in the epoch's
     permutation order) of epoch ``epoch`` (0-based) of a run seeded ``seed``: 63 bits of
@@ -741,6 +785,8 @@ class LoopAdapter:
             # 0; in eval mode, so that it moves no BatchNorm statistics and draws no dropout
             self._padding_modes = [(mod, mod.training) for mod in self.model.modules()]
             self.model.eval()
+            if self.parallel is not None:
+                self.parallel.before_forward(k, padding=True)  # SyncBatchNorm joins its round
         else:
             if self.seed_micro_batches:
                 torch.manual_seed(micro_batch_seed(self.seed, self.decision.epoch, k))

@@ -98,6 +98,7 @@ from torch.utils.data import Dataset, TensorDataset, default_collate
 from hessbatch import Decision, Scheduler, SchedulerConfig
 
 from ._loop import (LoopAdapter, TrainingDiverged, _check_int, call_eigenvalue_fn,
+                    check_one_sample_batchnorm,
                     check_finite_gradients, check_loop_arguments, diverged, fetch,
                     restore_modes, training_modes)
 
@@ -259,6 +260,9 @@ class Trainer:
             config_extra={"test": test_data, "last_batch": last_batch,
                           "eval_batch_size": eval_batch_size})
         hb = self.adapter
+        if last_batch == "step":  # a 1-sample last micro-batch that BatchNorm cannot train on
+            check_one_sample_batchnorm(model, train_data, hb.scheduler.config.samples_per_epoch,
+                                       hb.scheduler.config.micro_batch_size)
         self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
         self.train_data, self.test_data, self.scheduler = train_data, test_data, hb.scheduler
         self.sampler = hb.sampler

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
+from torch import nn
 from torch.nn import functional as F
 
 from hessbatch import SchedulerConfig
@@ -403,3 +404,284 @@ def test_a_nan_on_two_processes_stops_every_rank_at_the_same_update(tmp_path):
     assert "the gradient is not finite" in r.stderr
     # epoch 1 never finished: nothing was written, no half-written file either
     assert not (tmp_path / "hot").exists() or not any((tmp_path / "hot").iterdir())
+
+
+# ------------------------------------------------------------------------------------------
+# a cluster (issue 19): agreement on resume, stale checkpoints, stray variables, exit codes,
+# BatchNorm. Each test launches 2 gloo processes once (or starts them by hand, as a scheduler
+# without torchrun would), with a hard timeout.
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _by_hand(argvs: list[list[str]], *, timeout: float = TIMEOUT) -> list[tuple[int, str, str]]:
+    """Start one `hessbatch train` per rank with RANK/WORLD_SIZE/MASTER_* (no torchrun, as a
+    job script does); each rank its own command line. Returns (code, stdout, stderr) per rank."""
+    port = _free_port()
+    procs = []
+    for rank, argv in enumerate(argvs):
+        env = _env(RANK=str(rank), WORLD_SIZE=str(len(argvs)), LOCAL_RANK=str(rank),
+                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        procs.append(subprocess.Popen([sys.executable, "-m", "hessbatch.cli", "train", *argv],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                      env=env, start_new_session=True))
+    results = []
+    for p in procs:
+        try:
+            out, err = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                if q.poll() is None:
+                    os.killpg(q.pid, signal.SIGKILL)
+            pytest.fail(f"rank {procs.index(p)} did not finish in {timeout} s (a hang)")
+        results.append((p.returncode, out, err))
+    return results
+
+
+def test_non_shared_out_rank_0_sends_the_checkpoint_to_every_rank(cli_reference, tmp_path):
+    # Each node its own disk: only rank 0's --resume file exists. Before issue 19 rank 1
+    # failed on the missing file (or started fresh after a restart) and rank 0 hung.
+    common = ["--epochs", "3", "--quiet", "--threads", "1", "--dist-timeout", "60"]
+    rank0 = ["--resume", str(cli_reference / "one" / "checkpoint.pt"), "--out",
+             str(tmp_path / "node0"), *common]
+    rank1 = ["--resume", str(tmp_path / "node1" / "checkpoint.pt"), "--out",
+             str(tmp_path / "node1"), *common]                          # nothing there
+    (c0, out0, err0), (c1, _, err1) = _by_hand([rank0, rank1])
+    assert (c0, c1) == (0, 0), err0 + err1
+    full_h, full_w = _outputs(cli_reference / "full")
+    h, w = _outputs(tmp_path / "node0")
+    _close(full_h, h)                       # the continuation of the 1-process run, to 1e-10
+    _close(dict(full_w), dict(w))
+    assert not (tmp_path / "node1").exists()  # only rank 0 writes
+
+
+def test_ranks_that_disagree_on_resuming_fail_together_within_seconds(cli_reference, tmp_path):
+    ck = str(cli_reference / "one" / "checkpoint.pt")
+    common = ["--epochs", "3", "--quiet", "--threads", "1", "--dist-timeout", "600"]
+    res = _by_hand([["--resume", ck, "--out", str(tmp_path / "a"), *common],
+                    [*TINY, "--epochs", "3", "--out", str(tmp_path / "b")]], timeout=120)
+    assert [c for c, _, _ in res] == [2, 2], res      # not the 600 s timeout: one clear error
+    err = res[0][2]
+    assert "ranks [0] were started with --resume and ranks [1] without" in err
+    assert not (tmp_path / "a" / "metrics.json").exists()
+
+
+def test_a_restart_does_not_resume_a_stale_checkpoint_of_another_run(cli_reference, tmp_path):
+    # --overwrite into a folder holding an old run (another lr), then a crash before the new
+    # run's first checkpoint: the restart used to resume the OLD run and report it as new.
+    run = tmp_path / "run"
+    assert main(["train", *TINY, "--epochs", "1", "--lr", "0.01", "--out", str(run)]) == 0
+    old = (run / "checkpoint.pt").read_bytes()
+    marker = tmp_path / "killed"
+    r = _cli("--epochs", "3", "--nproc", "2", "--max-restarts", "1", "--overwrite", "--out",
+             str(run), env=_env(HESSBATCH_TEST_KILL=f"1:3:{marker}"))    # update 3: epoch 1
+    assert r.returncode == 0, r.stderr
+    assert marker.exists() and "belongs to another run" in r.stderr
+    assert (run / "checkpoint.pt").read_bytes() != old
+    full_h, full_w = _outputs(cli_reference / "full")
+    h, w = _outputs(run)
+    _close(full_h, h)                        # the new run from its start, not the old one
+    _close(dict(full_w), dict(w))
+
+
+def test_stray_distributed_variables_are_one_clear_error_within_the_timeout(tmp_path):
+    # RANK/WORLD_SIZE/MASTER_ADDR left in a login shell: plain `hessbatch train` waited forever
+    env = _env(RANK="0", WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+    r = _run([sys.executable, "-m", "hessbatch.cli", "train", *TINY, "--epochs", "1",
+              "--dist-timeout", "3", "--out", str(tmp_path / "x")], env=env)
+    assert r.returncode == 2, r.stderr
+    assert "joining a process group of 2 ranks from the environment (RANK=0 WORLD_SIZE=2" \
+        in r.stderr
+    assert r.stderr.count("hessbatch train: error:") == 1
+    assert "did not form within --dist-timeout 3 s" in r.stderr and "unset these" in r.stderr
+    # a rank other than 0 whose rank 0 never comes: the same, naming the address
+    env["RANK"] = "1"
+    r = _run([sys.executable, "-m", "hessbatch.cli", "train", *TINY, "--epochs", "1",
+              "--dist-timeout", "3"], env=env)
+    assert r.returncode == 2 and "no rendezvous at MASTER_ADDR:MASTER_PORT = 127.0.0.1:" \
+        in r.stderr, r.stderr
+
+
+def test_an_incomplete_set_of_variables_is_reported_and_ignored(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    assert main(["train", *TINY, "--epochs", "1", "--method", "bl"]) == 0
+    assert "ignoring WORLD_SIZE=4 found in the environment" in capsys.readouterr().err
+
+
+def test_nproc_ignores_stray_variables_and_runs(cli_reference, tmp_path):
+    env = _env(RANK="3", WORLD_SIZE="8", MASTER_ADDR="10.255.255.1", MASTER_PORT="1")
+    r = _cli("--epochs", "3", "--nproc", "2", "--out", str(tmp_path / "two"), env=env)
+    assert r.returncode == 0, r.stderr
+    assert "ignoring RANK=3 WORLD_SIZE=8" in r.stderr
+    _close(_outputs(cli_reference / "full")[0], _outputs(tmp_path / "two")[0])
+
+
+def test_a_divergence_under_torchrun_restarts_is_not_retried(tmp_path):
+    # torchrun restarted the workers after exit 3 (the same NaN each time, a full attempt each)
+    r = _run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+              "--nproc_per_node", "2", "--max-restarts", "2", "-m", "hessbatch.cli", "train",
+              *TINY, "--epochs", "3", "--lr", "1e6", "--out", str(tmp_path / "hot")])
+    assert r.returncode == 1, r.stderr       # torchrun's own code for any failed worker group
+    assert r.stderr.count("training diverged in epoch 1, update 9") == 1   # trained once
+    assert r.stderr.count("not retried: an earlier attempt of this run exited 3") == 2
+
+
+def test_a_configuration_error_under_torchrun_restarts_is_not_retried(tmp_path):
+    r = _run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+              "--nproc_per_node", "2", "--max-restarts", "2", "-m", "hessbatch.cli", "train",
+              *TINY, "--micro-batch", "8", "--out", str(tmp_path / "x")])
+    assert r.returncode == 1, r.stderr       # torchrun's own code for any failed worker group
+    assert r.stderr.count("hessbatch train: error:") == 1      # the attempt that found it
+    assert r.stderr.count("not retried: an earlier attempt of this run exited 2") == 2
+
+
+def test_resnet18_with_a_short_last_batch_on_2_processes_equals_1(tmp_path):
+    # 43 training samples, B = 8, micro-batches of 4: the last batch has 3 samples. With
+    # contiguous shards it was split 2 + 1 and BatchNorm refused the 1-sample shard; now the
+    # 3 samples are one micro-batch of rank 0 and rank 1 runs a padding micro-batch.
+    res = ["--model", "resnet18", "--width", "4", "--data", "synthetic:54:3x8x8",
+           "--batch-size", "8", "--micro-batch", "4", "--max-batch", "16", "--hessian-batch",
+           "8", "--max-hvp", "4", "--quiet", "--dtype", "float64", "--threads", "1",
+           "--method", "abs", "--check-every", "16", "--patience", "1", "--epochs", "2"]
+    assert main(["train", *res, "--out", str(tmp_path / "one")]) == 0
+    r = _run([sys.executable, "-m", "hessbatch.cli", "train", *res, "--nproc", "2", "--out",
+              str(tmp_path / "two")])
+    assert r.returncode == 0, r.stderr
+    one_h, one_w = _outputs(tmp_path / "one")
+    two_h, two_w = _outputs(tmp_path / "two")
+    assert one_h[0]["samples"] == 43 and one_h[0]["eigenvalues"]
+    _close(one_h, two_h)                     # eigenvalues included (eval mode, replayed stats)
+    _close(dict(one_w), dict(two_w))
+    assert any("running_mean" in k for k in one_w)
+
+
+def test_sync_batchnorm_on_the_cpu_is_refused_before_training(tmp_path):
+    r = _cli("--epochs", "1", "--nproc", "2", "--batchnorm", "--sync-batchnorm", "--out",
+             str(tmp_path / "x"))
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.count("hessbatch train: error:") == 1
+    assert "SyncBatchNorm" in r.stderr and "--device cuda" in r.stderr
+
+
+def test_resuming_on_a_process_count_that_does_not_fit_names_the_counts_that_do(
+        cli_reference, tmp_path):
+    # it used to suggest --micro-batch 4, which a resume refuses (the micro-batch is kept)
+    r = _run([sys.executable, "-m", "hessbatch.cli", "train", "--resume",
+              str(cli_reference / "one" / "checkpoint.pt"), "--epochs", "3", "--nproc", "3",
+              "--out", str(tmp_path / "c"), "--quiet", "--threads", "1"])
+    assert r.returncode == 2, r.stderr
+    assert "resume on 1 or 2 or 4 process(es)" in r.stderr and "--micro-batch" not in r.stderr
+
+
+def test_a_one_sample_last_micro_batch_with_batchnorm_is_refused_before_training():
+    from hessbatch.deep import MLP, Trainer, synthetic_classification
+    data = synthetic_classification(49, (1, 4, 4), 3, seed=0)   # 49 mod 4 = 1
+
+    def make(batchnorm, micro=4, **kw):
+        torch.manual_seed(0)
+        m = MLP((1, 4, 4), 3, hidden=(6,), batchnorm=batchnorm)
+        cfg = SchedulerConfig(method="bl", lr=0.1, batch_size=8, micro_batch_size=micro,
+                              samples_per_epoch=49, epochs=1)
+        return Trainer(m, torch.optim.SGD(m.parameters(), lr=0.1), F.cross_entropy, data, cfg,
+                       **kw)
+
+    with pytest.raises(ValueError, match=r"49 mod micro-batch 4 = 1.*'net\.2'.*--micro-batch.*"
+                                         r"--last-batch drop"):
+        make(True)
+    with pytest.raises(ValueError, match=r"49 mod micro-batch 2 = 1"):
+        make(True, micro=2)
+    make(True, last_batch="drop").run()     # dropped: never run
+    make(False).run()                       # no BatchNorm: the 1-sample micro-batch is fine
+    # BatchNorm2d on one 4x4 image has 16 values per channel: it trains; the probe that found
+    # this moved no statistics and drew no randomness
+    torch.manual_seed(0)
+    conv = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.BatchNorm2d(2), nn.Dropout(0.5),
+                         nn.Flatten(), nn.Linear(32, 3))
+    cfg = SchedulerConfig(method="bl", lr=0.1, batch_size=8, micro_batch_size=4,
+                          samples_per_epoch=49, epochs=1)
+    stats = {k: v.clone() for k, v in conv.state_dict().items()}
+    rng = torch.get_rng_state()
+    tr = Trainer(conv, torch.optim.SGD(conv.parameters(), lr=0.1), F.cross_entropy, data, cfg)
+    assert torch.equal(torch.get_rng_state(), rng) and conv.training
+    assert all(torch.equal(v, conv.state_dict()[k]) for k, v in stats.items())
+    tr.run()
+
+
+def test_a_padding_micro_batch_joins_the_sync_batchnorm_collectives_with_zero_samples(
+        one_rank_group, monkeypatch):
+    # SyncBatchNorm needs CUDA, so its autograd function is replaced by a recorder here: what
+    # is checked is that the padding forward calls it once per layer, on zero samples, in
+    # training mode semantics (running statistics counted), and that other forwards do not.
+    from torch.nn.modules import _functions
+    from hessbatch.deep._distributed import DataParallel
+
+    calls = []
+
+    class Recorder(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, weight, bias, mean, var, eps, momentum, group, world):
+            calls.append((tuple(x.shape), momentum, world))
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, g):
+            return (g,) + (None,) * 8
+
+    monkeypatch.setattr(_functions, "SyncBatchNorm", Recorder)
+    dp = DataParallel()
+    model = nn.SyncBatchNorm.convert_sync_batchnorm(
+        nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2), nn.BatchNorm1d(2)))
+    for m in model.modules():
+        if isinstance(m, nn.SyncBatchNorm):
+            m.register_forward_hook(dp._join_sync_batchnorm)
+    model.eval()
+    x = torch.randn(1, 3)
+    plain = model(x)
+    assert calls == []                                   # not a padding micro-batch
+    dp.before_forward(5, padding=True)
+    out = model(x)
+    assert calls == [((0, 4), 0.1, 1), ((0, 2), 0.1, 1)]  # one per layer, zero samples
+    assert torch.equal(out, plain)                       # the eval output is unchanged
+    out.sum().backward()                                 # the empty branch is in the graph
+    assert [int(m.num_batches_tracked) for m in model.modules()
+            if isinstance(m, nn.SyncBatchNorm)] == [1, 1]
+    dp.close_batch(None)
+    model(x)
+    assert len(calls) == 2                               # over after the update
+
+
+def test_sigterm_to_the_launcher_is_one_line_and_128_plus_the_signal(tmp_path):
+    import time
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "hessbatch.cli", "train", *TINY, "--epochs",
+                             "500", "--nproc", "2", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=_env(), start_new_session=True)
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while not (out / "metrics.json").exists():   # training is under way (epoch 1 written)
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "hessbatch train: stopped by SIGTERM" in err
+    assert "Traceback" not in err, err
+
+
+def test_worker_threads_count_the_affinity_mask_not_the_machine(monkeypatch):
+    # a container limited to 3 cores (cpuset) on a 64-core machine: os.cpu_count() says 64
+    from hessbatch.deep import _cli_distributed
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 3, 5}, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    assert _cli_distributed._cpu_count() == 3

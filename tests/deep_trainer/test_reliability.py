@@ -592,3 +592,50 @@ def test_train_refuses_a_locked_out_before_any_work(tmp_path, monkeypatch, capsy
     finally:
         holder.kill()
         holder.wait()
+
+
+# ------------------------------------------------------------------- a resume continues its own run
+
+
+def test_a_run_has_an_id_and_its_resume_keeps_it(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert _train("--method", "bl", "--epochs", "1", "--out", str(a)) == 0
+    assert _train("--method", "bl", "--epochs", "1", "--out", str(b)) == 0
+    ida = _cli_train.run_id_of(a / "checkpoint.pt")
+    idb = _cli_train.run_id_of(b / "checkpoint.pt")
+    assert ida and idb and ida != idb                       # two runs, two ids
+    assert _cli_train.run_id_of(a / "metrics.json") == ida
+    assert main(["train", "--resume", str(a / "checkpoint.pt"), "--epochs", "2",
+                 "--quiet"]) == 0
+    assert _cli_train.run_id_of(a / "checkpoint.pt") == ida  # the continuation is run a
+
+
+def test_resume_of_another_runs_checkpoint_into_a_folder_is_refused_naming_out(tmp_path,
+                                                                                capsys):
+    # issue 24 item 2: `cp runB/checkpoint.pt runA/b.pt; train --resume runA/b.pt` replaced
+    # run A's files with run B's continuation and exited 0
+    a, b = tmp_path / "runA", tmp_path / "runB"
+    assert _train("--method", "bl", "--epochs", "1", "--out", str(a), "--seed", "1") == 0
+    assert _train("--method", "bl", "--epochs", "1", "--out", str(b), "--seed", "2") == 0
+    (a / "b.pt").write_bytes((b / "checkpoint.pt").read_bytes())
+    before = {n: (a / n).read_bytes() for n in ("checkpoint.pt", "metrics.json", "curves.png")
+              if (a / n).exists()}
+    capsys.readouterr()
+    assert main(["train", "--resume", str(a / "b.pt"), "--epochs", "2", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "holds checkpoint.pt of another run" in err and "--out" in err
+    assert {n: (a / n).read_bytes() for n in before} == before       # run A untouched
+    # the continuation goes elsewhere, or replaces run A when asked to
+    assert main(["train", "--resume", str(a / "b.pt"), "--epochs", "2", "--quiet", "--out",
+                 str(tmp_path / "b2")]) == 0
+    assert main(["train", "--resume", str(a / "b.pt"), "--epochs", "2", "--quiet",
+                 "--overwrite"]) == 0
+    assert _cli_train.run_id_of(a / "checkpoint.pt") == _cli_train.run_id_of(b / "checkpoint.pt")
+
+
+def test_a_copy_of_the_folders_own_checkpoint_may_be_resumed(tmp_path):
+    a = tmp_path / "a"
+    assert _train("--method", "bl", "--epochs", "1", "--out", str(a)) == 0
+    (a / "copy.pt").write_bytes((a / "checkpoint.pt").read_bytes())
+    assert main(["train", "--resume", str(a / "copy.pt"), "--epochs", "2", "--quiet"]) == 0
+    assert [m["epoch"] for m in _history(a)] == [1, 2]
