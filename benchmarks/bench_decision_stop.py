@@ -10,12 +10,15 @@ data split, same initial weights, same Hessian batches.
 
 Per run it reports HVPs per check over the whole run (drops and the first check included, from
 ``EpochMetrics.checks``), the check statuses, the batch-size schedule (per epoch: largest B,
-B decided for the next update, updates so far) and whether it equals the other run's of the same
+B decided for the next update, updates so far) and whether it equals the full-rule run's of the same
 seed, the final test accuracy, the wall time of the run and of its eigenvalues, and the
 eigenvalue time over the training time (``time_train``: forward, backward, update) of the run,
 the overhead over BL of this recipe (two checks per epoch, batches growing).
 
-Run:  python benchmarks/bench_decision_stop.py [--seeds 0,1,2] [--epochs 8] [--out DIR]
+With ``--warm`` a third run per seed uses the decision stop with ``warm_start=True`` (the
+warm-start guard on, as in the trainer); its schedule is compared with the full-rule run's too.
+
+Run:  python benchmarks/bench_decision_stop.py [--seeds 0,1,2] [--epochs 8] [--warm] [--out DIR]
 
 (one torch thread; a run already in ``DIR`` is read back, so seeds can run in separate
 processes.) The overhead over BL at 4,000 samples per epoch is
@@ -38,8 +41,9 @@ from hessbatch import Scheduler, SchedulerConfig
 from hessbatch.deep import Trainer, load_data, make_model
 
 
-def one_run(seed: int, stop: bool, epochs: int) -> dict:
-    """One default-trainer ABS run on MNIST-5k; ``stop``: ``decision_stop``."""
+def one_run(seed: int, stop: bool, epochs: int, warm: bool = False) -> dict:
+    """One default-trainer ABS run on MNIST-5k; ``stop``: ``decision_stop``; ``warm``:
+    ``warm_start`` (default False, as the trainer's)."""
     torch.manual_seed(seed)
     bundle = load_data("mnist5k", seed=seed, test_fraction=0.2, default_shape=(1, 28, 28))
     torch.manual_seed(seed)
@@ -52,11 +56,12 @@ def one_run(seed: int, stop: bool, epochs: int) -> dict:
                           lr_decay_factor=0.2, check_every=2000)
     tr = Trainer(model, opt, F.cross_entropy, bundle.train, Scheduler(cfg),
                  test_data=bundle.test, hessian_batch_size=128, seed=seed,
-                 decision_stop=stop)
+                 decision_stop=stop, warm_start=warm)
     t0 = time.perf_counter()
     hist = tr.run()
     wall = time.perf_counter() - t0
-    return {"seed": seed, "decision_stop": stop, "epochs": epochs, "wall": wall,
+    return {"seed": seed, "decision_stop": stop, "warm_start": warm, "epochs": epochs,
+            "wall": wall,
             "time_eigenvalue": sum(m.time_eigenvalue for m in hist),
             "time_train": sum(m.time_train for m in hist),
             "accuracy": hist[-1].test_accuracy,
@@ -91,6 +96,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--warm", action="store_true",
+                    help="also run the decision stop with warm_start=True")
     ap.add_argument("--out", type=Path, default=Path("runs/decision_stop"))
     args = ap.parse_args()
     if args.epochs < 1:
@@ -105,38 +112,41 @@ def main() -> None:
     print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"1 thread")
     print(f"command: python benchmarks/bench_decision_stop.py --seeds {args.seeds} "
-          f"--epochs {args.epochs}")
+          f"--epochs {args.epochs}{' --warm' if args.warm else ''}")
     print("| seed | solver | checks | HVPs (run) | HVPs/check | lower bounds | converged | "
           "not converged | B per epoch | same schedule | test acc. | wall s | eig. s | "
           "eig. / train |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    per_check = {True: [], False: []}
+    variants = {"stop": (True, False), "full": (False, False)}  # name: (decision_stop, warm)
+    if args.warm:
+        variants["stop_warm"] = (True, True)
+    label = {"stop": "decision stop", "full": "full (--full-eigenvalue)",
+             "stop_warm": "decision stop, warm start"}
+    per_check = {k: [] for k in variants}
     same_all = True
     for seed in seeds:
         runs = {}
-        for stop in (True, False):
-            path = args.out / f"seed{seed}_epochs{args.epochs}_{'stop' if stop else 'full'}.json"
+        for name, (stop, warm) in variants.items():
+            path = args.out / f"seed{seed}_epochs{args.epochs}_{name}.json"
             if path.is_file():
-                runs[stop] = json.loads(path.read_text())
+                runs[name] = json.loads(path.read_text())
             else:
-                runs[stop] = one_run(seed, stop, args.epochs)
-                path.write_text(json.dumps(runs[stop]))
-        same = runs[True]["schedule"] == runs[False]["schedule"]
-        same_all &= same
-        for stop in (True, False):
-            r, s = runs[stop], summary(runs[stop])
-            per_check[stop] += [c["hvps"] for c in r["checks"]]
-            print(f"| {seed} | {'decision stop' if stop else 'full (--full-eigenvalue)'} | "
+                runs[name] = one_run(seed, stop, args.epochs, warm)
+                path.write_text(json.dumps(runs[name]))
+        for name in variants:
+            r, s = runs[name], summary(runs[name])
+            same = r["schedule"] == runs["full"]["schedule"]
+            same_all &= same
+            per_check[name] += [c["hvps"] for c in r["checks"]]
+            print(f"| {seed} | {label[name]} | "
                   f"{s['checks']} | {s['hvps']} | {s['per_check']:.2f} | {s['lower_bound']} | "
                   f"{s['converged']} | {s['not_converged']} | {fmt_schedule(r['schedule'])} | "
                   f"{'yes' if same else 'NO'} | {r['accuracy']:.4f} | {r['wall']:.1f} | "
                   f"{r['time_eigenvalue']:.1f} | "
                   f"{100 * r['time_eigenvalue'] / r['time_train']:.0f}% |", flush=True)
     print()
-    for stop in (True, False):
-        v = per_check[stop]
-        print(f"{'decision stop' if stop else 'full rule'}: {len(v)} checks, "
-              f"{statistics.mean(v):.2f} HVPs per check")
+    for name, v in per_check.items():
+        print(f"{label[name]}: {len(v)} checks, {statistics.mean(v):.2f} HVPs per check")
     print(f"same batch-size schedule in every run: {'yes' if same_all else 'NO'}")
 
 
