@@ -15,7 +15,13 @@ a gradient on the same samples, ``H`` the Hessian batch and ``N`` the samples pe
 is reported at the paper's CIFAR-10 scale (N = 50,000 per epoch, synthetic 28x28 images) and at
 the MNIST-5k scale (N = 4,000) used in docs/results.md.
 
+With ``--compare-full`` a third trainer, ABS with ``decision_stop=False`` (the full-precision
+solver, CLI ``--full-eigenvalue``), is timed in the same rotation and gets its own row ("N full").
+Since this ABS never grows, every check after the first is a "no drop": with the decision stop it
+ends on a lower bound after about one product, a best case for the stop.
+
 Run:  python benchmarks/bench_deep_trainer.py [--repeats 3] [--sizes 50000,4000] [--threads 1]
+      [--compare-full]
 """
 
 from __future__ import annotations
@@ -38,8 +44,9 @@ HEADERS = ("N/epoch", "BL wall s", "ABS wall s", "BL cpu s", "ABS cpu s", "eig w
 
 
 def make_trainer(method: str, n: int, epochs: int, batch: int, hessian: int, max_hvp: int,
-                 seed: int = 0) -> Trainer:
-    """A trainer on ``n`` synthetic 28x28 samples; ABS never grows (alpha, patience huge)."""
+                 seed: int = 0, decision_stop: bool = True) -> Trainer:
+    """A trainer on ``n`` synthetic 28x28 samples; ABS never grows (alpha, patience huge).
+    ``decision_stop``: the trainer's option (False: the full-precision solver)."""
     data = synthetic_classification(n, (1, 28, 28), 10, seed=seed)
     torch.manual_seed(seed)
     model = SmallCNN((1, 28, 28), 10)
@@ -47,7 +54,7 @@ def make_trainer(method: str, n: int, epochs: int, batch: int, hessian: int, max
     cfg = SchedulerConfig(method=method, lr=0.02, batch_size=batch, max_batch_size=16 * batch,
                           samples_per_epoch=n, epochs=epochs, alpha=1e12, patience=10 ** 9)
     return Trainer(model, opt, F.cross_entropy, data, cfg, hessian_batch_size=hessian,
-                   max_hvp=max_hvp, eig_tol=1e-2, seed=seed)
+                   max_hvp=max_hvp, eig_tol=1e-2, seed=seed, decision_stop=decision_stop)
 
 
 def timed_epoch(trainer: Trainer) -> tuple[float, float]:
@@ -66,6 +73,8 @@ def main() -> None:
     p.add_argument("--hessian-batch", type=int, default=128, help="samples per eigenvalue")
     p.add_argument("--max-hvp", type=int, default=10, help="HVPs per eigenvalue at most")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--compare-full", action="store_true",
+                   help="also time ABS with decision_stop=False in the same rotation")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
@@ -79,22 +88,30 @@ def main() -> None:
     for n in (int(s) for s in args.sizes.split(",")):
         runs = {m: make_trainer(m, n, args.repeats, args.batch, args.hessian_batch,
                                 args.max_hvp) for m in ("bl", "abs")}
-        bl, abs_ = [], []
-        for _ in range(args.repeats):  # alternate so that background load hits both alike
-            bl.append(timed_epoch(runs["bl"]))
-            abs_.append(timed_epoch(runs["abs"]))
-        eig = [m.time_eigenvalue for m in runs["abs"].history]
-        hvps = [m.hvps for m in runs["abs"].history]
-        w_bl, w_abs = (statistics.median(w for w, _ in t) for t in (bl, abs_))
-        c_bl, c_abs = (statistics.median(c for _, c in t) for t in (bl, abs_))
-        # The same overhead read inside each ABS epoch: eigenvalue time against the rest of
-        # that epoch, both wall clock in the same minute of the same process.
-        inside = statistics.median(e / (w - e) for e, (w, _) in zip(eig, abs_))
-        rows.append((n, round(w_bl, 2), round(w_abs, 2), round(c_bl, 2), round(c_abs, 2),
-                     round(statistics.median(eig), 3), statistics.median(hvps),
-                     f"{100 * (w_abs / w_bl - 1):+.1f}%", f"{100 * (c_abs / c_bl - 1):+.1f}%",
-                     f"{100 * inside:.1f}%"))
-        print(format_table(HEADERS, rows[-1:]), flush=True)
+        if args.compare_full:
+            runs["abs full"] = make_trainer("abs", n, args.repeats, args.batch,
+                                            args.hessian_batch, args.max_hvp,
+                                            decision_stop=False)
+        times = {m: [] for m in runs}
+        for _ in range(args.repeats):  # alternate so that background load hits all alike
+            for m, tr in runs.items():
+                times[m].append(timed_epoch(tr))
+        bl = times["bl"]
+        w_bl, c_bl = (statistics.median(w for w, _ in bl), statistics.median(c for _, c in bl))
+        for m in [k for k in runs if k != "bl"]:
+            abs_ = times[m]
+            eig = [e.time_eigenvalue for e in runs[m].history]
+            hvps = [e.hvps for e in runs[m].history]
+            w_abs, c_abs = (statistics.median(w for w, _ in abs_),
+                            statistics.median(c for _, c in abs_))
+            # The same overhead read inside each ABS epoch: eigenvalue time against the rest
+            # of that epoch, both wall clock in the same minute of the same process.
+            inside = statistics.median(e / (w - e) for e, (w, _) in zip(eig, abs_))
+            rows.append((n if m == "abs" else f"{n} full", round(w_bl, 2), round(w_abs, 2),
+                         round(c_bl, 2), round(c_abs, 2), round(statistics.median(eig), 3),
+                         statistics.median(hvps), f"{100 * (w_abs / w_bl - 1):+.1f}%",
+                         f"{100 * (c_abs / c_bl - 1):+.1f}%", f"{100 * inside:.1f}%"))
+            print(format_table(HEADERS, rows[-1:]), flush=True)
     print()
     print(format_table(HEADERS, rows))
 
