@@ -28,8 +28,14 @@ Neither ``hessbatch`` nor ``hessbatch.deep`` imports this module; importing it i
   ``state_dict``, inside Lightning's checkpoint, so ``trainer.fit(ckpt_path=...)`` resumes the
   same schedule.
 
+* several processes: under ``strategy="ddp"`` (or ``"ddp_spawn"``) with
+  ``use_distributed_sampler=False`` the sampler gives each rank its micro-batches and the adapter
+  runs with :class:`hessbatch.deep.DataParallel` (docs/distributed.md): one global schedule.
+* logging: after each update, ``hessbatch/B``, ``hessbatch/lr``, ``hessbatch/eigenvalue``,
+  ``hessbatch/hvps`` and ``hessbatch/adversarial`` through the module's ``self.log``.
+
 The module's ``training_step`` must return the *mean* loss of its batch (as ``loss_fn`` does),
-automatic optimization, one optimizer, one device. Example::
+automatic optimization, one optimizer. Example::
 
     cb = HessbatchCallback(SchedulerConfig(method="abs", ...), F.cross_entropy, seed=0)
     class Net(L.LightningModule):
@@ -115,9 +121,12 @@ class HessbatchCallback(Callback):
     Raises:
         ValueError: at fit start, a setup the callback cannot drive, naming the setting:
             ``accumulate_grad_batches != 1`` or a GradientAccumulationScheduler, manual
-            optimization, several optimizers, an lr scheduler, several devices, a train
-            DataLoader without ``batch_sampler=callback.sampler``, an epoch cut short
-            (``limit_train_batches``, ``max_steps``), ``max_epochs`` beyond the schedule.
+            optimization, several optimizers, an lr scheduler, several processes without a DDP
+            strategy or with ``use_distributed_sampler=True``, a train DataLoader without
+            ``batch_sampler=callback.sampler``, an epoch cut short (``limit_train_batches``,
+            ``max_steps`` below the schedule's most updates, ``fast_dev_run``,
+            ``overfit_batches``), validation inside an epoch with checkpointing, a checkpoint
+            without the callback's state, ``max_epochs`` beyond the schedule.
     """
 
     def __init__(self, scheduler: Scheduler | SchedulerConfig,
