@@ -40,7 +40,7 @@ with ``C = A^T A / N``). docs/theory.md derives all of this.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -59,6 +59,19 @@ def _as_matrix(name: str, value) -> np.ndarray:
         raise ValueError(f"{name} must be finite; it holds NaN or infinity")
     return arr
 
+
+
+def check_schedule(batch_sizes: Any, step_sizes: Any) -> tuple[np.ndarray, np.ndarray]:
+    """A schedule of exact expectations: 1-d batch sizes (ints >= 1) and step sizes of the same
+    length, as arrays (one check for every exact recursion here)."""
+    b = np.asarray(batch_sizes)
+    a = np.asarray(step_sizes, dtype=np.float64)
+    if b.ndim != 1 or a.shape != b.shape:
+        raise ValueError(f"batch_sizes and step_sizes must be 1-d of the same length, got "
+                         f"shapes {b.shape} and {a.shape}")
+    if b.size and (not np.issubdtype(b.dtype, np.integer) or b.min() < 1):
+        raise ValueError(f"batch_sizes must be ints >= 1, got {b[:8].tolist()}...")
+    return b, a
 
 class LeastSquares:
     """L2-regularised least squares ``F(theta) = ||A theta - y||^2 / (2N) + lam/2 ||theta||^2``.
@@ -246,13 +259,7 @@ class LeastSquares:
             >>> p.expected_gaps([1, 1], [0.1, 0.1]).round(6).tolist()
             [0.05, 0.03125, 0.021781]
         """
-        b = np.asarray(batch_sizes)
-        a = np.asarray(step_sizes, dtype=np.float64)
-        if b.ndim != 1 or a.shape != b.shape:
-            raise ValueError(f"batch_sizes and step_sizes must be 1-d of the same length, got "
-                             f"shapes {b.shape} and {a.shape}")
-        if b.size and (not np.issubdtype(b.dtype, np.integer) or b.min() < 1):
-            raise ValueError(f"batch_sizes must be ints >= 1, got {b[:8].tolist()}...")
+        b, a = check_schedule(batch_sizes, step_sizes)
         if not np.all(np.isfinite(a)):
             raise ValueError("step_sizes must be finite")
         theta0 = np.zeros(self.dim) if theta0 is None else self._theta(theta0)

@@ -38,6 +38,8 @@ import numpy as np
 
 from hessbatch.theory import Constants
 
+from ._leastsq import check_schedule
+
 __all__ = ["BalancedRow", "balanced_row"]
 
 # the exact enumeration holds at most this many label-count paths at once
@@ -128,13 +130,7 @@ class BalancedRow:
         Raises:
             ValueError: lengths that differ, a batch < 1, or more than ``MAX_PATHS`` paths.
         """
-        b = np.asarray(batch_sizes)
-        a = np.asarray(step_sizes, dtype=np.float64)
-        if b.ndim != 1 or a.shape != b.shape:
-            raise ValueError(f"batch_sizes and step_sizes must be 1-d of the same length, got "
-                             f"shapes {b.shape} and {a.shape}")
-        if b.size and (not np.issubdtype(b.dtype, np.integer) or b.min() < 1):
-            raise ValueError(f"batch_sizes must be ints >= 1, got {b[:8].tolist()}")
+        b, a = check_schedule(batch_sizes, step_sizes)
         paths = float(np.prod(b.astype(np.float64) + 1.0)) if b.size else 1.0
         if paths > MAX_PATHS:
             raise ValueError(f"batch_sizes: {paths:.3g} label-count paths exceed {MAX_PATHS}; "
