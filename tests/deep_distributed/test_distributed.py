@@ -530,7 +530,9 @@ def test_a_divergence_under_torchrun_restarts_is_not_retried(tmp_path):
               *TINY, "--epochs", "3", "--lr", "1e6", "--out", str(tmp_path / "hot")])
     assert r.returncode == 1, r.stderr       # torchrun's own code for any failed worker group
     assert r.stderr.count("training diverged in epoch 1, update 9") == 1   # trained once
-    assert r.stderr.count("not retried: an earlier attempt of this run exited 3") == 2
+    # each rank of the next attempt exits at once; the agent may stop the second rank before it
+    # prints (timing), so at least one line; no rank trained again (the count above)
+    assert r.stderr.count("not retried: an earlier attempt of this run exited 3") >= 1
 
 
 def test_a_configuration_error_under_torchrun_restarts_is_not_retried(tmp_path):
@@ -539,7 +541,7 @@ def test_a_configuration_error_under_torchrun_restarts_is_not_retried(tmp_path):
               *TINY, "--micro-batch", "8", "--out", str(tmp_path / "x")])
     assert r.returncode == 1, r.stderr       # torchrun's own code for any failed worker group
     assert r.stderr.count("hessbatch train: error:") == 1      # the attempt that found it
-    assert r.stderr.count("not retried: an earlier attempt of this run exited 2") == 2
+    assert r.stderr.count("not retried: an earlier attempt of this run exited 2") >= 1  # timing
 
 
 def test_resnet18_with_a_short_last_batch_on_2_processes_equals_1(tmp_path):
