@@ -41,7 +41,7 @@ _LAZY = {"MonteCarloResult": "_montecarlo", "confidence_band": "_montecarlo",
          "skewed_limits": "_montecarlo", "BalancedRow": "_sharp_logistic",
          "TheoryReport": "_theory_check", "least_squares_check": "_theory_check",
          "mushroom_check": "_theory_check", "second_order_prediction": "_theory_check",
-         "sharp_logistic_check": "_theory_check"}
+         "sharp_logistic_check": "_theory_check", "ConstantsContradiction": "_theory_check"}
 
 __all__ += ["LeastSquares", "make_least_squares", *_LAZY]
 

@@ -291,6 +291,33 @@ class LeastSquares:
         return out
 
 
+    def expected_iterates(self, batch_sizes: Sequence[int], step_sizes: Sequence[float],
+                          theta0=None) -> np.ndarray:
+        """Exact ``E[theta_t]``, ``t = 0..T``, of SGD with i.i.d. mini-batches (as
+        :meth:`expected_gaps`): the mini-batch gradient is affine in ``theta`` and unbiased, so
+        the mean follows the full-gradient recursion ``m+ = (I - alpha H) m - alpha rbar`` for
+        ``m = E[theta] - theta*``, whatever the batch size.
+
+        Returns:
+            ``(T + 1, d)`` array.
+
+        Example:
+            >>> p = LeastSquares(np.array([[1.0], [2.0]]), np.array([1.0, 0.0]))
+            >>> p.expected_iterates([1, 1], [0.1, 0.1]).round(6).tolist()
+            [[0.0], [0.05], [0.0875]]
+        """
+        b, a = check_schedule(batch_sizes, step_sizes)
+        if not np.all(np.isfinite(a)):
+            raise ValueError("step_sizes must be finite")
+        theta0 = np.zeros(self.dim) if theta0 is None else self._theta(theta0)
+        out = np.empty((b.size + 1, self.dim))
+        m = theta0 - self.theta_star
+        out[0] = theta0
+        for t in range(b.size):
+            m = m - a[t] * (self.hessian @ m + self._rbar)
+            out[t + 1] = m + self.theta_star
+        return out
+
     def stationary_gap(self, batch_size: int, step: float) -> float:
         """The limit of ``E[F(theta_t)] - F*`` under SGD at a constant batch and step.
 

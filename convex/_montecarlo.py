@@ -168,9 +168,9 @@ def _row_scatter(idx, val, grad, i, g):
 
 
 @njit(cache=True)
-def _one_run(data, lam, kind, theta0, schedule, key, snaps, theta_out):
-    """One SGD run; copies the parameters at every checkpoint into ``snaps`` (C, d) and the
-    final ones into ``theta_out``. data = (idx, val, y): padded rows (see ``_pack``) and
+def _one_run(data, lam, kind, theta0, schedule, key, snaps, theta_out, avg_out):
+    """One SGD run; copies the parameters at every checkpoint into ``snaps`` (C, d), the
+    final ones into ``theta_out`` and their average over updates 1..T into ``avg_out``. data = (idx, val, y): padded rows (see ``_pack``) and
     targets; schedule = (batch sizes, step sizes, checkpoints as sorted update counts).
 
     The full loss at the checkpoints is computed afterwards for all runs at once, as one dense
@@ -186,6 +186,7 @@ def _one_run(data, lam, kind, theta0, schedule, key, snaps, theta_out):
     grad = np.zeros(d + 1)
     for k in range(d):
         theta[k] = theta0[k]
+        avg_out[k] = 0.0
     widest = 1
     for t in range(batch.shape[0]):
         widest = max(widest, batch[t])
@@ -215,24 +216,27 @@ def _one_run(data, lam, kind, theta0, schedule, key, snaps, theta_out):
         inv_b = 1.0 / b
         for k in range(d):
             theta[k] -= a * (grad[k] * inv_b + lam * theta[k])
+            avg_out[k] += theta[k]
         while c < n_check and checkpoints[c] == t + 1:
             for k in range(d):
                 snaps[c, k] = theta[k]
             c += 1
+    T = batch.shape[0]
     for k in range(d):
         theta_out[k] = theta[k]
+        avg_out[k] = avg_out[k] / T if T > 0 else theta0[k]
 
 
 @njit(cache=True, parallel=True)
-def _runs_parallel(data, lam, kind, theta0, schedule, keys, snaps, thetas):
+def _runs_parallel(data, lam, kind, theta0, schedule, keys, snaps, thetas, avgs):
     for r in numba.prange(keys.shape[0]):
-        _one_run(data, lam, kind, theta0, schedule, keys[r], snaps[r], thetas[r])
+        _one_run(data, lam, kind, theta0, schedule, keys[r], snaps[r], thetas[r], avgs[r])
 
 
 @njit(cache=True)
-def _runs_serial(data, lam, kind, theta0, schedule, keys, snaps, thetas):
+def _runs_serial(data, lam, kind, theta0, schedule, keys, snaps, thetas, avgs):
     for r in range(keys.shape[0]):
-        _one_run(data, lam, kind, theta0, schedule, keys[r], snaps[r], thetas[r])
+        _one_run(data, lam, kind, theta0, schedule, keys[r], snaps[r], thetas[r], avgs[r])
 
 
 def _pack(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -288,13 +292,15 @@ def _full_loss_np(X, y, lam, kind, thetas):
     return _loss_np(z, y[:, None], kind).mean(axis=0) + 0.5 * lam * np.sum(thetas ** 2, axis=1)
 
 
-def _runs_numpy(X, y, lam, kind, theta0, batch, step, checkpoints, keys, losses, thetas):
+def _runs_numpy(X, y, lam, kind, theta0, batch, step, checkpoints, keys, losses, thetas,
+                avgs):
     n, d = X.shape
     # runs per chunk: keep the gathered mini-batches (chunk x b x d) near 16 MB
     chunk = max(1, int(2_000_000 // (max(int(batch.max(initial=1)), 1) * d)))
     for start in range(0, keys.shape[0], chunk):
         k = keys[start:start + chunk]
         theta = np.tile(theta0, (k.shape[0], 1))
+        acc = np.zeros_like(theta)
         out = losses[start:start + chunk]
         counter, c = 0, 0
         while c < checkpoints.size and checkpoints[c] == 0:
@@ -308,10 +314,12 @@ def _runs_numpy(X, y, lam, kind, theta0, batch, step, checkpoints, keys, losses,
             g = _slope_np(np.einsum("rbd,rd->rb", xb, theta), y[idx], kind)
             grad = np.einsum("rb,rbd->rd", g, xb)
             theta -= step[t] * (grad * (1.0 / b) + lam * theta)
+            acc += theta
             while c < checkpoints.size and checkpoints[c] == t + 1:
                 out[:, c] = _full_loss_np(X, y, lam, kind, theta)
                 c += 1
         thetas[start:start + chunk] = theta
+        avgs[start:start + chunk] = acc / batch.size if batch.size else theta
 
 
 # --------------------------------------------------------------------------------------------
@@ -327,12 +335,17 @@ class MonteCarloResult:
         thetas: ``(R, d)`` final parameters of every run.
         checkpoints: ``(C,)`` update counts at which the losses were taken.
         samples: ``(C,)`` samples drawn by each run before each checkpoint.
+        averages: ``(R, d)`` each run's parameters averaged over updates ``1..T`` (the
+            Polyak-Ruppert average; ``theta0`` when ``T = 0``): a first moment whose mean over
+            runs can be compared with an exact ``mean_t E[theta_t]``, far less noisy than the
+            final parameters because it averages along the run.
     """
 
     losses: np.ndarray
     thetas: np.ndarray
     checkpoints: np.ndarray
     samples: np.ndarray
+    averages: np.ndarray
 
     def gaps(self, f_star: float) -> np.ndarray:
         """``losses - f_star``: the optimality gaps ``F(theta) - F*``."""
@@ -452,8 +465,10 @@ def sgd_runs(X, y, *, batch_sizes: Sequence[int], step_sizes: Sequence[float], l
     keys = run_keys(seed, int(runs), int(first_run))
     losses = np.empty((int(runs), check.size))
     thetas = np.empty((int(runs), d))
+    avgs = np.empty((int(runs), d))
     if backend == "numpy":
-        _runs_numpy(X, y, lam, KINDS[kind], theta0, batch, step, check, keys, losses, thetas)
+        _runs_numpy(X, y, lam, KINDS[kind], theta0, batch, step, check, keys, losses, thetas,
+                    avgs)
     else:
         idx, val = _pack(X)
         data = (idx, val, y)
@@ -473,13 +488,14 @@ def sgd_runs(X, y, *, batch_sizes: Sequence[int], step_sizes: Sequence[float], l
                 k = keys[start:start + chunk]
                 snaps = np.empty((k.shape[0], check.size, d))
                 fn(data, lam, KINDS[kind], theta0, (batch, step, check), k, snaps,
-                   thetas[start:start + chunk])
+                   thetas[start:start + chunk], avgs[start:start + chunk])
                 losses[start:start + chunk] = _full_loss_np(
                     X, y, lam, KINDS[kind], snaps.reshape(-1, d)).reshape(k.shape[0], -1)
         finally:
             numba.set_num_threads(old)
     cum = np.concatenate(([0], np.cumsum(batch)))
-    return MonteCarloResult(losses=losses, thetas=thetas, checkpoints=check, samples=cum[check])
+    return MonteCarloResult(losses=losses, thetas=thetas, checkpoints=check, samples=cum[check],
+                            averages=avgs)
 
 
 def confidence_band(values, confidence: float = 0.99):

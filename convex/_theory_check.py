@@ -43,8 +43,8 @@ from hessbatch._cli_common import Progress
 from ._leastsq import make_least_squares
 from ._montecarlo import one_sided_limits, sgd_runs, skewed_limits
 
-__all__ = ["ScheduleCheck", "TheoryReport", "least_squares_check", "mushroom_check",
-           "REGIME_TEXT"]
+__all__ = ["ScheduleCheck", "TheoryReport", "ConstantsContradiction", "least_squares_check",
+           "mushroom_check", "REGIME_TEXT"]
 
 REGIME_TEXT = {
     "zero": "from theta = 0",
@@ -96,6 +96,8 @@ class ScheduleCheck:
         first_violation: first compared update where ``lower > bound``, or ``None``.
         min_slack: ``{"value", "update"}``: ``min bound / upper`` over compared ``t > 0``.
         limit: least squares, stationary regime: the exact stationary gap of the last batch.
+        mean_check: least squares with Monte-Carlo runs: the runs' averaged iterate against the
+            exact ``mean_t E[theta_t]`` (:func:`_mean_check`), else ``None``.
     """
 
     regime: str
@@ -113,10 +115,12 @@ class ScheduleCheck:
     first_violation: int | None = None
     min_slack: dict[str, Any] = field(default_factory=dict)
     limit: float | None = None
+    mean_check: dict[str, Any] | None = None
 
     @property
     def passed(self) -> bool:
-        return self.first_violation is None and all(r["status"] == "PASS" for r in self.rows)
+        return self.first_violation is None and all(r["status"] == "PASS" for r in self.rows) \
+            and (self.mean_check is None or self.mean_check["verdict"] == "PASS")
 
     def to_dict(self) -> dict[str, Any]:
         return {"regime": self.regime, "passed": self.passed, "gap0": self.gap0,
@@ -124,7 +128,8 @@ class ScheduleCheck:
                 "updates": self.schedule.updates, "samples": self.schedule.samples,
                 "schedule": self.schedule.to_dict(), "rows": self.rows,
                 "bounds_at_checkpoints": [self.bounds[c] for c in self.checkpoints],
-                "exact_gaps": self.exact, "stationary_limit": self.limit}
+                "exact_gaps": self.exact, "stationary_limit": self.limit,
+                "mean_check": self.mean_check}
 
 
 @dataclass
@@ -214,6 +219,33 @@ class TheoryReport:
             "sharp_check": self.sharp_check,
             "second_order": self.second_order,
         }
+
+
+class ConstantsContradiction(ValueError):
+    """The constants a check computed for its own problem contradict each other (``c > L``,
+    a negative ``M``): no function has them, so the code that computed them is wrong. The
+    check's verdict is FAIL (``hessbatch theory`` prints it and exits 1); it is not a bad
+    option, which is why it is its own class.
+
+    Fields:
+        problem: ``"least-squares"`` or ``"mushroom"``.
+        failures: the one-line reasons, as in a report.
+    """
+
+    def __init__(self, problem: str, exc: BaseException):
+        self.problem = problem
+        self.failures = [f"the constants computed for the {problem} problem contradict each "
+                         f"other ({exc}): no function has them, so the code that computes "
+                         "them is wrong"]
+        super().__init__(self.failures[0])
+
+
+def _constants_of(problem: str, model) -> thm.Constants:
+    """``model.constants()``, a contradiction raised as :class:`ConstantsContradiction`."""
+    try:
+        return model.constants()
+    except ValueError as exc:
+        raise ConstantsContradiction(problem, exc) from exc
 
 
 # --------------------------------------------------------------------------------------------
@@ -494,6 +526,63 @@ def _eta0_for_control(s: dict[str, Any], eta0: float, limit: float) -> Callable:
 # --------------------------------------------------------------------------------------------
 # least squares, exact
 
+# Monte-Carlo runs of the least-squares check by default: enough for the mean check to see a
+# residual bias of 0.01 on the default problem (|t| near 8 against a limit near 4.3; with 2000
+# runs, near 3.5: docs/theory.md section 5)
+LEAST_SQUARES_RUNS = 10_000
+
+# the residual bias of the mean check's built-in control (issue 23's mutation, +0.01)
+MEAN_CONTROL_BIAS = 0.01
+
+
+def _mean_check(prob, batches: np.ndarray, eta0: float, theta0: np.ndarray,
+                averages: np.ndarray, t_limit: float) -> dict[str, Any]:
+    """The Monte-Carlo runs' averaged iterates against the exact ``mean_t E[theta_t]``.
+
+    The gap is a second moment: a bug that moves the mean gradient a little (a residual bias
+    ``beta`` moves it by ``beta * mean_i a_i``) shifts the stationary iterate by ``delta`` and
+    the gap only by ``delta^T H delta / 2``, far below the runs' spread. The mean iterate
+    moves by ``delta`` itself. Each run's average of ``theta_1..theta_T``
+    (:attr:`MonteCarloResult.averages`) is one independent draw, so in every eigen-direction
+    of ``H`` the mean over runs minus the exact value, divided by its standard error, is a
+    Student t statistic with ``R - 1`` degrees of freedom; the check PASSes when every
+    ``|t| <= t_limit`` (the caller's Bonferroni share of the joint level).
+
+    Control (must FAIL): the same runs against the exact mean of SGD with every residual
+    shifted by ``MEAN_CONTROL_BIAS`` (targets ``y - 0.01``): a check that cannot tell that bias
+    from the truth could not catch it in the kernel either.
+    """
+    from ._leastsq import LeastSquares
+
+    steps = batches * eta0
+    V = np.linalg.eigh(prob.hessian)[1]
+    R = averages.shape[0]
+
+    def judge(lam_mean: np.ndarray) -> dict[str, Any]:
+        z = (averages - lam_mean) @ V
+        mean = z.mean(axis=0)
+        se = z.std(axis=0, ddof=1) / math.sqrt(R)
+        tiny = 1e-12 * (1.0 + float(np.abs(lam_mean).max()))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t = np.where(se > 0, mean / se, np.where(np.abs(mean) <= tiny, 0.0, np.inf))
+        worst = float(np.max(np.abs(t)))
+        return {"t": t.tolist(), "max_abs_t": worst, "shift": mean.tolist(),
+                "se": se.tolist(), "verdict": "PASS" if worst <= t_limit else "FAIL"}
+
+    def exact_mean(p) -> np.ndarray:
+        path = p.expected_iterates(batches, steps, theta0)
+        return path[1:].mean(axis=0) if batches.size else path[0]
+
+    out = judge(exact_mean(prob))
+    out.update(limit=float(t_limit), runs=int(R), exact_mean=exact_mean(prob).tolist(),
+               basis="eigenvectors of H")
+    biased = LeastSquares(prob.A, prob.y - MEAN_CONTROL_BIAS, prob.lam)
+    ctrl = judge(exact_mean(biased))
+    ctrl["name"] = f"residual bias +{MEAN_CONTROL_BIAS:g}"
+    out["control"] = ctrl
+    return out
+
+
 
 def least_squares_check(*, n_samples: int = 200, dim: int = 2, cond: float = 2.0,
                         noise: float = 0.5, lam: float = 0.0, seed: int = 0, epochs: int = 10,
@@ -504,7 +593,7 @@ def least_squares_check(*, n_samples: int = 200, dim: int = 2, cond: float = 2.0
                         condition: str = "paper",
                         regimes: Sequence[str] = ("zero", "optimum", "flattest",
                                                   "stationary"),
-                        runs: int = 2000, confidence: float = 0.999,
+                        runs: int = LEAST_SQUARES_RUNS, confidence: float = 0.999,
                         checkpoints_per_epoch: int = 2,
                         controls: bool = True, threads: int | None = None,
                         progress: bool = False, sharp: bool = True,
@@ -528,13 +617,17 @@ def least_squares_check(*, n_samples: int = 200, dim: int = 2, cond: float = 2.0
     (start at 0, epochs doubled until the exact gap of both schedules ends within 1 % of its
     exact limit :meth:`LeastSquares.stationary_gap`). With ``runs > 0`` (default 2000) the
     ``"zero"`` regime also gets a Monte-Carlo estimate from the kernel, which must contain the
-    exact value (two-sided skew-corrected limits, :func:`skewed_limits`, Bonferroni over the
-    checkpoints, joint level ``confidence``): the kernel against the exact recursion.
+    exact value (two-sided skew-corrected limits, :func:`skewed_limits`), and the runs'
+    averaged iterates must agree with the exact mean iterate (:func:`_mean_check`, whose
+    control, a residual bias of 0.01, must FAIL); Bonferroni over every limit, joint level
+    ``confidence``: the kernel against the exact recursion.
 
     Returns:
         :class:`TheoryReport`.
 
     Raises:
+        ConstantsContradiction: the constants computed for the problem contradict each other
+            (a FAIL of the check: the code that computes them is wrong).
         ValueError: an option out of range; ``eta0`` past the step-size condition unless
             ``ignore_condition``; a stationary regime that does not settle in 1024x the epochs.
     """
@@ -561,7 +654,7 @@ def least_squares_check(*, n_samples: int = 200, dim: int = 2, cond: float = 2.0
                              f"got {v!r}")
     _check_memory(n_samples, dim, s["regimes"])     # before anything is allocated
     prob = make_least_squares(n_samples, dim, cond, noise, lam, seed)
-    k = prob.constants()
+    k = _constants_of("least-squares", prob)
     eta, limit, holds = _eta0(k, s)
     s["check_every"] = check_every or max(1, n_samples // checks_per_epoch)
     top = float(prob.hessian_eigenvalues[-1])
@@ -624,7 +717,12 @@ def least_squares_check(*, n_samples: int = 200, dim: int = 2, cond: float = 2.0
                                          extra=list(sc_map["abs"].epoch_ends)
                                          if name == "sgd" else ())
             n_checks += len(cps_map[name]) - 1
-        conf_each = 1.0 - (1.0 - confidence) / max(2 * n_checks, 1)   # two-sided, Bonferroni
+        with_mc = runs > 0 and regime == "zero"
+        # one-sided tests, Bonferroni: both limits of every compared gap and, with runs, both
+        # signs of the mean iterate in each of the d eigen-directions of every schedule
+        n_tests = 2 * n_checks + (2 * dim * len(sc_map) if with_mc else 0)
+        conf_each = 1.0 - (1.0 - confidence) / max(n_tests, 1)
+        t_mean = thm.t_quantile(conf_each, runs - 1) if with_mc else None
         for name, sch in sc_map.items():
             batches = np.asarray(sch.batch_sizes, dtype=np.int64)
             exact = obs[regime][name][0]
@@ -632,10 +730,11 @@ def least_squares_check(*, n_samples: int = 200, dim: int = 2, cond: float = 2.0
             bounds = thm.bound_sequence(k, eta, max(gap0, 0.0), sch.batch_sizes,
                                         b_max=max_batch_size, enforce_condition=False)
             cps = cps_map[name]
-            mc = None
-            if runs > 0 and regime == "zero":
-                losses = _monte_carlo(prob.A, prob.y, "least_squares", lam, sch, eta, cps,
-                                      runs, seed, threads, bar, name)
+            mc = averages = None
+            if with_mc:
+                losses, averages = _monte_carlo(prob.A, prob.y, "least_squares", lam, sch, eta,
+                                                cps, runs, seed, threads, bar, name,
+                                                with_averages=True)
                 # two-sided: skew-corrected limits (the plain t upper limit is too low on
                 # right-skewed gaps; docs/theory.md section 5 has the measurement)
                 mc = skewed_limits(losses - prob.f_star, conf_each)
@@ -659,6 +758,9 @@ def least_squares_check(*, n_samples: int = 200, dim: int = 2, cond: float = 2.0
             check = ScheduleCheck(regime, name, sch, gap0, bounds,
                                   np.arange(len(exact)), exact, exact, atol_of[regime],
                                   cps, rows, exact.tolist())
+            if averages is not None:
+                check.mean_check = _mean_check(prob, batches, eta, starts[regime], averages,
+                                               t_mean)
             if regime == "stationary":
                 try:
                     check.limit = prob.stationary_gap(int(batches[-1]),
@@ -689,20 +791,25 @@ def least_squares_check(*, n_samples: int = 200, dim: int = 2, cond: float = 2.0
 
 def _monte_carlo(X, y, kind: str, lam: float, sch: thm.Schedule, eta0: float,
                  checkpoints: list[int], runs: int, seed: int, threads: int | None,
-                 progress: Progress | None, label: str, theta0=None) -> np.ndarray:
-    """``(runs, len(checkpoints))`` full-loss values; runs are computed in chunks whose
-    union is exactly the single call with all runs (same keys)."""
+                 progress: Progress | None, label: str, theta0=None,
+                 with_averages: bool = False):
+    """``(runs, len(checkpoints))`` full-loss values (and, ``with_averages``, the ``(runs, d)``
+    averaged iterates as a second value); runs are computed in chunks whose union is exactly
+    the single call with all runs (same keys)."""
     batches = np.asarray(sch.batch_sizes, dtype=np.int64)
     steps = batches * eta0
     chunk = max(1, min(runs, max(50, runs // 20)))
-    parts = []
+    parts, avgs = [], []
     for start in range(0, runs, chunk):
         r = sgd_runs(X, y, batch_sizes=batches, step_sizes=steps, lam=lam, kind=kind,
                      runs=min(chunk, runs - start), first_run=start, seed=seed,
                      checkpoints=checkpoints, threads=threads, theta0=theta0)
         parts.append(r.losses)
+        avgs.append(r.averages)
         if progress is not None:
             progress.update(min(chunk, runs - start), label)
+    if with_averages:
+        return np.concatenate(parts, axis=0), np.concatenate(avgs, axis=0)
     return np.concatenate(parts, axis=0)
 
 
@@ -768,7 +875,7 @@ def mushroom_check(*, lam: float = 0.1, seed: int = 0, epochs: int = 5, batch_si
     X, y = ds.X_train, ds.y_train
     n = X.shape[0]
     model = LogisticRegression(X, y, lam)
-    k = model.constants()
+    k = _constants_of("mushroom", model)
     sol = model.solve()
     f_star = float(sol.f_star)
     eta, limit, holds = _eta0(k, s)

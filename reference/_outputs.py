@@ -148,7 +148,9 @@ def check_out_dir(path: str | os.PathLike | None, *, option: str = "--out",
             entries = []
     if lock:
         held = _lock(out, option)
-        if held is not None and overwrite:
+        # a second check of the same folder without a file set (a library call inside the
+        # command) keeps the set the command named
+        if held is not None and overwrite and outputs:
             ours = {name for o in outputs for name in (o, o + ".tmp")}
             held.stale = [name for name in entries if name in ours and
                           ((out / name).is_file() or (out / name).is_symlink())]

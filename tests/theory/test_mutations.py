@@ -189,10 +189,80 @@ def test_least_squares_default_fails_a_wrong_kernel(monkeypatch, mutation):
     {"step x1.1": lambda: _kernel(monkeypatch, step=1.1),
      "step x2": lambda: _kernel(monkeypatch, step=2.0),
      "batch B-1": lambda: _kernel(monkeypatch, batch=1)}[mutation]()
-    rep = least_squares_check(epochs=2, regimes=("zero",), controls=False)   # runs: 2000
-    assert rep.settings["runs"] == 2000
+    rep = least_squares_check(epochs=2, regimes=("zero",), controls=False, sharp=False)
+    assert rep.settings["runs"] == tc.LEAST_SQUARES_RUNS == 10_000
     assert not rep.passed
     assert any(not r["mc_agrees"] for sc in rep.schedules.values() for r in sc.rows)
+
+
+def test_least_squares_default_fails_a_biased_gradient_through_the_mean_iterate(monkeypatch):
+    _kernel(monkeypatch, bias=0.01)
+    rep = least_squares_check(regimes=("zero",), controls=False, sharp=False)   # defaults
+    assert not rep.passed
+    sgd = rep.schedules["sgd"].mean_check
+    assert sgd["verdict"] == "FAIL" and sgd["max_abs_t"] > sgd["limit"] > 4
+    # the mean gap alone cannot see it (the bias moves the gap by about 5e-7 against gaps
+    # near 1e-3): every gap row agrees, which is why the mean iterate is compared
+    assert all(r["mc_agrees"] for sc in rep.schedules.values() for r in sc.rows)
+
+
+def test_the_mean_check_passes_the_true_kernel_and_fails_its_control():
+    rep = least_squares_check(regimes=("zero",), controls=False, sharp=False)
+    assert rep.passed
+    for sc in rep.schedules.values():
+        m = sc.mean_check
+        assert m["verdict"] == "PASS" and m["max_abs_t"] <= m["limit"]
+        assert m["runs"] == 10_000 and len(m["t"]) == 2
+    # the control: the exact mean of a kernel with residuals off by 0.01, far outside
+    sgd = rep.schedules["sgd"].mean_check["control"]
+    assert sgd["verdict"] == "FAIL" and sgd["max_abs_t"] > 2 * rep.schedules["sgd"].mean_check[
+        "limit"]
+    # with 2000 runs the same control is within the noise: the verdict says so
+    from hessbatch.convex._cli_theory import format_report
+    few = least_squares_check(regimes=("zero",), controls=False, sharp=False, runs=2000)
+    assert all(sc.mean_check["control"]["verdict"] == "PASS" for sc in few.schedules.values())
+    assert "passes: too few runs to see that bias" in format_report(few)
+    assert "KERNEL MEAN: PASS; its control (residual bias +0.01" in format_report(rep)
+
+
+def test_the_mean_statistic_is_calibrated_under_the_true_kernel():
+    """Under the true kernel each t is (nearly) Student t with R - 1 degrees of freedom: over
+    300 independent experiments (R = 200 runs each, seeds 0..299, both eigen-directions),
+    the share of |t| > 1.96 is binomial(600, 0.05) up to the normal approximation of the
+    average iterate; a wrong exact mean, a wrong standard error (e.g. final iterates'
+    spread), or a t that ignored the basis would move it far out."""
+    from hessbatch.convex import make_least_squares, sgd_runs
+    prob = make_least_squares(200, 2, 2.0, 0.5, 0.0, 0)
+    batches = np.full(100, 4, dtype=np.int64)
+    eta = 0.0135
+    ts = []
+    for seed in range(300):
+        res = sgd_runs(prob.A, prob.y, batch_sizes=batches, step_sizes=batches * eta, lam=0.0,
+                       kind="least_squares", runs=200, seed=seed)
+        m = tc._mean_check(prob, batches, eta, np.zeros(2), res.averages, 1.96)
+        ts.extend(m["t"])
+    ts = np.abs(np.array(ts))
+    # binomial(600, 0.05): mean 30, sd 5.3; [12, 52] is beyond 3.3 sd on either side
+    assert 12 <= int(np.sum(ts > 1.96)) <= 52
+    # E[t^2] = (R-1)/(R-3) ~ 1.01; its estimate over 600 values has sd ~ 0.06
+    assert 0.8 < float(np.mean(ts ** 2)) < 1.25
+
+
+def test_the_mean_check_fails_a_wrong_exact_mean():
+    """The check's own arithmetic: the true runs against an exact mean that is off by the
+    bias's shift must FAIL (the same failure the control shows, computed independently)."""
+    from hessbatch.convex import LeastSquares, make_least_squares, sgd_runs
+    prob = make_least_squares(200, 2, 2.0, 0.5, 0.0, 0)
+    batches = np.full(500, 4, dtype=np.int64)
+    eta = 0.0135
+    res = sgd_runs(prob.A, prob.y, batch_sizes=batches, step_sizes=batches * eta, lam=0.0,
+                   kind="least_squares", runs=10_000, seed=0)
+    t = thm.t_quantile(1 - 0.001 / 8, 9_999)
+    assert tc._mean_check(prob, batches, eta, np.zeros(2), res.averages, t)["verdict"] == \
+        "PASS"
+    wrong = LeastSquares(prob.A, prob.y + 0.01, 0.0)       # the other sign of the bias
+    assert tc._mean_check(wrong, batches, eta, np.zeros(2), res.averages, t)["verdict"] == \
+        "FAIL"
 
 
 @pytest.mark.parametrize("mutation", [
@@ -206,10 +276,11 @@ def test_least_squares_default_fails_every_bug_of_the_bound(monkeypatch, mutatio
      "M/4.7": lambda: _constant(monkeypatch, "M", 4.7),
      "L/10": lambda: _constant(monkeypatch, "L", 10.0)}[mutation]()
     if mutation == "L/10":
-        # on the default problem L / 10 = 0.1 < c = 0.5: the constants contradict each other,
-        # which Constants refuses before any check (the command: exit 2, naming it)
-        with pytest.raises(ValueError, match="c must be <= L"):
+        # on the default problem L / 10 = 0.1 < c = 0.5: the computed constants contradict
+        # each other, which is a FAIL of the check (its own code is wrong), not a bad option
+        with pytest.raises(tc.ConstantsContradiction, match="c must be <= L") as err:
             least_squares_check(epochs=2, regimes=("zero",), controls=False, runs=0)
+        assert "the code that computes them is wrong" in err.value.failures[0]
         return
     rep = least_squares_check(epochs=2, regimes=("zero",), controls=False, runs=0)
     assert not rep.passed and not rep.sharp_check["passed"]
@@ -217,3 +288,27 @@ def test_least_squares_default_fails_every_bug_of_the_bound(monkeypatch, mutatio
     if mutation == "exponent 2":
         assert least_squares_check(epochs=2, regimes=("zero",), controls=False, runs=0,
                                    sharp=False).passed
+
+
+@pytest.mark.parametrize("problem", ["least-squares", "mushroom"])
+def test_the_command_says_fail_for_contradicting_constants(monkeypatch, tmp_path, capsys,
+                                                           problem):
+    """End to end: L/10 makes the computed constants impossible (c > L) on least squares; the
+    command prints RESULT: FAIL, exits 1 (not 2, the exit of a bad option) and writes a
+    theory.json that says so, replacing an earlier run's plot."""
+    from hessbatch.cli import main
+    out = tmp_path / "t"
+    out.mkdir()
+    (out / "theory.png").write_bytes(b"an earlier run's plot")
+    factor = 10.0 if problem == "least-squares" else 1e4     # mushroom: L / 1e4 < c = 0.1
+    _constant(monkeypatch, "L", factor)
+    code = main(["theory", "--problem", problem, "--quiet", "--out", str(out), "--overwrite",
+                 "--runs", "0" if problem == "least-squares" else "2"])
+    text = capsys.readouterr().out
+    assert code == 1
+    assert "RESULT: FAIL (the constants computed for the " + problem in text
+    import json
+    doc = json.loads((out / "theory.json").read_text())
+    assert doc == {"problem": problem, "passed": False, "failures": doc["failures"]}
+    assert "c must be <= L" in doc["failures"][0]
+    assert not (out / "theory.png").exists()
