@@ -15,8 +15,14 @@ for the plain Student-t limits (``one_sided_limits``) and the skew-corrected one
 of a family of ``--compared`` updates (default 111: the mushroom check's own family at its
 defaults, 1000 runs, 5 epochs).
 
+On least squares it also measures the mean-iterate check of ``hessbatch theory`` (each run's
+iterate averaged over its updates against the exact mean, a Student t per eigen-direction of
+``H``): how often ``t`` is above the one-sided quantile of each level, per side.
+
     python benchmarks/theory_false_fail.py --problem sharp --experiments 4000 --runs 1000
     python benchmarks/theory_false_fail.py --problem least-squares --experiments 2000 --runs 120
+    python benchmarks/theory_false_fail.py --problem least-squares --epochs 10 \
+        --experiments 4000 --runs 200        # the mean check along the check's own schedule
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ def _problem(name: str, epochs: int):
         b = np.asarray(sch.batch_sizes)
         exact = p.expected_gaps(b, b * eta0)
         cps = sorted({1, 2, 4, 8, 16, 32, 64, *range(0, sch.updates + 1, 25), sch.updates} - {0})
-        return p.A, p.y, 0.0, "least_squares", b, b * eta0, exact, cps, p.f_star, None
+        return p.A, p.y, 0.0, "least_squares", b, b * eta0, exact, cps, p.f_star, (p, eta0)
     from hessbatch.convex._sharp_logistic import balanced_row
     from hessbatch.convex._theory_check import SHARP_DEFAULTS
     p = balanced_row(lam=SHARP_DEFAULTS["lam"], copies=2)
@@ -70,7 +76,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="write the figures as JSON here")
     a = ap.parse_args()
-    X, y, lam, kind, b, steps, exact, cps, f_star, _ = _problem(a.problem, a.epochs)
+    X, y, lam, kind, b, steps, exact, cps, f_star, lsq = _problem(a.problem, a.epochs)
     per_update = 1 - (1 - a.confidence) / a.compared
     levels = {"0.9": 0.9, "0.99": 0.99, "0.999": 0.999, f"{per_update:.7g} (per update)": per_update}
     methods = {"t": one_sided_limits, "skew": skewed_limits}
@@ -78,6 +84,10 @@ def main() -> None:
     fam = {m: 0 for m in methods}
     t0 = time.perf_counter()
     truth = exact[cps]
+    mean_miss = {side: {lv: 0 for lv in levels} for side in ("below", "above")}
+    if lsq is not None:
+        from hessbatch.convex._theory_check import _mean_check
+        quant = {lv: thm.t_quantile(levels[lv], a.runs - 1) for lv in levels}
     for e in range(a.experiments):
         r = sgd_runs(X, y, batch_sizes=b, step_sizes=steps, lam=lam, kind=kind, runs=a.runs,
                      first_run=e * a.runs, seed=a.seed, checkpoints=cps)
@@ -89,6 +99,12 @@ def main() -> None:
                 miss[m]["upper"][name] += int(np.sum(hi < truth))
                 if name.endswith("(per update)"):
                     fam[m] += int(np.any(hi < truth) or np.any(lo > truth))
+        if lsq is not None:
+            t = np.asarray(_mean_check(lsq[0], b, lsq[1], np.zeros(X.shape[1]), r.averages,
+                                       math.inf)["t"])
+            for lv, q in quant.items():
+                mean_miss["below"][lv] += int(np.sum(t < -q))
+                mean_miss["above"][lv] += int(np.sum(t > q))
     total = a.experiments * len(cps)
     res = {"problem": a.problem, "experiments": a.experiments, "runs": a.runs,
            "updates_per_experiment": len(cps), "comparisons": total,
@@ -96,6 +112,11 @@ def main() -> None:
                              for side in ("lower", "upper")} for m in methods},
            "nominal": {lv: 1 - levels[lv] for lv in levels},
            "two_sided_family_misses_at_per_update_level": fam,
+           **({"mean_check": {"comparisons": a.experiments * X.shape[1],
+                              "miss_rate": {side: {lv: v / (a.experiments * X.shape[1])
+                                                   for lv, v in d.items()}
+                                            for side, d in mean_miss.items()}}}
+              if lsq is not None else {}),
            "machine": platform.processor() or platform.machine(),
            "seconds": time.perf_counter() - t0}
     print(json.dumps(res, indent=1))

@@ -44,7 +44,7 @@ MUTATIONS = {
 
 
 def _verdicts(out: str) -> list[str]:
-    keys = ("RESULT:", "SHARP REGIME:", "MODEL CHECK:", "CONTROLS:")
+    keys = ("RESULT:", "SHARP REGIME:", "MODEL CHECK:", "KERNEL MEAN:", "CONTROLS:")
     return [line.strip()[:160] for line in out.splitlines() if line.startswith(keys)]
 
 

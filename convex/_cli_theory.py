@@ -230,10 +230,14 @@ def _mean_lines(rep: TheoryReport) -> list[str]:
     lines.append(format_table(headers, body))
     ok = all(m["verdict"] == "PASS" for m in checks.values())
     ctrl_fails = any(m["control"]["verdict"] == "FAIL" for m in checks.values())
+    if ctrl_fails:
+        why = "FAILs"
+    elif ok:
+        why = "passes: too few runs to see that bias (--runs; the default sees it)"
+    else:
+        why = "passes: the runs look like a kernel with that very bias"
     lines.append("KERNEL MEAN: " + ("PASS" if ok else "FAIL") + f"; its control ({cname}, the "
-                 "exact mean of a kernel whose residuals are off by that much) "
-                 + ("FAILs" if ctrl_fails else
-                    "passes: too few runs to see that bias (--runs; the default sees it)"))
+                 "exact mean of a kernel whose residuals are off by that much) " + why)
     return lines
 
 

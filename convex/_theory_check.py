@@ -615,7 +615,7 @@ def least_squares_check(*, n_samples: int = 200, dim: int = 2, cond: float = 2.0
     Regimes: ``"zero"`` (start at 0), ``"optimum"`` (start at ``theta*``), ``"flattest"``
     (start at ``theta* + s v_min``, ``v_min`` the Hessian's flattest eigenvector), ``"stationary"``
     (start at 0, epochs doubled until the exact gap of both schedules ends within 1 % of its
-    exact limit :meth:`LeastSquares.stationary_gap`). With ``runs > 0`` (default 2000) the
+    exact limit :meth:`LeastSquares.stationary_gap`). With ``runs > 0`` (default 10 000) the
     ``"zero"`` regime also gets a Monte-Carlo estimate from the kernel, which must contain the
     exact value (two-sided skew-corrected limits, :func:`skewed_limits`), and the runs'
     averaged iterates must agree with the exact mean iterate (:func:`_mean_check`, whose

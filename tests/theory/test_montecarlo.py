@@ -36,6 +36,7 @@ def test_compiled_kernel_agrees_with_numpy(kind):
         # same index draws, different summation order only: agreement to rounding
         np.testing.assert_allclose(res.losses, ref.losses, rtol=1e-12, atol=1e-14)
         np.testing.assert_allclose(res.thetas, ref.thetas, rtol=1e-10, atol=1e-13)
+        np.testing.assert_allclose(res.averages, ref.averages, rtol=1e-10, atol=1e-13)
     np.testing.assert_array_equal(ref.samples, np.concatenate(([0], np.cumsum(b)))[[0, 3, 17, 40]])
 
 
@@ -126,6 +127,25 @@ def test_losses_are_the_full_training_loss():
     loss = np.mean(np.logaddexp(0, z) - y * z) + 0.05 * theta @ theta
     assert res.losses[1, -1] == pytest.approx(loss, rel=1e-12)
     assert np.all(res.losses[:, 0] == pytest.approx(math.log(2)))
+
+
+def test_averages_are_the_mean_of_the_parameters_over_the_updates():
+    """The Polyak average against the parameters read at every update of the same runs."""
+    X, y = small_logistic(5)
+    b, a = schedule(12)
+    theta0 = np.linspace(-0.3, 0.3, X.shape[1])
+    kw = dict(batch_sizes=b, step_sizes=a, lam=0.05, kind="least_squares", runs=7, seed=4,
+              theta0=theta0)
+    every = list(range(13))
+    for backend in ("numba", "numpy"):
+        res = sgd_runs(X, y, checkpoints=every, backend=backend, **kw)
+        # each checkpoint's loss pins the parameters: rerun to each t and average the thetas
+        path = np.stack([sgd_runs(X, y, **{**kw, "batch_sizes": b[:t], "step_sizes": a[:t]},
+                                  backend=backend).thetas for t in range(1, 13)], axis=1)
+        np.testing.assert_allclose(res.averages, path.mean(axis=1), rtol=1e-12, atol=1e-14)
+        assert not np.allclose(res.averages, res.thetas)       # not the final iterate
+    none = sgd_runs(X, y, batch_sizes=[], step_sizes=[], lam=0.1, runs=2, theta0=theta0)
+    np.testing.assert_array_equal(none.averages, np.tile(theta0, (2, 1)))
 
 
 def test_no_updates_and_zero_steps():
