@@ -72,3 +72,45 @@ def test_the_runner_fails_on_a_broken_block_and_skips_fragments(tmp_path):
 def test_there_are_examples_to_run():
     total = sum(1 for p in PAGES for info, _, _ in blocks(p.read_text()) if info == "python")
     assert total >= 10
+
+
+# ---- the tests the pages cite exist ------------------------------------------------------------
+
+CITED = re.compile(r"`(?P<path>tests/[\w/.]+\.py)(?:::(?P<name>\w+))?")
+CITED_NAME = re.compile(r"`::(?P<name>test_\w+)")
+
+
+def cited_tests(text: str) -> list[tuple[str | None, str | None]]:
+    """``(path, test name)`` of every test a page cites: `tests/x.py`, `tests/x.py::test_y`, or
+    `::test_y` (a name in a file cited before it)."""
+    out = [(m.group("path"), m.group("name")) for m in CITED.finditer(text)]
+    out += [(None, m.group("name")) for m in CITED_NAME.finditer(text)]
+    return out
+
+
+def missing_citations(text: str, root: Path) -> list[str]:
+    sources = {p.relative_to(root).as_posix(): p.read_text(encoding="utf-8")
+               for p in (root / "tests").rglob("*.py")}
+    bad = []
+    for path, name in cited_tests(text):
+        if path is not None and path not in sources:
+            bad.append(path)
+            continue
+        pool = [sources[path]] if path is not None else sources.values()
+        if name and not any(re.search(rf"^\s*def {name}\(", s, re.M) for s in pool):
+            bad.append(f"{path or ''}::{name}")
+    return bad
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_every_cited_test_exists(page):
+    """A page that names a test as its evidence names one that exists (a renamed or deleted
+    test would leave the claim without a check)."""
+    assert missing_citations(page.read_text(encoding="utf-8"), ROOT) == []
+
+
+def test_a_missing_citation_is_found():
+    text = ("see `tests/test_docs_examples.py::test_every_cited_test_exists`, "
+            "`::test_no_such_test_anywhere` and `tests/no_such_file.py`")
+    assert missing_citations(text, ROOT) == ["tests/no_such_file.py",
+                                             "::test_no_such_test_anywhere"]
