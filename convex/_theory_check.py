@@ -558,11 +558,11 @@ def _mean_check(prob, batches: np.ndarray, eta0: float, theta0: np.ndarray,
     V = np.linalg.eigh(prob.hessian)[1]
     R = averages.shape[0]
 
-    def judge(lam_mean: np.ndarray) -> dict[str, Any]:
-        z = (averages - lam_mean) @ V
+    def judge(mu: np.ndarray) -> dict[str, Any]:
+        z = (averages - mu) @ V
         mean = z.mean(axis=0)
         se = z.std(axis=0, ddof=1) / math.sqrt(R)
-        tiny = 1e-12 * (1.0 + float(np.abs(lam_mean).max()))
+        tiny = 1e-12 * (1.0 + float(np.abs(mu).max()))
         with np.errstate(divide="ignore", invalid="ignore"):
             t = np.where(se > 0, mean / se, np.where(np.abs(mean) <= tiny, 0.0, np.inf))
         worst = float(np.max(np.abs(t)))
@@ -581,7 +581,6 @@ def _mean_check(prob, batches: np.ndarray, eta0: float, theta0: np.ndarray,
     ctrl["name"] = f"residual bias +{MEAN_CONTROL_BIAS:g}"
     out["control"] = ctrl
     return out
-
 
 
 def least_squares_check(*, n_samples: int = 200, dim: int = 2, cond: float = 2.0,

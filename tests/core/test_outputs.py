@@ -132,6 +132,18 @@ def test_without_a_set_overwrite_removes_nothing(tmp_path):
     assert (out / "b.png").read_bytes() == b"old"
 
 
+def test_a_second_check_without_a_set_keeps_the_commands_set(tmp_path):
+    """A command checks its folder with its file set; a library function it calls checks the
+    same folder again without one (``save_report`` does): the set is kept, so the old files
+    the run does not write still go (before, theory.png survived a run that wrote no plot)."""
+    out = tmp_path / "o"
+    write_files(out, {"theory.json": "old", "theory.png": b"old"})
+    check_out_dir(out, overwrite=True, outputs=("theory.json", "theory.png"))
+    check_out_dir(out, overwrite=True)
+    write_files(out, {"theory.json": "new"})
+    assert not (out / "theory.png").exists() and (out / "theory.json").read_text() == "new"
+
+
 def test_a_failed_first_write_under_overwrite_removes_nothing(tmp_path, monkeypatch,
                                                              full_disk_at):
     out = tmp_path / "o"
