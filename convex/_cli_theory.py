@@ -255,10 +255,16 @@ def _second_order_lines(so: dict[str, Any]) -> list[str]:
         ratios = ", ".join(f"{n} {_g(v['ratio'], 4)}" for n, v in c["schedules"].items())
         lines.append(f"  control {c['name']} (must FAIL): {c['verdict']} ({ratios})")
     failing = sum(c["verdict"] == "FAIL" for c in so["controls"])
+    if so["controls_fail"]:
+        why = "all FAIL"
+    elif so["passed"]:
+        why = (f"{failing} of {len(so['controls'])} FAIL (with too few runs a 10 % step error "
+               "is within the margin; see se)")
+    else:
+        why = (f"{failing} of {len(so['controls'])} FAIL (a control that passes while the "
+               "check fails: the runs look like a kernel with that error)")
     lines.append("MODEL CHECK: " + ("PASS" if so["passed"] else "FAIL") + "; its controls "
-                 + ("all FAIL" if so["controls_fail"] else
-                    f"{failing} of {len(so['controls'])} FAIL (with too few runs a 10 % step "
-                    "error is within the margin; see se)"))
+                 + why)
     return lines
 
 

@@ -204,6 +204,28 @@ def test_least_squares_default_fails_a_biased_gradient_through_the_mean_iterate(
     # the mean gap alone cannot see it (the bias moves the gap by about 5e-7 against gaps
     # near 1e-3): every gap row agrees, which is why the mean iterate is compared
     assert all(r["mc_agrees"] for sc in rep.schedules.values() for r in sc.rows)
+    # the control, a kernel with that very bias, agrees with these runs, and the line says why
+    from hessbatch.convex._cli_theory import format_report
+    assert "KERNEL MEAN: FAIL; its control (residual bias +0.01, the exact mean of a kernel " \
+        "whose residuals are off by that much) passes: the runs look like a kernel with that " \
+        "very bias" in format_report(rep)
+
+
+def test_the_model_check_line_says_why_a_control_passes():
+    from hessbatch.convex._cli_theory import _second_order_lines
+
+    def so(passed, control_verdicts):
+        ctrls = [{"name": n, "verdict": v, "schedules": {"sgd": {"ratio": 1.0}}}
+                 for n, v in zip(("step x1.1", "noise x1.2"), control_verdicts)]
+        return {"tolerance": 0.03, "t": 4.0, "passed": passed, "controls": ctrls,
+                "controls_fail": all(v == "FAIL" for v in control_verdicts),
+                "schedules": {"sgd": {"ratio": 1.0, "se": 0.01, "allowed": 0.07,
+                                      "verdict": "PASS" if passed else "FAIL"}}}
+    last = lambda d: _second_order_lines(d)[-1]      # noqa: E731
+    assert last(so(True, ["FAIL", "FAIL"])) == "MODEL CHECK: PASS; its controls all FAIL"
+    assert "too few runs" in last(so(True, ["PASS", "FAIL"]))
+    assert last(so(False, ["PASS", "PASS"])).startswith("MODEL CHECK: FAIL; its controls 0 of 2")
+    assert "the runs look like a kernel with that error" in last(so(False, ["PASS", "PASS"]))
 
 
 def test_the_mean_check_passes_the_true_kernel_and_fails_its_control():
