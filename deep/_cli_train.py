@@ -273,6 +273,12 @@ def _check_args(args: argparse.Namespace) -> None:
                          "SGD's velocity never decays)")
     if args.width is not None and args.width < 1:
         raise ValueError(f"--width must be >= 1, got {args.width}")
+    if args.resume is None:
+        # the scheduler options, named as typed, before the data loads or a worker starts:
+        # the training-set size enters only the default check period, so 1 stands in for it
+        # (the config is built again from the real size after the data)
+        config_from_args(args, samples_per_epoch=1,
+                         epochs=10 if args.epochs is None else args.epochs)
 
 
 # --------------------------------------------------------------------------------------------

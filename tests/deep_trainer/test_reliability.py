@@ -639,3 +639,21 @@ def test_a_copy_of_the_folders_own_checkpoint_may_be_resumed(tmp_path):
     (a / "copy.pt").write_bytes((a / "checkpoint.pt").read_bytes())
     assert main(["train", "--resume", str(a / "copy.pt"), "--epochs", "2", "--quiet"]) == 0
     assert [m["epoch"] for m in _history(a)] == [1, 2]
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--lr", "-0.1", "--lr must be finite and > 0, got -0.1"),
+    ("--alpha", "0.5", "--alpha must be > 1"),
+    ("--micro-batch", "3", "--micro-batch must divide batch_size = 8"),
+])
+def test_a_bad_scheduler_option_is_named_before_the_data_loads(monkeypatch, capsys, option,
+                                                              value, message):
+    """Before, `train --lr -0.1` was refused only after the data had loaded (the config needs
+    the training-set size); now before any data, on one process or before --nproc's workers."""
+    def no_data(*a, **k):
+        pytest.fail("the data loaded before the options were checked")
+    monkeypatch.setattr(_cli_train, "build_from_spec", no_data)
+    for extra in ([], ["--nproc", "2"]):
+        assert _train(option, value, *extra) == 2
+        err = capsys.readouterr().err
+        assert message in err, err
