@@ -1,9 +1,12 @@
-"""The Lightning door under strategy="ddp" on 2 CPU processes (gloo), for test_doors.py.
+"""The Lightning door on 2 CPU processes (gloo), for test_doors.py.
 
-    python _lightning_ddp.py FOLDER CELL [CELL ...]
+    python _lightning_ddp.py FOLDER STRATEGY CELL [CELL ...]
 
-FOLDER/CELL.json holds a command-line run's spec and scheduler config; rank 0 writes the final
-weights to FOLDER/CELL.pt. Lightning starts the second process by running this script again.
+STRATEGY is ``ddp`` (Lightning starts the second process by running this script again) or
+``ddp_spawn`` (Lightning spawns both workers from this process: the module and the callback
+are pickled, so everything here lives at module level). FOLDER/CELL.json holds a command-line
+run's spec and scheduler config; rank 0 writes the final weights to FOLDER/CELL.pt at the end of
+fit, the same way under both strategies.
 """
 
 from __future__ import annotations
@@ -21,7 +24,39 @@ from hessbatch.deep._cli_train import build_from_spec
 from hessbatch.deep.lightning import HessbatchCallback
 
 
-def run(folder: Path, cell: str) -> None:
+class Net(L.LightningModule):
+    """The command line's model and optimizer, trained through the callback's loader."""
+
+    def __init__(self, model, opt, cb, train, out: Path):
+        super().__init__()
+        self.model, self.opt, self.cb, self.train_set, self.out = model, opt, cb, train, out
+        self.logged: set[str] = set()
+
+    def forward(self, x):
+        return self.model(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return F.cross_entropy(self(x), y)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        self.logged.update(k for k in self.trainer.callback_metrics
+                           if k.startswith("hessbatch"))
+
+    def on_fit_end(self):
+        if self.trainer.global_rank == 0:
+            torch.save({"weights": self.model.state_dict(), "world_size": self.trainer.world_size,
+                        "start_method": getattr(self.trainer.strategy, "_start_method", None),
+                        "logged": self.logged}, self.out)
+
+    def configure_optimizers(self):
+        return self.opt
+
+    def train_dataloader(self):
+        return self.cb.dataloader(self.train_set)
+
+
+def run(folder: Path, strategy: str, cell: str) -> None:
     ref = json.loads((folder / f"{cell}.json").read_text())
     spec = ref["spec"]
     bundle, model = build_from_spec(spec, torch.device("cpu"))
@@ -32,40 +67,18 @@ def run(folder: Path, cell: str) -> None:
                            hessian_batch_size=spec["hessian_batch"],
                            eig_method=spec["eig_method"], max_hvp=spec["max_hvp"],
                            eig_tol=spec["eig_tol"], adversary=spec["adversary"])
-    logged: set[str] = set()
-
-    class Net(L.LightningModule):
-        def __init__(self):
-            super().__init__()
-            self.model = model
-
-        def forward(self, x):
-            return self.model(x)
-
-        def training_step(self, batch, batch_idx):
-            x, y = batch
-            return F.cross_entropy(self(x), y)
-
-        def on_train_batch_end(self, outputs, batch, batch_idx):
-            logged.update(k for k in self.trainer.callback_metrics if k.startswith("hessbatch"))
-
-        def configure_optimizers(self):
-            return opt
-
-        def train_dataloader(self):
-            return cb.dataloader(bundle.train)
-
     trainer = L.Trainer(max_epochs=config.epochs, accelerator="cpu", devices=2,
-                        strategy="ddp", use_distributed_sampler=False, logger=False,
+                        strategy=strategy, use_distributed_sampler=False, logger=False,
                         enable_progress_bar=False, enable_model_summary=False,
                         enable_checkpointing=False, num_sanity_val_steps=0, callbacks=[cb])
-    trainer.fit(Net())
-    if trainer.global_rank == 0:
-        torch.save({"weights": model.state_dict(), "world_size": trainer.world_size,
-                    "logged": logged}, folder / f"{cell}.pt")
+    trainer.fit(Net(model, opt, cb, bundle.train, folder / f"{cell}.pt"))
 
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    for name in sys.argv[2:]:
-        run(Path(sys.argv[1]), name)
+    if sys.argv[2] == "ddp_spawn":
+        # spawned workers receive the module's tensors through shared memory; the default
+        # file-descriptor strategy cannot resize its segment in some sandboxes (this CI's)
+        torch.multiprocessing.set_sharing_strategy("file_system")
+    for name in sys.argv[3:]:
+        run(Path(sys.argv[1]), sys.argv[2], name)

@@ -222,16 +222,20 @@ def test_the_old_adapter_placement_fails_the_absa_blocks_cell(cli_runs, monkeypa
         _close(model.state_dict(), ref["weights"])
 
 
-def test_lightning_ddp_on_two_processes_equals_nproc_2(cli_runs, tmp_path):
+@pytest.mark.parametrize("strategy, cells", [("ddp", ["abs", "absa-blocks"]),
+                                              ("ddp_spawn", ["absa-blocks"])])
+def test_lightning_ddp_on_two_processes_equals_nproc_2(cli_runs, tmp_path, strategy, cells):
     pytest.importorskip("lightning.pytorch")
-    cells = ["abs", "absa-blocks"]
     for cell in cells:
         (tmp_path / f"{cell}.json").write_text(json.dumps(
             {"spec": cli_runs[(cell, 2)]["spec"], "config": cli_runs[(cell, 2)]["config"]}))
-    _run([sys.executable, str(HERE / "_lightning_ddp.py"), str(tmp_path), *cells], cwd=tmp_path)
+    _run([sys.executable, str(HERE / "_lightning_ddp.py"), str(tmp_path), strategy, *cells],
+         cwd=tmp_path)
     for cell in cells:
         got = torch.load(tmp_path / f"{cell}.pt", weights_only=True)
         _close(got["weights"], cli_runs[(cell, 2)]["weights"])
         assert got["world_size"] == 2
+        # the processes were started as asked: the script run again, or spawned from it
+        assert got["start_method"] == {"ddp": "popen", "ddp_spawn": "spawn"}[strategy]
         assert got["logged"] >= {"hessbatch/B", "hessbatch/lr", "hessbatch/adversarial",
                                  "hessbatch/hvps"}
