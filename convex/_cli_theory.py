@@ -141,7 +141,8 @@ def format_report(rep: TheoryReport) -> str:
             ms = sc.min_slack
             extra = ""
             if sc.limit is not None and sc.exact:
-                extra = f" (end/limit {sc.exact[-1] / sc.limit:.4f})"
+                extra = (f" (end/limit {sc.exact[-1] / sc.limit:.4f})" if sc.limit > 0 else
+                         f" (limit 0, end {sc.exact[-1]:.3g})")
             body.append([REGIME_TEXT[regime] + extra, name, sc.schedule.updates,
                          len(sc.updates), _g(ms.get("value"), 4), ms.get("update"),
                          _g(ms.get("at_end"), 4), "-" if sc.first_violation is None else sc.first_violation,

@@ -272,3 +272,19 @@ def test_monte_carlo_disagreement_is_reported_no_and_fails(monkeypatch, capsys):
                  "--regimes", "zero", "--no-controls", "--quiet", "--seed", "1"]) == 1
     out = capsys.readouterr().out
     assert " NO " in out and "RESULT: FAIL" in out
+
+
+def test_a_noise_free_problem_reaches_its_zero_stationary_limit(capsys):
+    """N = 1: no gradient noise at theta*, the stationary gap is exactly 0. Before, the
+    relative test ``gap / limit`` never settled (an error after 1024x the epochs) and the
+    report divided by the limit; now the regime ends when the gap is 0 to rounding, and the
+    run checks (the kernel's runs are all the same path: the mean check has t = 0)."""
+    from hessbatch.cli import main
+    assert main(["theory", "--problem", "least-squares", "--n-samples", "1", "--dim", "1",
+                 "--quiet", "--no-controls", "--runs", "50"]) == 0
+    out = capsys.readouterr().out
+    assert "(limit 0, end " in out and "RESULT: PASS" in out
+    rep = least_squares_check(n_samples=1, dim=1, regimes=("zero", "stationary"), controls=False,
+                              runs=0, sharp=False)
+    sc = rep.regimes["stationary"]["sgd"]
+    assert sc.limit == 0.0 and sc.exact[-1] <= 1e-12 * sc.gap0
