@@ -171,7 +171,8 @@ def _row_scatter(idx, val, grad, i, g):
 def _one_run(data, lam, kind, theta0, schedule, key, snaps, theta_out, avg_out):
     """One SGD run; copies the parameters at every checkpoint into ``snaps`` (C, d), the
     final ones into ``theta_out`` and their average over updates 1..T into ``avg_out``.
-    data = (idx, val, y): padded rows (see ``_pack``) and targets; schedule = (batch sizes, step sizes, checkpoints as sorted update counts).
+    data = (idx, val, y): padded rows (see ``_pack``) and targets; schedule = (batch sizes,
+    step sizes, checkpoints as sorted update counts).
 
     The full loss at the checkpoints is computed afterwards for all runs at once, as one dense
     matrix product (BLAS) per chunk of runs: per row, that is several times cheaper than a
