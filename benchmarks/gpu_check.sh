@@ -25,9 +25,12 @@
 # Linux is a CUDA build; TORCH_SPEC overrides, e.g. "torch==2.13.0"), then the project with its
 # test extras (`pip install -e ".[test]"`). A missing package, a CPU-only torch build and a
 # missing device are three different verdicts, never reported as one another.
-# Each step has its own time limit (timeout; 525 s in all on one GPU, 585 s on two, plus the
-# installation; the limits are caps, the steps' own times are in summary.txt); a step that fails is reported and the others still run. Exit code: the number of
-# failed steps. Checking the script itself without a GPU: GPU_CHECK_DEVICE=cpu
+# Each step has its own time limit (timeout), and all steps together share one budget,
+# GPU_CHECK_BUDGET seconds (default 420) counted from the end of the set-up: a step gets the
+# smaller of its limit and what is left, and a step with under 15 s left is reported as not
+# run (a failure). So the checks end within 7 minutes plus the set-up (seconds when everything
+# is installed; pip's time otherwise). The steps' own times are in summary.txt; a step that
+# fails is reported and the others still run. Exit code: the number of failed steps. Checking the script itself without a GPU: GPU_CHECK_DEVICE=cpu
 # GPU_CHECK_BACKEND=gloo GPU_CHECK_ONLY=cli runs step 4 alone on the CPU.
 set -uo pipefail
 SELF="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
@@ -84,14 +87,24 @@ failed=0
 summary="$OUT_DIR/summary.txt"
 : > "$summary"
 
+BUDGET=${GPU_CHECK_BUDGET:-420}
+exec 3>&1   # the terminal: a step's verdict goes there and to summary.txt, never into the
+            # log file its command's output is redirected to
 step() {  # step NAME SECONDS COMMAND...: run with a time limit, log pass/fail and duration
     local name=$1 limit=$2
     shift 2
     local t0=$(date +%s)
+    local left=$(( BUDGET - (t0 - ${steps_start:-$t0}) ))
+    if [ "$left" -lt 15 ]; then
+        echo "FAIL $name (not run: $left s left of the $BUDGET s budget)" | tee -a "$summary" >&3
+        failed=$((failed + 1))
+        return
+    fi
+    [ "$limit" -gt "$left" ] && limit=$left
     if timeout "$limit" "$@"; then
-        echo "PASS $name ($(( $(date +%s) - t0 )) s)" | tee -a "$summary"
+        echo "PASS $name ($(( $(date +%s) - t0 )) s)" | tee -a "$summary" >&3
     else
-        echo "FAIL $name (exit $?, $(( $(date +%s) - t0 )) s, limit $limit s)" | tee -a "$summary"
+        echo "FAIL $name (exit $?, $(( $(date +%s) - t0 )) s, limit $limit s)" | tee -a "$summary" >&3
         failed=$((failed + 1))
     fi
 }
@@ -131,6 +144,7 @@ if [ "$DEVICE" = cuda ]; then
     fi
 fi
 NGPU=$("$PY" -c "import torch; print(torch.cuda.device_count())" 2>/dev/null || echo 0)
+steps_start=$(date +%s)   # the budget counts from here
 
 if [ "$ONLY" = all ]; then
 # 1. the CUDA tests (they are skipped on the CPU-only CI)
