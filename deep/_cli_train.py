@@ -273,12 +273,6 @@ def _check_args(args: argparse.Namespace) -> None:
                          "SGD's velocity never decays)")
     if args.width is not None and args.width < 1:
         raise ValueError(f"--width must be >= 1, got {args.width}")
-    if args.resume is None:
-        # the scheduler options, named as typed, before the data loads or a worker starts:
-        # the training-set size enters only the default check period, so 1 stands in for it
-        # (the config is built again from the real size after the data)
-        config_from_args(args, samples_per_epoch=1,
-                         epochs=10 if args.epochs is None else args.epochs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -696,6 +690,12 @@ def worker(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     """Train as the options say; returns the exit code."""
     _check_args(args)
+    if args.resume is None:
+        # the scheduler options, named as typed, before the data loads or a worker starts:
+        # the training-set size enters only the default check period, so 1 stands in for it
+        # (the config is built again from the real size after the data)
+        config_from_args(args, samples_per_epoch=1,
+                         epochs=10 if args.epochs is None else args.epochs)
     if _cli_distributed.wants_launch(args):
         args.out = _output_folder(args)  # checked once, before any worker starts
         return _cli_distributed.launch(args, worker)  # --nproc N: N workers, each runs worker

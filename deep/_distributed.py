@@ -258,6 +258,70 @@ def check_same_config(payload: Any, *, group: Any = None,
     return digest
 
 
+def state_digest(obj: Any) -> str:
+    """sha256 of a state: nested dicts (keys in sorted order), lists and tuples, tensors by
+    dtype, shape and bytes (on the CPU), anything else by ``repr``."""
+    h = hashlib.sha256()
+
+    def walk(o: Any) -> None:
+        if isinstance(o, torch.Tensor):
+            t = o.detach().to("cpu").contiguous().reshape(-1)
+            h.update(f"T{t.dtype}{tuple(o.shape)}".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        elif isinstance(o, dict):
+            h.update(b"{")
+            for k in sorted(o, key=repr):
+                h.update(repr(k).encode())
+                walk(o[k])
+            h.update(b"}")
+        elif isinstance(o, (list, tuple)):
+            h.update(b"[")
+            for v in o:
+                walk(v)
+            h.update(b"]")
+        else:
+            h.update(repr(o).encode())
+
+    walk(obj)
+    return h.hexdigest()
+
+
+#: what check_state compares, in the order its message names them
+_STATE_PARTS = ("the model's weights and buffers", "the optimizer's state",
+                "the schedule (scheduler state)", "the sampler's position and generators")
+
+
+def check_same_state(parts: Sequence[Any], *, group: Any = None,
+                     device: torch.device | None = None) -> None:
+    """Every rank of ``group`` holds the same ``parts`` (model, optimizer, scheduler and
+    sampler states, :data:`_STATE_PARTS`); gathered as digests, so it costs one all-gather.
+
+    Raises:
+        DistributedConfigError: on every rank when any two ranks differ, naming the parts and
+            the ranks.
+    """
+    rank, world = _require_group(group)
+    values = [int.from_bytes(bytes.fromhex(state_digest(p))[:8], "little", signed=True)
+              for p in parts]
+    mine = torch.tensor(values, dtype=torch.int64, device=device or "cpu")
+    every = [torch.zeros_like(mine) for _ in range(world)]
+    dist.all_gather(every, mine, group=group)
+    table = [t.tolist() for t in every]
+    bad = []
+    for j, name in enumerate(_STATE_PARTS[:len(parts)]):
+        groups: dict[int, list[int]] = {}
+        for r, row in enumerate(table):
+            groups.setdefault(row[j], []).append(r)
+        if len(groups) > 1:
+            bad.append(f"{name}: " + " / ".join(f"ranks {rs}" for rs in groups.values()))
+    if bad:
+        raise DistributedConfigError(
+            f"the {world} ranks do not hold the same training state before their first update "
+            f"({'; '.join(bad)} differ): every rank must load the same checkpoint (model, "
+            "optimizer and trainer or adapter state), or none; e.g. read it on rank 0 and send "
+            "it with torch.distributed.broadcast_object_list")
+
+
 # ------------------------------------------------------------------------------------------
 # curvature
 
@@ -668,6 +732,14 @@ class DataParallel:
         ddp = nn.parallel.DistributedDataParallel(model, process_group=self.group, **kw)
         ddp.register_comm_hook(self, _mean_hook)
         return ddp
+
+    def check_state(self, adapter: Any) -> None:
+        """The same model, optimizer, scheduler and sampler state on every rank: checked at
+        the first update after the executor starts or loads a state (a rank that resumed
+        another checkpoint, or none, would otherwise train on silently)."""
+        check_same_state([adapter.model.state_dict(), adapter.optimizer.state_dict(),
+                          adapter.scheduler.state_dict(), adapter.sampler.state_dict()],
+                         group=self.group, device=adapter.device)
 
     # -- each update ---------------------------------------------------------------------------
     def open_batch(self, adapter: Any) -> None:

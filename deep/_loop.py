@@ -655,6 +655,7 @@ class LoopAdapter:
                            and m.track_running_stats and m.running_mean is not None]
         self._bn_start: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         self.padding = False  # the last micro-batch handed out is a padding one (weight 0)
+        self._state_checked = False  # ranks compare their states at the first update
         self._set_lr()
 
     # ---------------------------------------------------------------------------- reading
@@ -725,7 +726,16 @@ class LoopAdapter:
         self._bn_start = [(m.running_mean.clone(), m.running_var.clone())
                           for m in self._bn_layers] if self._adv_at else None
         if self.parallel is not None:
+            if not self._state_checked:  # the first update since a start or a load
+                self.parallel.check_state(self)
+                self._state_checked = True
             self.parallel.open_batch(self)
+
+    def state_changed(self) -> None:
+        """The model, optimizer or this executor's state was loaded from outside: with data
+        parallelism, the ranks compare their states at the next update (:meth:`load_state_dict`
+        and the Trainer's call this; call it after loading the model or optimizer yourself)."""
+        self._state_checked = False
 
     def micro_batch(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, float]:
         """Register the next micro-batch; returns ``(x, weight)`` for ``loss * weight``.
@@ -1015,4 +1025,5 @@ class LoopAdapter:
         if "eigenvalue_fn" in state and hasattr(self.eigenvalue_fn, "load_state_dict"):
             self.eigenvalue_fn.load_state_dict(state["eigenvalue_fn"])
         self._n = self._got = 0
+        self._state_checked = False
         self._set_lr()

@@ -535,6 +535,7 @@ class Trainer:
         if "eigenvalue_fn" in state and hasattr(self.eigenvalue_fn, "load_state_dict"):
             self.eigenvalue_fn.load_state_dict(state["eigenvalue_fn"])
         self.adapter._set_lr()
+        self.adapter.state_changed()
 
     def checkpoint_bytes(self, extra: Mapping[str, Any] | None = None) -> bytes:
         """The checkpoint file's content: :meth:`state_dict`, ``extra`` and their checksum.

@@ -194,6 +194,17 @@ def test_errors_are_raised_on_every_rank_together(launched):
     assert "1 of 2 ranks" in launched[0]["errors"]["nan"]     # the healthy rank says why
 
 
+def test_ranks_that_resumed_different_states_stop_together_at_the_first_update(launched):
+    """A library user who loads the checkpoint on rank 0 only: every rank stops at the first
+    update, naming what differs; loading it on every rank trains on."""
+    for rank in (0, 1):
+        msg = launched[rank]["errors"]["resume rank 0 only"]
+        assert msg is not None and "do not hold the same training state" in msg
+        assert "the model's weights and buffers: ranks [0] / ranks [1]" in msg
+        assert "the schedule (scheduler state)" in msg and "broadcast_object_list" in msg
+        assert launched[rank]["errors"]["resume every rank"] is None
+
+
 # ------------------------------------------------------------------------- in one process
 
 def test_shard_bounds_cover_the_batch_in_order_with_sizes_within_one():
