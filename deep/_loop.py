@@ -715,6 +715,7 @@ class LoopAdapter:
         if d.eigenvalue_due:
             raise SchedulerError("an eigenvalue is due: report_eigenvalue() or "
                                  "compute_eigenvalue() before the next update")
+        self._check_state()
         self._start = self.sampler.position
         self._n = min(d.batch_size, left)
         self._rounds = self._rounds_for(self._n)
@@ -726,10 +727,15 @@ class LoopAdapter:
         self._bn_start = [(m.running_mean.clone(), m.running_var.clone())
                           for m in self._bn_layers] if self._adv_at else None
         if self.parallel is not None:
-            if not self._state_checked:  # the first update since a start or a load
-                self.parallel.check_state(self)
-                self._state_checked = True
             self.parallel.open_batch(self)
+
+    def _check_state(self) -> None:
+        """With data parallelism, the ranks' states compared before the first collective since
+        a start or a load (an update or an eigenvalue, whichever comes first); before anything
+        of it is set, so a caller who fixes the states and retries gets the check again."""
+        if self.parallel is not None and not self._state_checked:
+            self.parallel.check_state(self)
+            self._state_checked = True
 
     def state_changed(self) -> None:
         """The model, optimizer or this executor's state was loaded from outside: with data
@@ -888,6 +894,7 @@ class LoopAdapter:
         d = self.decision
         if not d.eigenvalue_due:
             raise SchedulerError("compute_eigenvalue: no eigenvalue is due")
+        self._check_state()
         dev = self.device
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)

@@ -198,11 +198,12 @@ def test_ranks_that_resumed_different_states_stop_together_at_the_first_update(l
     """A library user who loads the checkpoint on rank 0 only: every rank stops at the first
     update, naming what differs; loading it on every rank trains on."""
     for rank in (0, 1):
-        msg = launched[rank]["errors"]["resume rank 0 only"]
-        assert msg is not None and "do not hold the same training state" in msg
-        assert "the model's weights and buffers: ranks [0] / ranks [1]" in msg
-        assert "the schedule (scheduler state)" in msg and "broadcast_object_list" in msg
-        assert launched[rank]["errors"]["resume every rank"] is None
+        for name in ("bl", "abs"):
+            msg = launched[rank]["errors"][f"resume {name} rank 0 only"]
+            assert msg is not None and "do not hold the same training state" in msg
+            assert "the model's weights and buffers: ranks [0] / ranks [1]" in msg
+            assert "the schedule (scheduler state)" in msg and "broadcast_object_list" in msg
+            assert launched[rank]["errors"][f"resume {name} every rank"] is None
 
 
 # ------------------------------------------------------------------------- in one process
@@ -265,6 +266,33 @@ def one_rank_group():
         yield
     finally:
         dist.destroy_process_group()
+
+
+def test_the_state_check_comes_before_the_first_collective_an_update_or_an_eigenvalue(
+        one_rank_group, monkeypatch):
+    """After a load the ranks compare their states before whatever collective comes first: an
+    update (`_open`) or, when one is due, the eigenvalue (its solver's products are
+    collectives too: ranks with different states could wait on each other there)."""
+    from hessbatch.deep._distributed import DataParallel
+    calls = []
+    real = DataParallel.check_state
+
+    def recorder(self, adapter):
+        calls.append(adapter.decision.eigenvalue_due)  # True only inside compute_eigenvalue
+        real(self, adapter)
+    monkeypatch.setattr(DataParallel, "check_state", recorder)
+    tr = W.make_trainer("abs", distributed=True)
+    tr.adapter.compute_eigenvalues = False     # the adapter's user computes them, as a loop may
+    marked = []
+
+    def on_update(trainer, decision):
+        if decision.eigenvalue_due:
+            if not marked:                     # as if a state had just been loaded here
+                trainer.adapter.state_changed()
+                marked.append(True)
+            trainer.adapter.compute_eigenvalue()
+    tr.run(epochs=1, on_update=on_update)
+    assert marked and calls == [False, True]
 
 
 def test_one_rank_distributed_trainer_is_bitwise_the_plain_trainer(one_rank_group):
