@@ -573,8 +573,9 @@ def _mean_check(prob, batches: np.ndarray, eta0: float, theta0: np.ndarray,
         path = p.expected_iterates(batches, steps, theta0)
         return path[1:].mean(axis=0) if batches.size else path[0]
 
-    out = judge(exact_mean(prob))
-    out.update(limit=float(t_limit), runs=int(R), exact_mean=exact_mean(prob).tolist(),
+    mu = exact_mean(prob)
+    out = judge(mu)
+    out.update(limit=float(t_limit), runs=int(R), exact_mean=mu.tolist(),
                basis="eigenvectors of H")
     biased = LeastSquares(prob.A, prob.y - MEAN_CONTROL_BIAS, prob.lam)
     ctrl = judge(exact_mean(biased))

@@ -300,7 +300,7 @@ def check_same_state(parts: Sequence[Any], *, group: Any = None,
         DistributedConfigError: on every rank when any two ranks differ, naming the parts and
             the ranks.
     """
-    rank, world = _require_group(group)
+    _, world = _require_group(group)
     values = [int.from_bytes(bytes.fromhex(state_digest(p))[:8], "little", signed=True)
               for p in parts]
     mine = torch.tensor(values, dtype=torch.int64, device=device or "cpu")

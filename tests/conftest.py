@@ -66,3 +66,25 @@ def full_disk_at():
         monkeypatch.setattr(_outputs.os, "fsync", fsync)
         return real
     return install
+
+
+@pytest.fixture
+def lock_holder():
+    """``lock_holder(folder)``: another process that holds ``folder``'s output lock (as a
+    second hessbatch run would), started and locked when this returns its ``Popen``; killed at
+    the end of the test unless the test killed it first (to leave a stale lock)."""
+    import subprocess
+    started = []
+
+    def start(folder):
+        holder = subprocess.Popen(
+            [sys.executable, "-c", "import sys, time; from hessbatch._outputs import "
+             "check_out_dir; check_out_dir(sys.argv[1]); print('locked', flush=True); "
+             "time.sleep(60)", str(folder)], stdout=subprocess.PIPE, text=True)
+        started.append(holder)
+        assert holder.stdout.readline().strip() == "locked"
+        return holder
+    yield start
+    for holder in started:
+        holder.kill()
+        holder.wait()

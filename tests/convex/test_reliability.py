@@ -207,24 +207,17 @@ def test_large_but_sane_feature_scales_still_run_and_arrays_get_the_same_rule(tm
         check_arrays(np.array([[1.0, 0.0], [1e200, 1.0]]), [0, 1])
 
 
-def test_a_locked_out_is_refused_before_the_data_is_loaded(tmp_path, monkeypatch, capsys):
-    import subprocess
-    import sys
+def test_a_locked_out_is_refused_before_the_data_is_loaded(tmp_path, monkeypatch, capsys,
+                                                           lock_holder):
     out = tmp_path / "o"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from hessbatch._outputs import check_out_dir;"
-         " check_out_dir(sys.argv[1]); print('locked', flush=True); time.sleep(60)", str(out)],
-        stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "locked"
-        with monkeypatch.context() as m:
-            m.setattr(_cli_mushroom, "_dataset",
-                      lambda args: pytest.fail("work started on a locked --out"))
-            assert main(["mushroom", *QUICK, "--out", str(out), "--overwrite"]) == 2
-        assert f"another hessbatch run (pid {holder.pid})" in capsys.readouterr().err
-    finally:
-        holder.kill()
-        holder.wait()
+    holder = lock_holder(out)
+    with monkeypatch.context() as m:
+        m.setattr(_cli_mushroom, "_dataset",
+                  lambda args: pytest.fail("work started on a locked --out"))
+        assert main(["mushroom", *QUICK, "--out", str(out), "--overwrite"]) == 2
+    assert f"another hessbatch run (pid {holder.pid})" in capsys.readouterr().err
+    holder.kill()
+    holder.wait()
     assert main(["mushroom", *QUICK, "--out", str(out)]) == 0      # the stale lock: taken over
     assert f"took over the lock left by pid {holder.pid}" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["curves.csv", "results.json"]  # no lock

@@ -252,22 +252,24 @@ def test_clear_errors_for_inference_mode_sparse_and_mixed_dtypes(ce):
         top_eigenvalue(mixed, ce, [(x, y)])
 
 
+class _NoDoubleTanh(torch.autograd.Function):
+    """tanh whose backward is once_differentiable: the HVP through it is silently wrong."""
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return torch.tanh(x)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g * (1 - torch.tanh(x) ** 2)
+
+
 def test_once_differentiable_is_silently_wrong_and_the_self_test_catches_it(ce):
-    class NoDouble(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, x):
-            ctx.save_for_backward(x)
-            return torch.tanh(x)
-
-        @staticmethod
-        @torch.autograd.function.once_differentiable
-        def backward(ctx, g):
-            (x,) = ctx.saved_tensors
-            return g * (1 - torch.tanh(x) ** 2)
-
     class Act(nn.Module):
         def forward(self, x):
-            return NoDouble.apply(x)
+            return _NoDoubleTanh.apply(x)
 
     model, x, y = _mlp(Act())
     wrong = top_eigenvalue(model, ce, [(x, y)], tol=0.0)       # no error from torch
@@ -375,19 +377,6 @@ def test_activation_checkpointing_reentrant_is_caught_non_reentrant_passes(ce):
 
 # ------------------------------------------------------------------------------ issue 22, section 4
 # A self-test that cannot be fooled. Each test below fails on the code before issue 22.
-
-class _NoDoubleTanh(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return torch.tanh(x)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, g):
-        (x,) = ctx.saved_tensors
-        return g * (1 - torch.tanh(x) ** 2)
-
 
 class _CastNet(nn.Module):
     """A float32 model whose forward casts its logits with .float() (LLM style), optionally

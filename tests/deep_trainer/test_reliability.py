@@ -575,23 +575,14 @@ def test_a_cifar_batch_pickled_with_protocol_5_is_accepted(tmp_path):
     assert torch.equal(x, torch.from_numpy(data.reshape(2, 3, 32, 32).astype(np.float32) / 255))
 
 
-def test_train_refuses_a_locked_out_before_any_work(tmp_path, monkeypatch, capsys):
-    import subprocess
+def test_train_refuses_a_locked_out_before_any_work(tmp_path, monkeypatch, capsys,
+                                                   lock_holder):
     out = tmp_path / "dual"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from hessbatch._outputs import check_out_dir;"
-         " check_out_dir(sys.argv[1]); print('locked', flush=True); time.sleep(60)", str(out)],
-        stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "locked"
-        monkeypatch.setattr(_cli_train, "build_from_spec",
-                            lambda *a, **k: pytest.fail("work started on a locked --out"))
-        assert _train("--epochs", "1", "--out", str(out)) == 2
-        assert f"another hessbatch run (pid {holder.pid}) is writing" in \
-            capsys.readouterr().err
-    finally:
-        holder.kill()
-        holder.wait()
+    holder = lock_holder(out)
+    monkeypatch.setattr(_cli_train, "build_from_spec",
+                        lambda *a, **k: pytest.fail("work started on a locked --out"))
+    assert _train("--epochs", "1", "--out", str(out)) == 2
+    assert f"another hessbatch run (pid {holder.pid}) is writing" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------- a resume continues its own run
