@@ -37,23 +37,16 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from hessbatch import Scheduler, SchedulerConfig
-from hessbatch.deep import Trainer, load_data, make_model
+from hessbatch import Scheduler
+from hessbatch.deep import Trainer
+
+from _mnist5k_abs import mnist5k_abs  # a sibling module of benchmarks/
 
 
 def one_run(seed: int, stop: bool, epochs: int, warm: bool = False) -> dict:
     """One default-trainer ABS run on MNIST-5k; ``stop``: ``decision_stop``; ``warm``:
     ``warm_start`` (default False, as the trainer's)."""
-    torch.manual_seed(seed)
-    bundle = load_data("mnist5k", seed=seed, test_fraction=0.2, default_shape=(1, 28, 28))
-    torch.manual_seed(seed)
-    model = make_model("cnn", bundle.input_shape, bundle.num_classes, activation="relu",
-                       width=None)
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
-    cfg = SchedulerConfig(method="abs", lr=0.05, batch_size=128, max_batch_size=2048,
-                          samples_per_epoch=len(bundle.train), epochs=epochs,
-                          lr_decay_epochs=tuple(e for e in (10, 15) if e < epochs),
-                          lr_decay_factor=0.2, check_every=2000)
+    bundle, model, opt, cfg = mnist5k_abs(seed, epochs)
     tr = Trainer(model, opt, F.cross_entropy, bundle.train, Scheduler(cfg),
                  test_data=bundle.test, hessian_batch_size=128, seed=seed,
                  decision_stop=stop, warm_start=warm)

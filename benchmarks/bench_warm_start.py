@@ -36,8 +36,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from hessbatch import Scheduler, SchedulerConfig
-from hessbatch.deep import Trainer, WarmStartEigenvalue, load_data, make_model, top_eigenvalue
+from hessbatch import Scheduler
+from hessbatch.deep import Trainer, WarmStartEigenvalue, top_eigenvalue
+
+from _mnist5k_abs import mnist5k_abs  # a sibling module of benchmarks/
 
 
 class Recorder:
@@ -67,16 +69,7 @@ class Recorder:
 
 
 def one_run(seed: int, warm: bool, epochs: int, ref_hvp: int) -> dict:
-    torch.manual_seed(seed)
-    bundle = load_data("mnist5k", seed=seed, test_fraction=0.2, default_shape=(1, 28, 28))
-    torch.manual_seed(seed)
-    model = make_model("cnn", bundle.input_shape, bundle.num_classes, activation="relu",
-                       width=None)
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
-    cfg = SchedulerConfig(method="abs", lr=0.05, batch_size=128, max_batch_size=2048,
-                          samples_per_epoch=len(bundle.train), epochs=epochs,
-                          lr_decay_epochs=tuple(e for e in (10, 15) if e <= epochs),
-                          lr_decay_factor=0.2, check_every=2000)
+    bundle, model, opt, cfg = mnist5k_abs(seed, epochs)
     rec = Recorder(WarmStartEigenvalue(warm_start=warm), ref_hvp)
     tr = Trainer(model, opt, F.cross_entropy, bundle.train, Scheduler(cfg),
                  test_data=bundle.test, eigenvalue_fn=rec, hessian_batch_size=128, seed=seed)
@@ -125,16 +118,7 @@ class _Snapshot:
 
 
 def record(seed: int, epochs: int):
-    torch.manual_seed(seed)
-    bundle = load_data("mnist5k", seed=seed, test_fraction=0.2, default_shape=(1, 28, 28))
-    torch.manual_seed(seed)
-    model = make_model("cnn", bundle.input_shape, bundle.num_classes, activation="relu",
-                       width=None)
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
-    cfg = SchedulerConfig(method="abs", lr=0.05, batch_size=128, max_batch_size=2048,
-                          samples_per_epoch=len(bundle.train), epochs=epochs,
-                          lr_decay_epochs=tuple(e for e in (10, 15) if e < epochs),
-                          lr_decay_factor=0.2, check_every=2000)
+    bundle, model, opt, cfg = mnist5k_abs(seed, epochs)
     sch = Scheduler(cfg)
     snap = _Snapshot(sch)
     tr = Trainer(model, opt, F.cross_entropy, bundle.train, sch, eigenvalue_fn=snap,
