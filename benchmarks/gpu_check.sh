@@ -74,6 +74,10 @@ if [ "${1:-}" = --ddp2-step ]; then  # step 5, re-entered under `timeout`
     NCCL_A=plain2 NCCL_B=nccl2 nccl_compare
     exit
 fi
+if [ "${1:-}" = --compare ]; then  # the comparison alone: --compare OUT_DIR RUN_A RUN_B
+    OUT_DIR=$2 NCCL_A=$3 NCCL_B=$4 nccl_compare
+    exit
+fi
 if [ "${1:-}" = --nccl-cli-step ]; then  # step 4, re-entered under `timeout`
     OUT_DIR=$2
     nccl_cli

@@ -36,3 +36,23 @@ def test_a_spent_budget_stops_the_steps_and_counts_as_a_failure(tmp_path):
     assert res.returncode == 1
     assert "(not run: " in summary and "of the 5 s budget)" in summary
     assert not (tmp_path / "o" / "plain").exists()          # the step did not start
+
+
+def test_the_comparison_says_differ_for_runs_that_differ(tmp_path):
+    """The step's verdict can fail: two runs at lr 0.05 and 0.051 DIFFER (exit 1), a run
+    against an identical rerun agrees (exit 0)."""
+    from hessbatch.cli import main
+    tiny = ["train", "--model", "mlp", "--width", "8", "--data", "synthetic:600:1x8x8",
+            "--batch-size", "32", "--micro-batch", "16", "--max-batch", "128",
+            "--hessian-batch", "64", "--method", "absa", "--patience", "1", "--epochs", "2",
+            "--dtype", "float64", "--device", "cpu", "--quiet", "--seed", "1", "--threads", "1"]
+    for name, lr in (("a", "0.05"), ("b", "0.05"), ("c", "0.051")):
+        assert main([*tiny, "--lr", lr, "--out", str(tmp_path / name)]) == 0
+
+    def compare(x, y):
+        return subprocess.run(["bash", str(SCRIPT), "--compare", str(tmp_path), x, y],
+                              env=dict(os.environ, PYTHON=sys.executable), capture_output=True,
+                              text=True, timeout=120)
+    same, other = compare("a", "b"), compare("a", "c")
+    assert same.returncode == 0 and same.stdout.strip().endswith("agree"), same.stdout
+    assert other.returncode == 1 and other.stdout.strip().endswith("DIFFER"), other.stdout
